@@ -1,0 +1,41 @@
+# Two entry points: `make demo` (the whole pipeline on the embedded synthetic competition)
+# and `make test` (the test suite). Both create .venv on a fresh machine first.
+PY := .venv/bin/python
+UV := $(shell command -v uv 2>/dev/null)
+DEMO_MODELS := demo_effnet demo_regnet
+
+.PHONY: setup demo test lint bench clean
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	@if [ -z "$(UV)" ]; then python3 -m pip install -q uv; fi
+	@UV=$$(command -v uv || echo "python3 -m uv"); \
+	  [ -x .venv/bin/python ] || $$UV venv -q .venv --python 3.11; \
+	  VIRTUAL_ENV=$(CURDIR)/.venv $$UV pip install -q -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(PY) -m src.synth
+	$(PY) -m src.folds data=demo
+	$(PY) -m src.prepare data=demo
+	$(PY) -m src.train data=demo experiment=demo model=effnet_b0 exp=demo_effnet fold=0
+	$(PY) -m src.train data=demo experiment=demo model=regnety_002 exp=demo_regnet fold=0
+	$(PY) -m src.ensemble data=demo runs=[demo_effnet,demo_regnet] name=demo
+	$(PY) -m src.kernel build ensemble=demo
+	$(PY) -m src.kernel run kernels/demo input=data/kaggle_input
+	$(PY) -m src.leaderboard
+
+test: setup
+	$(PY) -m pytest tests
+
+lint: setup
+	$(PY) -m ruff check src tests bench
+
+bench: setup
+	$(PY) bench/prepare.py
+	$(PY) bench/loader.py
+	$(PY) bench/inference.py
+
+clean:
+	rm -rf runs ensembles cache data/demo kernels/demo leaderboard.md leaderboard.csv

@@ -1,0 +1,52 @@
+"""Decoding audio to float32 mono at the model's sample rate.
+
+Kernel-safe: imports only numpy, soundfile and soxr (all on Kaggle's CPU image), never `src`,
+because `src.kernel` inlines this file into the self-contained inference script.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+
+def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0) -> np.ndarray:
+    """Decode any ogg/mp3/wav/flac file to float32 mono at `sample_rate`.
+
+    Raises AudioError (naming the file) if it is unreadable, empty, shorter than
+    `min_duration_s`, contains NaN/inf, or is all zeros.
+    """
+    path = Path(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types for corrupt/truncated/unknown files
+        raise AudioError(f"{path}: cannot decode ({type(exc).__name__}: {exc}); the file is corrupt, "
+                         "truncated or not audio: re-download it or drop it from the metadata") from exc
+    if data.size == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(y).all():
+        raise AudioError(f"{path}: decoded samples contain NaN/inf")
+    if sr != sample_rate:
+        y = soxr.resample(y, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    if len(y) < min_duration_s * sample_rate:
+        raise AudioError(f"{path}: too short ({len(y) / sample_rate:.2f} s < {min_duration_s} s)")
+    if not np.any(y):
+        raise AudioError(f"{path}: all samples are zero (silent file)")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def to_int16(y: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] -> int16 (the cache format: half the disk of float32, exact enough for 16-bit sources)."""
+    return np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def from_int16(y: np.ndarray) -> np.ndarray:
+    """int16 cache -> float32 in [-1, 1]."""
+    return y.astype(np.float32) / 32767.0

@@ -1,0 +1,172 @@
+"""Readers for the BirdCLEF 2023, 2024 and 2025 Kaggle layouts, into one polars table.
+
+Every later stage reads `Competition.meta` (one row per training recording) and
+`Competition.classes` (the columns of `sample_submission.csv`, in order).
+"""
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+# File names of each layout (see SPEC.md, "Competition data").
+LAYOUTS: dict[str, dict[str, str | None]] = {
+    "birdclef2025": {"metadata": "train.csv", "taxonomy": "taxonomy.csv", "soundscapes": "train_soundscapes"},
+    "birdclef2024": {"metadata": "train_metadata.csv", "taxonomy": "eBird_Taxonomy_v2021.csv",
+                     "soundscapes": "unlabeled_soundscapes"},
+    "birdclef2023": {"metadata": "train_metadata.csv", "taxonomy": "eBird_Taxonomy_v2021.csv",
+                     "soundscapes": None},
+}
+OPTIONAL_COLUMNS = {"secondary_labels": "[]", "author": None, "rating": None, "collection": None}
+
+
+class CompetitionError(ValueError):
+    """A competition folder or CSV that cannot be read; the message names the file and the fix."""
+
+
+@dataclass
+class Competition:
+    """A competition on disk: class list, training metadata and the soundscape folders."""
+
+    root: Path
+    layout: str
+    classes: list[str]
+    meta: pl.DataFrame  # filename, path, primary_label, secondary_labels (list), author, rating, collection, group
+    sample_submission: Path
+    test_dir: Path
+    soundscape_dir: Path | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def class_index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def test_files(self) -> list[Path]:
+        """Every audio file in `test_soundscapes/`, sorted."""
+        return list_audio(self.test_dir)
+
+    def soundscape_files(self) -> list[Path]:
+        """Unlabelled training soundscapes (background noise), sorted; [] if the layout has none."""
+        return list_audio(self.soundscape_dir) if self.soundscape_dir else []
+
+
+AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")
+
+
+def list_audio(folder: Path | None) -> list[Path]:
+    """Audio files (ogg/mp3/wav/flac) directly in `folder`, sorted by name."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def parse_label_list(text: str | None) -> list[str]:
+    """`"['a', 'b']"` -> ['a', 'b']; empty, null or malformed -> []."""
+    if text is None or not str(text).strip():
+        return []
+    try:
+        value = ast.literal_eval(str(text))
+    except (ValueError, SyntaxError):
+        return [t.strip() for t in str(text).strip("[]").replace("'", "").split(",") if t.strip()]
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def read_classes(sample_submission: Path) -> list[str]:
+    """The class list: every column of `sample_submission.csv` after `row_id`."""
+    if not sample_submission.exists():
+        raise CompetitionError(f"{sample_submission} not found: the class list comes from it; "
+                               "download the competition files (kaggle competitions download -c <slug>)")
+    columns = pl.read_csv(sample_submission, n_rows=0).columns
+    if not columns or columns[0] != "row_id":
+        raise CompetitionError(f"{sample_submission}: first column must be 'row_id', got {columns[:1]}")
+    return columns[1:]
+
+
+def load_competition(root: str | Path, layout: str) -> Competition:
+    """Read a competition folder in the given layout (`birdclef2023|2024|2025`).
+
+    Rows with an unknown primary label or a duplicate filename are dropped and reported in
+    `problems`; unknown secondary labels are dropped from the row's list and reported.
+    """
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise CompetitionError(f"unknown layout {layout!r}: use one of {sorted(LAYOUTS)} (data.layout)")
+    if not root.is_dir():
+        raise CompetitionError(f"{root} is not a folder: set data.root=PATH to the competition folder")
+    files = LAYOUTS[layout]
+    classes = read_classes(root / "sample_submission.csv")
+    meta_path = root / str(files["metadata"])
+    if not meta_path.exists():
+        raise CompetitionError(f"{meta_path} not found: is {root} a {layout} folder? (data.layout)")
+    meta = pl.read_csv(meta_path, infer_schema_length=0)  # all strings: nothing silently mis-typed
+    for col in ("primary_label", "filename"):
+        if col not in meta.columns:
+            raise CompetitionError(f"{meta_path}: missing column {col!r} (columns: {meta.columns})")
+    for col, default in OPTIONAL_COLUMNS.items():
+        if col not in meta.columns:
+            meta = meta.with_columns(pl.lit(default, dtype=pl.Utf8).alias(col))
+    meta, problems = _clean(meta, classes, meta_path)
+    meta = meta.with_columns(
+        pl.col("filename").map_elements(lambda f: str(root / "train_audio" / f), return_dtype=pl.Utf8).alias("path"),
+        pl.col("rating").cast(pl.Float32, strict=False).fill_null(0.0),
+        pl.coalesce(pl.col("author").str.strip_chars().replace("", None), pl.col("filename")).alias("group"),
+    )
+    for p in problems:
+        log.warning(p)
+    soundscapes = files["soundscapes"]
+    return Competition(root=root, layout=layout, classes=classes,
+                       meta=meta.select("filename", "path", "primary_label", "secondary_labels", "author",
+                                        "rating", "collection", "group"),
+                       sample_submission=root / "sample_submission.csv", test_dir=root / "test_soundscapes",
+                       soundscape_dir=root / soundscapes if soundscapes else None, problems=problems)
+
+
+def _clean(meta: pl.DataFrame, classes: list[str], meta_path: Path) -> tuple[pl.DataFrame, list[str]]:
+    known = set(classes)
+    problems: list[str] = []
+    dup = meta.filter(pl.col("filename").is_duplicated())["filename"].unique().sort().to_list()
+    if dup:
+        problems.append(f"{meta_path}: duplicate filename(s) {dup[:5]}{'...' if len(dup) > 5 else ''}: "
+                        "keeping the first row of each")
+        meta = meta.unique("filename", keep="first", maintain_order=True)
+    unknown = meta.filter(~pl.col("primary_label").is_in(classes))
+    for row in unknown.select("filename", "primary_label").iter_rows():
+        problems.append(f"{meta_path}: {row[0]}: primary_label {row[1]!r} is not a column of "
+                        "sample_submission.csv: row skipped")
+    meta = meta.filter(pl.col("primary_label").is_in(classes))
+    secondary, dropped = [], set()
+    for text in meta["secondary_labels"].to_list():
+        labels = parse_label_list(text)
+        dropped.update(lab for lab in labels if lab not in known)
+        secondary.append([lab for lab in labels if lab in known])
+    if dropped:
+        problems.append(f"{meta_path}: secondary label(s) not in the class list ignored: {sorted(dropped)[:10]}")
+    meta = meta.with_columns(pl.Series("secondary_labels", secondary, dtype=pl.List(pl.Utf8)))
+    return meta, problems
+
+
+def multi_hot(primary: list[str], secondary: list[list[str]], classes: list[str],
+              secondary_value: float | None = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and loss mask, both (n, n_classes) float32.
+
+    Primary label -> 1. Secondary labels -> `secondary_value`, or masked out of the loss
+    (mask 0, target 0) when `secondary_value` is None.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(primary), len(classes)), np.float32)
+    mask = np.ones_like(y)
+    for row, (p, sec) in enumerate(zip(primary, secondary)):
+        for s in sec:
+            if s in index and s != p:
+                if secondary_value is None:
+                    mask[row, index[s]] = 0.0
+                else:
+                    y[row, index[s]] = secondary_value
+        y[row, index[p]] = 1.0
+    return y, mask

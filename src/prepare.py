@@ -1,0 +1,191 @@
+"""`python -m src.prepare data=...`: decode every recording once into a 32 kHz int16 cache, cut
+5 s chunks, score their energy and write the chunk index.
+
+Cache layout (`data.cache_dir`):
+    audio/<filename>.npy        int16 mono at audio.sample_rate, one per training recording
+    soundscapes/<stem>.npy      unlabelled soundscapes (background noise), same format
+    recordings.parquet          filename, n_samples, ok, problem
+    chunks.parquet              filename, chunk, start_s, end_s, energy_db, silent, labels, group, rating
+    bad_files.csv               filename, problem (every recording that was skipped)
+    manifest.json               what the cache was built from (root, sample rate, chunking)
+Resumable: each .npy is written under a temporary name and renamed, so a rerun skips what is done.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+import polars as pl
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from src import config as _config  # noqa: F401  (registers the root_tag resolver)
+from src.audio import AudioError, load_audio, to_int16
+from src.chunks import chunk_energy_db, chunk_starts, silent_mask
+from src.competition import load_competition
+from src.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheJob:
+    source: str
+    target: str
+    sample_rate: int
+    min_duration_s: float
+
+
+def cache_path(cache_dir: Path, filename: str, kind: str = "audio") -> Path:
+    """Where the int16 cache of a recording (`kind='audio'`) or soundscape lives."""
+    return Path(cache_dir) / kind / Path(filename).with_suffix(".npy")
+
+
+def load_cached(path: Path) -> np.ndarray:
+    """Memory-map a cached recording (int16)."""
+    return np.load(path, mmap_mode="r")
+
+
+def _cache_one(job: CacheJob) -> tuple[str, int, str | None]:
+    """Decode one file into its .npy unless done; returns (source, n_samples, problem or None)."""
+    target = Path(job.target)
+    if target.exists():
+        try:
+            return job.source, len(load_cached(target)), None
+        except (ValueError, OSError):
+            target.unlink()  # unreadable leftover: decode again
+    try:
+        y = load_audio(job.source, job.sample_rate, job.min_duration_s)
+    except AudioError as exc:
+        return job.source, 0, str(exc)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, to_int16(y))
+    return job.source, len(y), None
+
+
+def cache_files(jobs: list[CacheJob], workers: int, desc: str) -> dict[str, tuple[int, str | None]]:
+    """Run `_cache_one` over all jobs on `workers` processes (0 = all cores) with a progress bar."""
+    workers = workers or os.cpu_count() or 1
+    results: dict[str, tuple[int, str | None]] = {}
+    if workers == 1 or len(jobs) <= 1:
+        for job in tqdm(jobs, desc=desc, unit="file"):
+            src, n, problem = _cache_one(job)
+            results[src] = (n, problem)
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for src, n, problem in tqdm(pool.map(_cache_one, jobs, chunksize=4), total=len(jobs), desc=desc,
+                                    unit="file"):
+            results[src] = (n, problem)
+    return results
+
+
+def build_chunk_index(meta: pl.DataFrame, n_samples: dict[str, int], cache_dir: Path, cfg: DictConfig) -> pl.DataFrame:
+    """One row per 5 s chunk of every good recording, with its energy and silent flag."""
+    sr = int(cfg.audio.sample_rate)
+    chunk = int(round(cfg.prepare.chunk_s * sr))
+    hop = int(round((cfg.prepare.chunk_s - cfg.prepare.overlap_s) * sr))
+    if hop <= 0:
+        raise ValueError(f"prepare.overlap_s={cfg.prepare.overlap_s} must be smaller than chunk_s={cfg.prepare.chunk_s}")
+    cols: dict[str, list] = {k: [] for k in ("filename", "chunk", "start_s", "end_s", "energy_db", "silent")}
+    for filename in tqdm(meta["filename"].to_list(), desc="energy", unit="file"):
+        n = n_samples[filename]
+        starts = chunk_starts(n, chunk, hop)
+        energy = chunk_energy_db(load_cached(cache_path(cache_dir, filename)), starts, chunk, cfg.prepare.preemphasis)
+        silent = silent_mask(energy, cfg.prepare.silence.abs_db, cfg.prepare.silence.rel_db)
+        cols["filename"] += [filename] * len(starts)
+        cols["chunk"] += list(range(len(starts)))
+        cols["start_s"] += (starts / sr).tolist()
+        cols["end_s"] += (np.minimum(starts + chunk, n) / sr).tolist()
+        cols["energy_db"] += energy.tolist()
+        cols["silent"] += silent.tolist()
+    chunks = pl.DataFrame(cols, schema={"filename": pl.Utf8, "chunk": pl.Int32, "start_s": pl.Float64,
+                                        "end_s": pl.Float64, "energy_db": pl.Float32, "silent": pl.Boolean})
+    return chunks.join(meta.select("filename", "primary_label", "secondary_labels", "group", "rating"),
+                       on="filename", how="left")
+
+
+def class_report(meta: pl.DataFrame, chunks: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
+    """Per class: recordings, chunks, non-silent chunks (classes with no recording included)."""
+    per = chunks.group_by("primary_label").agg(pl.len().alias("chunks"), (~pl.col("silent")).sum().alias("kept"))
+    rec = meta.group_by("primary_label").agg(pl.len().alias("recordings"))
+    table = pl.DataFrame({"primary_label": classes}).join(rec, on="primary_label", how="left").join(
+        per, on="primary_label", how="left")
+    return table.fill_null(0).sort("kept")
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Build (or finish) the cache and chunk index for `cfg.data`; returns a summary dict."""
+    comp = load_competition(cfg.data.root, cfg.data.layout)
+    cache_dir = Path(cfg.data.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    sr = int(cfg.audio.sample_rate)
+    meta = comp.meta
+    jobs = [CacheJob(p, str(cache_path(cache_dir, f)), sr, float(cfg.prepare.min_duration_s))
+            for f, p in zip(meta["filename"], meta["path"])]
+    results = cache_files(jobs, int(cfg.prepare.workers), "decode")
+    by_path = dict(zip(meta["path"], meta["filename"]))
+    n_samples = {by_path[src]: n for src, (n, problem) in results.items() if problem is None}
+    bad = [(by_path[src], problem) for src, (n, problem) in results.items() if problem is not None]
+    for filename, problem in bad:
+        log.warning("skipped %s", problem)
+    good = meta.filter(pl.col("filename").is_in(list(n_samples)))
+    chunks = build_chunk_index(good, n_samples, cache_dir, cfg)
+
+    soundscapes = comp.soundscape_files()
+    limit = cfg.prepare.soundscapes
+    soundscapes = soundscapes if limit is None else soundscapes[: int(limit)]
+    sjobs = [CacheJob(str(p), str(cache_path(cache_dir, p.name, "soundscapes")), sr, 0.0) for p in soundscapes]
+    sres = cache_files(sjobs, int(cfg.prepare.workers), "soundscapes") if sjobs else {}
+    bad += [(Path(src).name, problem) for src, (n, problem) in sres.items() if problem is not None]
+
+    recordings = pl.DataFrame({
+        "filename": meta["filename"],
+        "n_samples": [results[p][0] for p in meta["path"]],
+        "ok": [results[p][1] is None for p in meta["path"]],
+        "problem": [results[p][1] or "" for p in meta["path"]],
+    })
+    _write_parquet(recordings, cache_dir / "recordings.parquet")
+    _write_parquet(chunks, cache_dir / "chunks.parquet")
+    with atomic_write(cache_dir / "bad_files.csv") as tmp:
+        pl.DataFrame({"filename": [b[0] for b in bad], "problem": [b[1] for b in bad]},
+                     schema={"filename": pl.Utf8, "problem": pl.Utf8}).write_csv(tmp)
+    manifest = {"root": str(Path(cfg.data.root).resolve()), "layout": cfg.data.layout, "sample_rate": sr,
+                "chunk_s": cfg.prepare.chunk_s, "overlap_s": cfg.prepare.overlap_s, "classes": comp.classes,
+                "recordings": len(meta), "bad": len(bad), "chunks": chunks.height,
+                "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems}
+    with atomic_write(cache_dir / "manifest.json") as tmp:
+        Path(tmp).write_text(json.dumps(manifest, indent=1))
+
+    report = class_report(good, chunks, comp.classes)
+    silent_frac = manifest["silent"] / max(chunks.height, 1)
+    with pl.Config(tbl_rows=12, tbl_hide_dataframe_shape=True):
+        print(f"non-silent chunks per class (fewest first):\n{report.filter(pl.col('recordings') > 0)}")
+    empty = report.filter(pl.col("recordings") == 0)["primary_label"].to_list()
+    if empty:
+        print(f"{len(empty)} classes have no training recording: {empty[:10]}{'...' if len(empty) > 10 else ''}")
+    print(f"cached {len(n_samples)}/{len(meta)} recordings ({sum(n_samples.values()) / sr / 3600:.2f} h), "
+          f"{len(sres)} soundscapes, {chunks.height} chunks, silent fraction {silent_frac:.1%}, "
+          f"{len(bad)} bad file(s){' -> ' + str(cache_dir / 'bad_files.csv') if bad else ''}")
+    return manifest | {"silent_fraction": silent_frac, "bad_files": bad}
+
+
+def _write_parquet(df: pl.DataFrame, path: Path) -> None:
+    with atomic_write(path) as tmp:
+        df.write_parquet(tmp)
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    prepare(cfg)
+
+
+if __name__ == "__main__":
+    main()
