@@ -17,7 +17,7 @@ setup: .venv/.installed
 
 demo: setup
 	$(PY) -m src.synth
-	$(PY) -m src.folds data=demo
+	$(PY) -m src.folds data=demo experiment=demo
 	$(PY) -m src.prepare data=demo
 	$(PY) -m src.train data=demo experiment=demo model=effnet_b0 exp=demo_effnet fold=0
 	$(PY) -m src.train data=demo experiment=demo model=regnety_002 exp=demo_regnet fold=0

@@ -1,0 +1,207 @@
+"""`python -m src.folds data=birdclef2025 folds.n=5`: grouped, stratified K-fold over recordings.
+
+Writes `<folds.dir>/<data.name>_<n>fold.csv` (`filename,fold`, sorted by filename). Training reads
+it back with `load_folds`, which checks that it still matches the competition's recordings.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import hydra
+import numpy as np
+import polars as pl
+from omegaconf import DictConfig
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+from src import config as _config  # noqa: F401  (registers the root_tag resolver)
+from src.competition import load_competition
+from src.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class FoldsError(ValueError):
+    """A folds file that does not match the competition; the message names the file and the fix."""
+
+
+def _group_expr(group_col: str) -> pl.Expr:
+    """The grouping key: `group_col`, or the filename where it is missing or blank (its own group)."""
+    key = pl.col(group_col).cast(pl.Utf8).str.strip_chars().replace("", None)
+    return pl.coalesce(key, pl.col("filename")).alias("_group")
+
+
+def make_folds(meta: pl.DataFrame, n: int, group_col: str, seed: int) -> pl.DataFrame:
+    """Assign every recording of `meta` to one of `n` folds; returns `filename, fold` sorted by filename.
+
+    1. `StratifiedGroupKFold(n, shuffle=True, random_state=seed)` on `primary_label`, grouped by
+       `group_col` (`author` or `filename`; a missing value makes the recording its own group), so
+       a group is never split between train and validation. sklearn refuses it when every class has
+       fewer than `n` recordings (small data sets): `GroupKFold(n, shuffle=True)` is used instead.
+    2. Repair: a class with >= 2 recordings must not have all of them in one fold, or that fold
+       trains without it. Whole groups are moved (smallest group, then smallest target fold first)
+       while that reduces the number of such classes. Groups are never split, so two cases are
+       logged as warnings and left as they are: a class whose recordings all share one group
+       (impossible without splitting it), and the rare class that no single group move can fix
+       without breaking another one. A class with one recording necessarily has no training
+       recording in its own validation fold.
+
+    Deterministic for a given `seed` and set of rows (the input order does not matter).
+    """
+    if n < 2:
+        raise ValueError(f"folds.n must be at least 2, got {n}")
+    if group_col not in meta.columns:
+        raise ValueError(f"folds.group={group_col!r} is not a column of the metadata ({meta.columns})")
+    meta = meta.sort("filename")
+    groups = meta.select(_group_expr(group_col))["_group"].to_numpy()
+    labels = meta["primary_label"].to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < n:
+        raise ValueError(f"only {n_groups} distinct {group_col} groups for folds.n={n}: lower folds.n "
+                         "or use folds.group=filename")
+    fold = np.empty(len(meta), dtype=np.int64)
+    if np.unique(labels, return_counts=True)[1].max() >= n:
+        splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    else:
+        # StratifiedGroupKFold refuses when every class has fewer recordings than folds; the best
+        # stratification then is spreading each class over folds, which the repair below does.
+        log.info("every class has fewer than %d recordings: GroupKFold, then spreading classes over folds", n)
+        splitter = GroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # "The least populated class has only k members": expected for rare species; the repair handles it.
+        warnings.simplefilter("ignore", UserWarning)
+        for k, (_, val) in enumerate(splitter.split(np.zeros(len(meta)), labels, groups)):
+            fold[val] = k
+    fold = _repair(labels, groups, fold, n)
+    return pl.DataFrame({"filename": meta["filename"], "fold": fold})
+
+
+def _one_fold_classes(label: np.ndarray, fold: np.ndarray, n_classes: int) -> set[int]:
+    """Class codes with >= 2 recordings that all sit in one fold (so that fold trains without them)."""
+    lo, hi = np.full(n_classes, np.iinfo(np.int64).max), np.full(n_classes, -1)
+    np.minimum.at(lo, label, fold)
+    np.maximum.at(hi, label, fold)
+    count = np.bincount(label, minlength=n_classes)
+    return set(np.flatnonzero((count >= 2) & (lo == hi)).tolist())
+
+
+def _repair(labels: np.ndarray, groups: np.ndarray, fold: np.ndarray, n: int) -> np.ndarray:
+    """Greedy, deterministic group moves until no class with >= 2 recordings sits in a single fold."""
+    classes, label = np.unique(labels, return_inverse=True)
+    group_names, group = np.unique(groups, return_inverse=True)  # codes follow sorted names
+    group_size = np.bincount(group)
+    members = [np.flatnonzero(label == c) for c in range(len(classes))]
+    single_group = {c for c, rows in enumerate(members)
+                    if len(rows) >= 2 and len(np.unique(group[rows])) == 1}
+    if single_group:
+        log.warning("%d class(es) have all their recordings in one group, so one fold trains without them "
+                    "(groups are never split; folds.group=filename would allow it): %s", len(single_group),
+                    ", ".join(f"{classes[c]} ({group_names[group[members[c][0]]]})"
+                              for c in sorted(single_group)))
+    fold = fold.copy()
+    bad = _one_fold_classes(label, fold, len(classes))
+    moves = 0
+    while bad - single_group:
+        best: tuple | None = None
+        for c in sorted(bad - single_group):
+            source = fold[members[c][0]]
+            for g in np.unique(group[members[c]]):
+                for target in range(n):
+                    if target == source:
+                        continue
+                    trial = fold.copy()
+                    trial[group == g] = target
+                    # Fewest broken classes first, then the smallest change and the most even folds.
+                    key = (len(_one_fold_classes(label, trial, len(classes))), int(group_size[g]),
+                           int((fold == target).sum()), int(g), target)
+                    if best is None or key < best[0]:
+                        best = (key, trial)
+        if best is None or best[0][0] >= len(bad):
+            break  # no single move helps: stop rather than cycle
+        fold, moves = best[1], moves + 1
+        bad = _one_fold_classes(label, fold, len(classes))
+    log.info("repair: moved %d group(s) so classes are not confined to one fold", moves)
+    if bad - single_group:
+        log.warning("could not spread these classes over two folds without splitting a group: %s",
+                    ", ".join(str(classes[c]) for c in sorted(bad - single_group)))
+    return fold
+
+
+def _fix_hint(path: Path) -> str:
+    m = re.fullmatch(r"(.+)_(\d+)fold", path.stem)
+    cmd = f"python -m src.folds data={m[1]} folds.n={m[2]}" if m else "python -m src.folds data=..."
+    return f"rerun `{cmd}` (with the same data.root) to rebuild it"
+
+
+def load_folds(path: str | Path, meta: pl.DataFrame) -> pl.DataFrame:
+    """Read a folds csv and return `meta` (same row order) with an integer `fold` column.
+
+    Raises FoldsError naming the file and the fix if it lacks recordings of `meta` or lists unknown ones.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {_fix_hint(path)}")
+    folds = pl.read_csv(path, schema_overrides={"filename": pl.Utf8, "fold": pl.Int64})
+    if folds.columns != ["filename", "fold"]:
+        raise FoldsError(f"{path}: columns must be filename,fold, got {folds.columns}: {_fix_hint(path)}")
+    if folds["fold"].null_count() or (folds["fold"] < 0).any() or folds["filename"].is_duplicated().any():
+        raise FoldsError(f"{path}: empty or negative fold, or a filename listed twice: {_fix_hint(path)}")
+    known, listed = set(meta["filename"]), set(folds["filename"])
+    missing, unknown = sorted(known - listed), sorted(listed - known)
+    if missing or unknown:
+        raise FoldsError(f"{path} does not match the competition's recordings: "
+                         f"{len(missing)} missing (e.g. {missing[:3]}), {len(unknown)} unknown "
+                         f"(e.g. {unknown[:3]}): {_fix_hint(path)}")
+    return meta.join(folds, on="filename", how="left", maintain_order="left")
+
+
+def fold_summary(meta: pl.DataFrame, folds: pl.DataFrame, group_col: str) -> pl.DataFrame:
+    """Per fold: validation recordings and groups, classes in validation, classes with a train recording."""
+    df = meta.join(folds, on="filename").with_columns(_group_expr(group_col))
+    rows = []
+    for k in sorted(df["fold"].unique().to_list()):
+        val, train = df.filter(pl.col("fold") == k), df.filter(pl.col("fold") != k)
+        rows.append({"fold": k, "recordings": len(val), "groups": val["_group"].n_unique(),
+                     "val_classes": val["primary_label"].n_unique(),
+                     "train_classes": train["primary_label"].n_unique()})
+    return pl.DataFrame(rows)
+
+
+def folds_path(cfg: DictConfig) -> Path:
+    """`<folds.dir>/<data.name>_<folds.n>fold.csv`."""
+    return Path(cfg.folds.dir) / f"{cfg.data.name}_{cfg.folds.n}fold.csv"
+
+
+def _report(meta: pl.DataFrame, folds: pl.DataFrame, group_col: str, path: Path) -> None:
+    summary = fold_summary(meta, folds, group_col)
+    n_classes = meta["primary_label"].n_unique()
+    print(f"wrote {path}: {len(folds)} recordings, {n_classes} classes")
+    for r in summary.iter_rows(named=True):
+        print(f"  fold {r['fold']}: {r['recordings']:5d} recordings  {r['groups']:4d} groups  "
+              f"{r['val_classes']:4d} classes in val  {r['train_classes']:4d}/{n_classes} classes in train")
+    counts = meta.group_by("primary_label").len()
+    multi = set(counts.filter(pl.col("len") >= 2)["primary_label"])
+    df = meta.join(folds, on="filename")
+    covered = {c for c in multi
+               if df.filter(pl.col("primary_label") == c)["fold"].n_unique() >= 2}
+    print(f"classes with >= 2 recordings and a train recording in every fold: {len(covered)}/{len(multi)}"
+          + (f" (not: {sorted(multi - covered)})" if multi - covered else ""))
+    singles = n_classes - len(multi)
+    if singles:
+        print(f"{singles} classes have a single recording: their validation fold trains without them")
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    comp = load_competition(cfg.data.root, cfg.data.layout)
+    folds = make_folds(comp.meta, int(cfg.folds.n), str(cfg.folds.group), int(cfg.folds.seed))
+    path = folds_path(cfg)
+    with atomic_write(path) as tmp:
+        folds.write_csv(tmp)
+    _report(comp.meta, folds, str(cfg.folds.group), path)
+
+
+if __name__ == "__main__":
+    main()

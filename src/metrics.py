@@ -1,0 +1,91 @@
+"""The BirdCLEF leaderboard metrics, computed exactly as Kaggle's scorers do (SPEC, "Metrics").
+
+- BirdCLEF 2024/2025 (`auc`): macro ROC-AUC over the classes with at least one positive.
+- BirdCLEF 2023 (`cmap`): padded cmAP, macro average precision after appending 5 rows of ones.
+
+Arrays are (n_rows, n_classes): truth in {0, 1}, predictions any real scores.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+
+def _as_2d(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    if y.ndim != 2 or y.shape != p.shape:
+        raise ValueError(f"y_true and y_pred must be 2-d arrays of one shape (rows, classes); "
+                         f"got {y.shape} and {p.shape}")
+    return y, p
+
+
+def macro_auc(y_true, y_pred) -> float:
+    """BirdCLEF 2024/2025 score: macro ROC-AUC over the classes that have a positive in `y_true`."""
+    y, p = _as_2d(y_true, y_pred)
+    keep = y.sum(axis=0) > 0  # Kaggle skips classes absent from the solution
+    if not keep.any():
+        raise ValueError("macro_auc: no class has a positive row in y_true, so ROC-AUC is undefined "
+                         "(Kaggle's scorer rejects such a solution as well)")
+    all_positive = np.flatnonzero(keep & (y > 0).all(axis=0))
+    if len(all_positive):
+        # sklearn (and so Kaggle) fails here too; say which columns instead of its generic message.
+        raise ValueError(f"macro_auc: class column(s) {all_positive[:10].tolist()} have no negative row, "
+                         "ROC-AUC is undefined for them")
+    return float(roc_auc_score(y[:, keep], p[:, keep], average="macro"))
+
+
+def per_class_auc(y_true, y_pred, classes: list[str]) -> dict[str, float]:
+    """ROC-AUC of each class that has both a positive and a negative row (so no NaN), by class name."""
+    y, p = _as_2d(y_true, y_pred)
+    if len(classes) != y.shape[1]:
+        raise ValueError(f"per_class_auc: {len(classes)} class names for {y.shape[1]} columns")
+    positives = (y > 0).sum(axis=0)
+    return {c: float(roc_auc_score(y[:, i], p[:, i]))
+            for i, c in enumerate(classes) if 0 < positives[i] < len(y)}
+
+
+def padded_cmap(y_true, y_pred, padding_factor: int = 5) -> float:
+    """BirdCLEF 2023 score: macro average precision after appending `padding_factor` rows of ones
+    to both truth and prediction (so every class has a positive and rare classes are smoothed)."""
+    y, p = _as_2d(y_true, y_pred)
+    pad = np.ones((padding_factor, y.shape[1]))
+    return float(average_precision_score(np.vstack([y, pad]), np.vstack([p, pad]), average="macro"))
+
+
+METRICS = {"auc": macro_auc, "cmap": padded_cmap}
+
+
+def score(y_true, y_pred, metric: str) -> float:
+    """The competition score by name: `auc` (BirdCLEF 2024/2025) or `cmap` (BirdCLEF 2023)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: use one of {sorted(METRICS)} (data.metric)")
+    return METRICS[metric](y_true, y_pred)
+
+
+def submission_score(solution: pl.DataFrame, submission: pl.DataFrame, metric: str = "auc") -> float:
+    """Score a submission frame against a solution frame, both `row_id` + one column per class.
+
+    Rows are matched by `row_id` (any order); the classes are the solution's columns. A missing or
+    unknown row_id or class column raises ValueError naming them.
+    """
+    for name, frame in (("solution", solution), ("submission", submission)):
+        if "row_id" not in frame.columns:
+            raise ValueError(f"{name} has no 'row_id' column (columns: {frame.columns[:5]}...)")
+        dup = frame.filter(pl.col("row_id").is_duplicated())["row_id"].unique().sort().to_list()
+        if dup:
+            raise ValueError(f"{name} has duplicate row_id(s): {dup[:5]}")
+    classes = [c for c in solution.columns if c != "row_id"]
+    missing_cols = [c for c in classes if c not in submission.columns]
+    extra_cols = [c for c in submission.columns if c != "row_id" and c not in solution.columns]
+    if missing_cols or extra_cols:
+        raise ValueError(f"submission columns differ from the solution's: missing {missing_cols[:10]}, "
+                         f"unknown {extra_cols[:10]}")
+    sol_ids, sub_ids = set(solution["row_id"].cast(pl.Utf8)), set(submission["row_id"].cast(pl.Utf8))
+    if sol_ids != sub_ids:
+        raise ValueError(f"submission row_ids differ from the solution's: "
+                         f"missing {sorted(sol_ids - sub_ids)[:5]}, unknown {sorted(sub_ids - sol_ids)[:5]}")
+    order = solution.select(pl.col("row_id").cast(pl.Utf8))
+    aligned = order.join(submission.with_columns(pl.col("row_id").cast(pl.Utf8)), on="row_id", how="left",
+                         maintain_order="left")
+    return score(solution.select(classes).to_numpy(), aligned.select(classes).to_numpy(), metric)

@@ -1,0 +1,131 @@
+"""Models: mel front end (in the graph) + any timm backbone + a pooled or SED head.
+
+`build_model(cfg.model, cfg.audio, n_classes)` builds any backbone by its timm name, so
+`model=effnet_b0` or `model.backbone=<any timm name>` picks it. The mel front end runs inside
+the model on its device, so training, the exports and the Kaggle kernel use one module.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+import torchaudio
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class MelFrontend(nn.Module):
+    """waveform (B, T) -> normalised log-mel (B, in_chans, n_mels, frames)."""
+
+    def __init__(self, audio: DictConfig, in_chans: int = 1):
+        super().__init__()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=int(audio.sample_rate), n_fft=int(audio.n_fft), win_length=int(audio.win_length),
+            hop_length=int(audio.hop_length), f_min=float(audio.fmin), f_max=float(audio.fmax),
+            n_mels=int(audio.n_mels), power=float(audio.power))
+        self.db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=float(audio.top_db))
+        self.eps = float(audio.norm_eps)
+        self.in_chans = in_chans
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # (B, 1, F, T): AmplitudeToDB clamps top_db per example only on 4-D input, which keeps a
+        # window's output independent of what else is in its batch (needed for exports to match).
+        m = self.db(self.mel(wave.float()).unsqueeze(1))
+        mean = m.mean(dim=(2, 3), keepdim=True)
+        std = m.std(dim=(2, 3), keepdim=True)
+        m = (m - mean) / (std + self.eps)
+        return m.expand(-1, self.in_chans, -1, -1) if self.in_chans > 1 else m
+
+
+class PooledHead(nn.Module):
+    """Mean over frequency, then mean + max over time, dropout, linear: clip logits (B, C)."""
+
+    def __init__(self, in_features: int, n_classes: int, drop_rate: float):
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, n_classes)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = feats.mean(dim=2)
+        return self.fc(self.drop(x.mean(dim=-1) + x.amax(dim=-1)))
+
+
+class SEDHead(nn.Module):
+    """Sound-event-detection head: framewise logits and attention over time -> clip logits."""
+
+    def __init__(self, in_features: int, n_classes: int, drop_rate: float):
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.att = nn.Conv1d(in_features, n_classes, kernel_size=1)
+        self.cla = nn.Conv1d(in_features, n_classes, kernel_size=1)
+
+    def framewise(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention weights, frame logits), each (B, C, frames)."""
+        x = self.drop(feats.mean(dim=2))
+        return torch.softmax(torch.tanh(self.att(x)), dim=-1), self.cla(x)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        att, frame_logits = self.framewise(feats)
+        return (att * frame_logits).sum(dim=-1)
+
+
+HEADS: dict[str, type[nn.Module]] = {"linear": PooledHead, "sed": SEDHead}
+
+
+class BirdModel(nn.Module):
+    """waveform (B, samples) at audio.sample_rate -> clip logits (B, n_classes)."""
+
+    def __init__(self, model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int):
+        super().__init__()
+        in_chans = int(model_cfg.in_chans)
+        self.frontend = MelFrontend(audio_cfg, in_chans)
+        kwargs = dict(pretrained=bool(model_cfg.pretrained), in_chans=in_chans, num_classes=0, global_pool="",
+                      drop_path_rate=float(model_cfg.drop_path_rate))
+        if model_cfg.pretrained:
+            if not model_cfg.weights or not Path(model_cfg.weights).exists():
+                raise FileNotFoundError(
+                    f"model.pretrained=true needs model.weights=PATH to a local checkpoint of {model_cfg.backbone} "
+                    f"(got {model_cfg.weights!r}); nothing is downloaded at run time")
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(model_cfg.weights))
+        self.backbone = timm.create_model(str(model_cfg.backbone), **kwargs)
+        if model_cfg.head not in HEADS:
+            raise ValueError(f"model.head={model_cfg.head!r}: use one of {sorted(HEADS)}")
+        self.head = HEADS[model_cfg.head](self.backbone.num_features, n_classes, float(model_cfg.drop_rate))
+
+    def forward_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """Normalised mel batch -> clip logits."""
+        return self.head(self.backbone.forward_features(mel))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        mel = self.frontend(wave)
+        if mel.device.type == "cpu" or next(self.backbone.parameters()).is_contiguous(
+                memory_format=torch.channels_last):
+            mel = mel.contiguous(memory_format=torch.channels_last)
+        return self.forward_mel(mel)
+
+
+class ProbabilityModel(nn.Module):
+    """The exported and kernel form: waveform (B, samples) -> probabilities (B, n_classes)."""
+
+    def __init__(self, model: BirdModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(wave))
+
+
+def build_model(model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int) -> BirdModel:
+    """Any timm backbone by name with the mel front end and the configured head."""
+    return BirdModel(model_cfg, audio_cfg, n_classes)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load `best.pt`/`last.pt` (a dict with a 'model' state dict) safely (weights_only)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    return model

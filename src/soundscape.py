@@ -1,0 +1,128 @@
+"""Soundscape inference: 5 s windows, batching across files, test-time shifts, post-processing.
+
+Kernel-safe: numpy + the other kernel-safe modules (`src.audio`, `src.runtimes`); `src.kernel`
+inlines this file into the Kaggle script, stripping the `from src.` imports.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from src.audio import AudioError, load_audio
+
+log = logging.getLogger(__name__)
+
+
+def n_windows(n_samples: int, window: int) -> int:
+    """Number of scored windows: every full window plus a last partial one (padded)."""
+    return max(1, -(-n_samples // window))
+
+
+def row_ids(stem: str, count: int, window_s: float) -> list[str]:
+    """`<stem>_<end second>` for consecutive windows (`soundscape_1_5`, `soundscape_1_10`, ...)."""
+    return [f"{stem}_{int(round((i + 1) * window_s))}" for i in range(count)]
+
+
+def cut_windows(y: np.ndarray, window: int, context: int = 0, shift: int = 0, count: int | None = None) -> np.ndarray:
+    """(count, window + 2*context) array: window i covers [i*window + shift - context, (i+1)*window + shift + context),
+    zero-padded outside the recording."""
+    count = n_windows(len(y), window) if count is None else count
+    length = window + 2 * context
+    left = context - shift if context - shift > 0 else 0
+    padded = np.zeros(left + count * window + 2 * context + abs(shift) + length, np.float32)
+    padded[left:left + len(y)] = y
+    offset = left + shift - context
+    starts = offset + np.arange(count) * window
+    idx = starts[:, None] + np.arange(length)[None, :]
+    return padded[idx]
+
+
+def smooth(probs: np.ndarray, kernel: list[float] | None) -> np.ndarray:
+    """Weighted average over neighbouring windows of one file (kernel centred, edges renormalised)."""
+    if not kernel or len(kernel) == 1:
+        return probs
+    k = np.asarray(kernel, np.float64)
+    half = len(k) // 2
+    n = len(probs)
+    out = np.zeros_like(probs, dtype=np.float64)
+    norm = np.zeros((n, 1))
+    for j, w in enumerate(k):
+        off = j - half
+        lo, hi = max(0, -off), min(n, n - off)
+        if lo < hi:
+            out[lo:hi] += w * probs[lo + off:hi + off]
+            norm[lo:hi] += w
+    return (out / norm).astype(probs.dtype)
+
+
+def file_prior(probs: np.ndarray, mode: str | None, power: float, weight: float = 1.0) -> np.ndarray:
+    """Rescale each window by the file-level evidence of each class: p * agg(p over file)^power.
+
+    A species heard clearly somewhere in the soundscape is more likely in its faint windows too.
+    `weight` blends the rescaled and raw probabilities.
+    """
+    if not mode:
+        return probs
+    agg = probs.max(axis=0, keepdims=True) if mode == "max" else probs.mean(axis=0, keepdims=True)
+    return (1 - weight) * probs + weight * probs * agg ** power
+
+
+def postprocess(probs: np.ndarray, cfg: dict) -> np.ndarray:
+    """Apply the post-processing config (`smoothing`, `file_prior`) to one file's window probabilities."""
+    out = smooth(probs, cfg.get("smoothing"))
+    prior = cfg.get("file_prior") or {}
+    return file_prior(out, prior.get("mode"), float(prior.get("power", 1.0)), float(prior.get("weight", 1.0)))
+
+
+def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np.ndarray], n_classes: int,
+                        sample_rate: int, window_s: float, context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,),
+                        batch_size: int = 64, fallback: np.ndarray | None = None, fallback_duration_s: float = 60.0,
+                        progress: Callable | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Window probabilities of every file, batching windows across files.
+
+    `predict_fn` maps a (B, samples) float32 batch to (B, n_classes) probabilities; each window is
+    predicted once per test-time shift and the shifts are averaged. A file that cannot be decoded
+    gets `fallback` rows (default 0) for `fallback_duration_s` of audio and a logged problem: its
+    rows are still written. Returns (row_ids, probs (rows, n_classes), problems).
+    """
+    window = int(round(window_s * sample_rate))
+    context = int(round(context_s * sample_rate))
+    fallback = np.zeros(n_classes, np.float32) if fallback is None else np.asarray(fallback, np.float32)
+    ids: list[str] = []
+    problems: list[str] = []
+    parts: list[list[np.ndarray | None]] = []  # per file: one prediction per shift (or the fallback)
+    pending: list[tuple[int, int, np.ndarray]] = []  # (file, shift, windows) waiting for a full batch
+
+    def flush() -> None:
+        probs = np.asarray(predict_fn(np.concatenate([w for _, _, w in pending])), np.float32)
+        pos = 0
+        for f, k, w in pending:
+            parts[f][k] = probs[pos:pos + len(w)]
+            pos += len(w)
+        pending.clear()
+
+    for path in (progress(files) if progress else files):
+        path = Path(path)
+        try:
+            y = load_audio(path, sample_rate)
+        except AudioError as exc:
+            problems.append(str(exc))
+            log.warning("%s: rows filled with the fallback", exc)
+            count = n_windows(int(fallback_duration_s * sample_rate), window)
+            ids += row_ids(path.stem, count, window_s)
+            parts.append([np.tile(fallback, (count, 1))])
+            continue
+        count = n_windows(len(y), window)
+        ids += row_ids(path.stem, count, window_s)
+        parts.append([None] * len(shifts_s))
+        for k, shift_s in enumerate(shifts_s):
+            pending.append((len(parts) - 1, k, cut_windows(y, window, context, int(round(shift_s * sample_rate)), count)))
+        if sum(len(w) for _, _, w in pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    out = [np.mean(np.stack(p), axis=0) for p in parts]
+    return ids, (np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)), problems

@@ -1,0 +1,130 @@
+"""src.synth: a small synthetic competition is deterministic and has the BirdCLEF 2025 layout."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import soundfile as sf
+from omegaconf import DictConfig, OmegaConf
+
+from src.synth import TAXONOMY_COLUMNS, TRAIN_COLUMNS, make_competition
+
+ROOT = Path(__file__).resolve().parents[1]
+CSVS = ("train.csv", "taxonomy.csv", "sample_submission.csv", "solution.csv")
+
+
+def small_cfg(**over) -> DictConfig:
+    """The real config, shrunk: 4 species x 3 recordings (+1 short), 1 noise bed, 2 test soundscapes."""
+    cfg = OmegaConf.load(ROOT / "configs" / "synth.yaml").synth
+    cfg.merge_with({"n_species": 4, "recordings_per_species": [3, 3], "max_duration_s": 6.0,
+                    "n_train_soundscapes": 1, "n_test_soundscapes": 2, "progress": False, "workers": 2, **over})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def comp(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "demo"
+    stale = out.with_name("demo.tmp")
+    (stale / "junk").mkdir(parents=True)  # left over by an interrupted run
+    make_competition(out, small_cfg())
+    assert not stale.exists()
+    return out
+
+
+def _oggs(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*.ogg"))
+
+
+def test_deterministic_for_any_worker_count(comp, tmp_path):
+    again = make_competition(tmp_path / "again", small_cfg(workers=1))
+    for name in CSVS:
+        assert (comp / name).read_bytes() == (again / name).read_bytes(), name
+    assert _oggs(comp) == _oggs(again)
+    for rel in _oggs(comp):  # Vorbis streams carry a random serial number: compare the decoded audio
+        np.testing.assert_array_equal(sf.read(comp / rel)[0], sf.read(again / rel)[0], err_msg=str(rel))
+
+
+def test_layout_and_train_csv(comp):
+    assert {p.name for p in comp.iterdir()} == {*CSVS, "train_audio", "train_soundscapes", "test_soundscapes"}
+    assert not (comp / "junk").exists()
+    train = pl.read_csv(comp / "train.csv")
+    tax = pl.read_csv(comp / "taxonomy.csv")
+    assert tuple(train.columns) == TRAIN_COLUMNS
+    assert tuple(tax.columns) == TAXONOMY_COLUMNS
+    labels = tax["primary_label"].to_list()
+    assert labels == sorted(labels) and len(labels) == 4
+    assert train.height == 4 * 3 + 1
+    assert set(train["primary_label"]) == set(labels)
+    assert set(train["collection"]) <= {"XC", "iNat"}
+    assert train["rating"].dtype == pl.Float64 and train["rating"].is_between(0, 5).all()
+    for row in train.iter_rows(named=True):
+        assert row["filename"] == f"{row['primary_label']}/{Path(row['filename']).name}"
+        assert (comp / "train_audio" / row["filename"]).is_file()
+        sec = ast.literal_eval(row["secondary_labels"])
+        assert isinstance(sec, list) and set(sec) <= set(labels) - {row["primary_label"]}
+        assert isinstance(ast.literal_eval(row["type"]), list)
+    assert sorted(_oggs(comp / "train_audio")) == sorted(Path(f) for f in train["filename"])
+    # several recordists, some with several recordings: author-grouped folds are meaningful
+    per_author = train["author"].value_counts()
+    assert per_author.height >= 2 and per_author["count"].max() >= 2
+
+
+def test_audio_decodes_32k_mono(comp):
+    cfg = small_cfg()
+    durations = []
+    for rel in _oggs(comp):
+        info = sf.info(comp / rel)
+        assert (info.samplerate, info.channels) == (32000, 1), rel
+        y, sr = sf.read(comp / rel, dtype="float32")
+        assert y.ndim == 1 and np.isfinite(y).all() and 0 < np.abs(y).max() <= 1.0, rel
+        if rel.parts[0] == "train_audio":
+            durations.append(len(y) / sr)
+        else:
+            assert abs(len(y) / sr - cfg.soundscape_s) < 0.01, rel
+    assert len(_oggs(comp / "test_soundscapes")) == 2 and len(_oggs(comp / "train_soundscapes")) == 1
+    durations = np.array(durations)
+    assert (np.abs(durations - cfg.short_duration_s) < 0.01).sum() == 1
+    long = durations[np.abs(durations - cfg.short_duration_s) >= 0.01]
+    assert ((long >= cfg.min_duration_s - 0.01) & (long <= cfg.max_duration_s + 0.01)).all()
+
+
+def test_submission_and_solution(comp):
+    sub = pl.read_csv(comp / "sample_submission.csv")
+    sol = pl.read_csv(comp / "solution.csv")
+    labels = pl.read_csv(comp / "taxonomy.csv")["primary_label"].to_list()
+    assert sub.columns == sol.columns == ["row_id", *sorted(labels)]
+    assert sub["row_id"].to_list() == sol["row_id"].to_list()
+    stems = [p.stem for p in sorted((comp / "test_soundscapes").glob("*.ogg"))]
+    assert stems == ["soundscape_000", "soundscape_001"]
+    assert sub["row_id"].to_list() == [f"{s}_{t}" for s in stems for t in range(5, 61, 5)]
+    np.testing.assert_allclose(sub.drop("row_id").to_numpy(), 1 / len(labels))
+    y = sol.drop("row_id").to_numpy()
+    assert set(np.unique(y)) <= {0, 1}
+    assert (y.sum(axis=0) > 0).sum() > 1
+
+
+def test_cli_replaces_only_a_competition(tmp_path):
+    """`python -m src.synth` (Hydra entry point) replaces an earlier competition, never another folder."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        make_competition(other, small_cfg())
+    assert (other / "keep.txt").exists()
+
+    out = tmp_path / "comp"
+    out.mkdir()
+    (out / "train.csv").write_text("old")
+    (out / "stale.txt").write_text("x")
+    tiny = ["synth.n_species=2", "synth.recordings_per_species=[1,1]", "synth.max_duration_s=5",
+            "synth.n_short_recordings=0", "synth.n_train_soundscapes=0", "synth.n_test_soundscapes=0",
+            "synth.progress=false"]
+    subprocess.run([sys.executable, "-m", "src.synth", f"synth.out={out}", *tiny], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert not (out / "stale.txt").exists() and not out.with_name("comp.tmp").exists()
+    assert tuple(pl.read_csv(out / "train.csv").columns) == TRAIN_COLUMNS
+    assert pl.read_csv(out / "train.csv").height == 2 and (out / "test_soundscapes").is_dir()
