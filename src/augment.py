@@ -363,11 +363,20 @@ class BatchAugment(nn.Module):
             if p > 0 and alpha <= 0:
                 raise ValueError(f"aug.{name}.alpha must be > 0 (Beta(alpha, alpha)) when aug.{name}.p > 0")
 
-        mix_seed, spec_seed, albu_seed = np.random.SeedSequence(seed).spawn(3)
-        self.rng = np.random.default_rng(mix_seed)
+        self.seed = int(seed)
         sa = _block(cfg_aug, "spec_augment")
-        self.spec_augment = SpecAugment(**sa, seed=spec_seed) if sa else None
-        albu = build_spec_augment_albu(cfg_aug.get("spec"), seed=int(albu_seed.generate_state(1)[0]))
+        self.spec_augment = SpecAugment(**sa) if sa else None
+        self.spec_albu = None
+        self._albu_cfg = cfg_aug.get("spec")
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed every draw from (seed, epoch), so a resumed run repeats an epoch exactly."""
+        mix_seed, spec_seed, albu_seed = np.random.SeedSequence([self.seed, int(epoch)]).spawn(3)
+        self.rng = np.random.default_rng(mix_seed)
+        if self.spec_augment is not None:
+            self.spec_augment.rng = np.random.default_rng(spec_seed)
+        albu = build_spec_augment_albu(self._albu_cfg, seed=int(albu_seed.generate_state(1)[0]))
         self.spec_albu = SpecAlbu(albu) if albu is not None else None
 
     def wave(self, x: torch.Tensor, y: torch.Tensor,

@@ -261,7 +261,7 @@ def train(cfg: DictConfig) -> dict:
         t0 = time.time()
         # every epoch starts from seeds that depend only on (seed, epoch): resume repeats it exactly
         torch.manual_seed(int(cfg.seed) * 1000 + epoch)
-        getattr(batch_aug, "set_epoch", lambda e: None)(epoch)
+        batch_aug.set_epoch(epoch)
         sampler.set_epoch(epoch)
         frozen = epoch < freeze
         for p in backbone_params:
