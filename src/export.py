@@ -57,9 +57,8 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), input_names=["wave"], output_names=["prob"],
-                          dynamic_shapes={"wave": {0: batch}}, dynamo=True, verbose=False)
-    for extra in path.parent.glob(path.name + ".data"):  # keep one self-contained file
-        extra.unlink()
+                          dynamic_shapes={"wave": {0: batch}}, dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file for the Kaggle dataset
 
 
 EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_onnx}
