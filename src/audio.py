@@ -19,15 +19,22 @@ class AudioError(ValueError):
 def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0) -> np.ndarray:
     """Decode any ogg/mp3/wav/flac file to float32 mono at `sample_rate`.
 
-    Raises AudioError (naming the file) if it is unreadable, empty, shorter than
+    Raises AudioError (naming the file) if it is missing, unreadable, a truncated Ogg, empty, shorter than
     `min_duration_s`, contains NaN/inf, or is all zeros.
     """
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found: check data.root and the metadata's filename column")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes): re-download it or drop it from the metadata")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises several types for corrupt/truncated/unknown files
         raise AudioError(f"{path}: cannot decode ({type(exc).__name__}: {exc}); the file is corrupt, "
                          "truncated or not audio: re-download it or drop it from the metadata") from exc
+    if _ogg_truncated(path):  # libsndfile silently decodes a cut-off Ogg file as a shorter recording
+        raise AudioError(f"{path}: truncated Ogg file (the last page is cut short or lacks the end-of-stream "
+                         "flag): re-download it or drop it from the metadata")
     if data.size == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
     y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
@@ -40,6 +47,28 @@ def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0) 
     if not np.any(y):
         raise AudioError(f"{path}: all samples are zero (silent file)")
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+_OGG_MAX_PAGE = 27 + 255 + 255 * 255  # header + segment table + 255 segments of 255 bytes
+
+
+def _ogg_truncated(path: Path) -> bool:
+    """True if `path` is an Ogg file whose last page does not end exactly at the end of the file with the
+    end-of-stream flag set (i.e. the download was cut off); False for a complete Ogg file or any other format."""
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"OggS":
+            return False
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - _OGG_MAX_PAGE))
+        tail = fh.read()
+    start = tail.rfind(b"OggS")
+    while start >= 0:  # the last real page header; "OggS" can also occur by chance inside packet data
+        page = tail[start:]
+        n_seg = page[26] if len(page) > 26 else 0
+        if len(page) >= 27 + n_seg and 27 + n_seg + sum(page[27:27 + n_seg]) == len(page):
+            return not page[5] & 0x04
+        start = tail.rfind(b"OggS", 0, start)
+    return True
 
 
 def to_int16(y: np.ndarray) -> np.ndarray:

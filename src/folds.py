@@ -195,12 +195,19 @@ def _report(meta: pl.DataFrame, folds: pl.DataFrame, group_col: str, path: Path)
 
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
+    write_folds(cfg)
+
+
+def write_folds(cfg: DictConfig, report: bool = True) -> Path:
+    """Make the folds of `cfg.data` and write them to `folds_path(cfg)`; returns the path."""
     comp = load_competition(cfg.data.root, cfg.data.layout)
     folds = make_folds(comp.meta, int(cfg.folds.n), str(cfg.folds.group), int(cfg.folds.seed))
     path = folds_path(cfg)
     with atomic_write(path) as tmp:
         folds.write_csv(tmp)
-    _report(comp.meta, folds, str(cfg.folds.group), path)
+    if report:
+        _report(comp.meta, folds, str(cfg.folds.group), path)
+    return path
 
 
 if __name__ == "__main__":

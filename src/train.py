@@ -221,7 +221,9 @@ def train(cfg: DictConfig) -> dict:
     if d.world > 1:
         step_fn = torch.nn.parallel.DistributedDataParallel(
             step_fn, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=int(cfg.train.freeze_epochs) > 0)
+            # some timm backbones keep head layers that forward_features skips (mobilenetv3's conv_head),
+            # and a frozen backbone produces no gradients: let DDP look for unused parameters
+            find_unused_parameters=True)
     ema = None
     if cfg.train.ema:
         from timm.utils import ModelEmaV3

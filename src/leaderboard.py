@@ -1,0 +1,538 @@
+"""`python -m src.leaderboard`: the local CV leaderboard of every run and ensemble.
+
+Usage (plain `key=value` arguments, no Hydra):
+    python -m src.leaderboard [runs_dir=runs ensembles_dir=ensembles out=. lb_file=...]
+        one row per experiment, best CV first: backbone, the config keys that differ between
+        experiments, folds done, mean CV and per-fold scores, padded cmAP, training time, git
+        commit(s), public LB when recorded. Printed, and written to `<out>/leaderboard.md`,
+        `<out>/leaderboard.csv` and (with >= 2 public LB scores) `<out>/leaderboard_cv_lb.png`.
+    python -m src.leaderboard lb exp=<name> score=<float> [note=...]
+        records a public LB score in `configs/leaderboard/public_lb.csv` (exp,score,date,note;
+        a later entry for an exp replaces the earlier), then rebuilds the leaderboard.
+    python -m src.leaderboard compare A B
+        per-species ROC-AUC difference of run B against run A over the folds both have.
+
+Every number comes from what the runs and ensembles saved (`metrics.json`, `config.yaml`,
+`ensemble.yaml`, `score.json`); nothing is recomputed here.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+from scipy.stats import spearmanr
+
+from src.io import atomic_write
+
+# Config keys that name, place or schedule a run rather than change what it learns. A dotted key is
+# ignored when it equals one of these or lies below one; keys ending in `_dir`/`_path` are ignored too.
+# (`model.name` only names a model preset: its values show up as model.backbone, model.head, ...)
+BOOKKEEPING = ("exp", "fold", "resume", "device", "runs_dir", "classes", "paths", "hydra", "data.root",
+               "data.cache_dir", "folds.dir", "model.name", "model.weights", "prepare.workers",
+               "train.num_workers", "train.threads", "train.report", "train.val_batch_size")
+# Config differences are listed in this order of sections, then alphabetically.
+SECTION_ORDER = ("model", "data", "train", "audio", "aug", "sampler", "labels", "seed")
+LB_COLUMNS = ["exp", "score", "date", "note"]
+CSV_COLUMNS = ["rank", "exp", "kind", "backbone", "config", "folds", "cv", "cv_std", "fold_scores", "metric",
+               "auc", "cmap", "lb", "lb_date", "test_auc", "train_s", "commit"]
+
+
+class LeaderboardError(Exception):
+    """A missing or malformed file; the message names the file and the fix."""
+
+
+# ---------------------------------------------------------------- reading runs and ensembles
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LeaderboardError(f"{path} is not valid JSON ({err}): re-run that fold or delete its folder") from err
+
+
+def _fold_dirs(exp_dir: Path) -> list[tuple[int, Path]]:
+    dirs = [(int(d.name[4:]), d) for d in exp_dir.glob("fold*") if d.is_dir() and d.name[4:].isdigit()]
+    return sorted(dirs)
+
+
+def read_run(exp_dir: Path) -> dict | None:
+    """One experiment folder `runs/<exp>/` -> {'exp', 'metrics': {fold: metrics.json}, 'config': dict}.
+
+    Folds without `metrics.json` (still training, or crashed) are skipped with a note on stderr;
+    None when no fold has finished. `config` is the first finished fold's config.yaml as a plain dict.
+    """
+    metrics, config = {}, None
+    for fold, fold_dir in _fold_dirs(exp_dir):
+        path = fold_dir / "metrics.json"
+        if not path.exists():
+            print(f"note: skipping {fold_dir}: no metrics.json yet (still training, or it crashed)", file=sys.stderr)
+            continue
+        m = _read_json(path)
+        missing = [k for k in ("score", "metric") if k not in m]
+        if missing:
+            raise LeaderboardError(f"{path} lacks {missing}: it was not written by python -m src.train; "
+                                   "re-run that fold")
+        metrics[fold] = m
+        if config is None and (fold_dir / "config.yaml").exists():
+            config = OmegaConf.to_container(OmegaConf.load(fold_dir / "config.yaml"), resolve=False)
+    if not metrics:
+        return None
+    return {"exp": exp_dir.name, "metrics": metrics, "config": config or {}}
+
+
+def read_runs(runs_dir: Path) -> list[dict]:
+    """Every experiment under `runs_dir` with at least one finished fold (see `read_run`)."""
+    if not runs_dir.is_dir():
+        return []
+    runs = [read_run(d) for d in sorted(runs_dir.iterdir()) if d.is_dir()]
+    return [r for r in runs if r is not None]
+
+
+def read_ensembles(ensembles_dir: Path) -> list[dict]:
+    """Every `ensembles/<name>/ensemble.yaml` as a plain dict, plus `test_auc` from score.json if present."""
+    if not ensembles_dir.is_dir():
+        return []
+    out = []
+    for path in sorted(ensembles_dir.glob("*/ensemble.yaml")):
+        ens = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+        if ens.get("oof_score") is None:
+            raise LeaderboardError(f"{path} has no oof_score: rebuild it with python -m src.ensemble")
+        ens.setdefault("name", path.parent.name)
+        score_path = path.parent / "score.json"
+        ens["test_auc"] = _read_json(score_path).get("auc") if score_path.exists() else None
+        out.append(ens)
+    return out
+
+
+def read_public_lb(lb_file: Path) -> dict[str, dict]:
+    """The recorded public LB scores: {exp: {'score': float, 'date': str, 'note': str}} (last entry wins)."""
+    if not lb_file.exists():
+        return {}
+    with open(lb_file, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"exp", "score"} <= set(reader.fieldnames):
+            raise LeaderboardError(f"{lb_file} must have the header {','.join(LB_COLUMNS)}; fix or delete it")
+        entries = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                score = float(row["score"])
+            except (TypeError, ValueError):
+                raise LeaderboardError(f"{lb_file} line {line}: score {row['score']!r} is not a number; "
+                                       "fix or delete that line") from None
+            entries[row["exp"]] = {"score": score, "date": row.get("date") or "", "note": row.get("note") or ""}
+    return entries
+
+
+def record_public_lb(lb_file: Path, exp: str, score: float, note: str = "", date: str | None = None) -> None:
+    """Add (or replace) the public LB score of `exp` in `lb_file`, creating it with a header if absent."""
+    entries = read_public_lb(lb_file)
+    entries.pop(exp, None)
+    entries[exp] = {"score": score, "date": date or datetime.date.today().isoformat(), "note": note}
+    with atomic_write(lb_file) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(LB_COLUMNS)
+        for name, e in entries.items():
+            writer.writerow([name, repr(e["score"]), e["date"], e["note"]])
+
+
+# ---------------------------------------------------------------- config differences
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dict -> {dotted key: leaf value}; lists are kept whole as leaves."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_bookkeeping(key: str) -> bool:
+    leaf = key.rsplit(".", 1)[-1]
+    return (leaf.endswith(("_dir", "_path"))
+            or any(key == b or key.startswith(b + ".") for b in BOOKKEEPING))
+
+
+def _fmt_value(value: object, width: int = 24) -> str:
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ",".join(_fmt_value(v, width) for v in value) + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    head = key.split(".", 1)[0]
+    return (SECTION_ORDER.index(head) if head in SECTION_ORDER else len(SECTION_ORDER), key)
+
+
+def config_differences(configs: dict[str, dict]) -> dict[str, list[str]]:
+    """{exp: ['model.backbone=regnety_002', 'train.lr=0.003', ...]}: for each experiment, its values of
+    the (non-bookkeeping) config keys whose values are not the same across all experiments. A key one
+    experiment lacks counts as different; it is listed only where present."""
+    flat = {exp: {k: v for k, v in flatten(cfg).items() if not _is_bookkeeping(k)} for exp, cfg in configs.items()}
+    keys = sorted({k for f in flat.values() for k in f}, key=_key_order)
+    varying = [k for k in keys
+               if len({_fmt_value(f[k], 10**6) if k in f else "<absent>" for f in flat.values()}) > 1]
+    return {exp: [f"{k}={_fmt_value(f[k])}" for k in varying if k in f] for exp, f in flat.items()}
+
+
+def _shorten(parts: list[str], width: int) -> str:
+    """Join `parts` with ', ' up to about `width` characters, then '(+N more)'."""
+    text = ""
+    for i, part in enumerate(parts):
+        candidate = part if not text else f"{text}, {part}"
+        if len(candidate) > width and text:
+            return f"{text} (+{len(parts) - i} more)"
+        text = candidate
+    return text
+
+
+# ---------------------------------------------------------------- rows
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(values)) if values else None
+
+
+def run_row(run: dict, config_diff: list[str]) -> dict:
+    """Leaderboard row of one training experiment, from its folds' metrics.json."""
+    metrics = run["metrics"]
+    folds = sorted(metrics)
+    scores = [float(metrics[k]["score"]) for k in folds]
+    first = metrics[folds[0]]
+    commits = sorted({str(m.get("git_commit") or "")[:7] for m in metrics.values()} - {""})
+    return {
+        "exp": run["exp"], "kind": "run", "backbone": first.get("backbone") or first.get("model") or "",
+        "config_parts": config_diff, "folds": folds, "cv": float(np.mean(scores)),
+        "cv_std": float(np.std(scores)) if len(scores) > 1 else None, "fold_scores": scores,
+        "metric": first["metric"], "auc": _mean([m.get("auc") for m in metrics.values()]),
+        "cmap": _mean([m.get("cmap") for m in metrics.values()]), "test_auc": None,
+        "train_s": float(sum(float(m.get("duration_s") or 0.0) for m in metrics.values())),
+        "commit": ",".join(commits),
+    }
+
+
+def ensemble_row(ens: dict, backbones: dict[str, str]) -> dict:
+    """Leaderboard row of one ensemble, from its ensemble.yaml (+ score.json)."""
+    members = ens.get("members") or []
+    folds = sorted({int(k) for m in members for k in (m.get("folds") or [])})
+    member_text = " + ".join(
+        f"{m.get('run')}" + (f"*{float(m['weight']):.2g}" if m.get("weight") is not None else "") for m in members)
+    metric = ens.get("metric") or "auc"
+    score = float(ens["oof_score"])
+    parts = [f"blend={ens.get('blend', '?')}", f"members: {member_text}"]
+    if ens.get("postprocess"):
+        parts.append("postprocess=" + ",".join(f"{k}:{_fmt_value(v)}" for k, v in flatten(ens["postprocess"]).items()))
+    used = [backbones.get(str(m.get("run")), "?") for m in members]
+    return {
+        "exp": str(ens["name"]), "kind": "ensemble", "backbone": "+".join(dict.fromkeys(used)),
+        "config_parts": parts, "folds": folds, "cv": score, "cv_std": None, "fold_scores": [],
+        "metric": metric, "auc": score if metric == "auc" else None, "cmap": score if metric == "cmap" else None,
+        "test_auc": ens.get("test_auc"), "train_s": None, "commit": "",
+    }
+
+
+def build_rows(runs: list[dict], ensembles: list[dict], public_lb: dict[str, dict]) -> list[dict]:
+    """All leaderboard rows, best CV first, with their public LB score where one is recorded."""
+    configs = {r["exp"]: r["config"] for r in runs if r["config"]}  # a run without config.yaml has none to compare
+    diffs = config_differences(configs) if len(configs) > 1 else {}
+    rows = [run_row(r, diffs.get(r["exp"], [])) for r in runs]
+    backbones = {r["exp"]: r["backbone"] for r in rows}
+    rows += [ensemble_row(e, backbones) for e in ensembles]
+    for row in rows:
+        lb = public_lb.get(row["exp"])
+        row["lb"], row["lb_date"] = (lb["score"], lb["date"]) if lb else (None, "")
+    rows.sort(key=lambda r: -r["cv"] if r["cv"] is not None and not math.isnan(r["cv"]) else math.inf)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return rows
+
+
+def cv_lb_correlation(rows: list[dict]) -> tuple[float, int] | None:
+    """Spearman rank correlation between CV and public LB over the rows that have both, and their count;
+    None with fewer than 2 such rows."""
+    pairs = [(r["cv"], r["lb"]) for r in rows if r["lb"] is not None and r["cv"] is not None]
+    if len(pairs) < 2:
+        return None
+    cv, lb = np.array(pairs).T
+    rho = spearmanr(cv, lb).statistic if np.ptp(cv) > 0 and np.ptp(lb) > 0 else float("nan")
+    return float(rho), len(pairs)
+
+
+# ---------------------------------------------------------------- output
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if not seconds:
+        return ""
+    minutes = seconds / 60
+    return f"{seconds:.0f}s" if seconds < 60 else f"{minutes:.0f}m" if minutes < 60 else \
+        f"{int(minutes // 60)}h{int(minutes % 60):02d}m"
+
+
+def _display(row: dict, config_width: int | None) -> dict[str, str]:
+    cv = _num(row["cv"]) + (f" ±{row['cv_std']:.4f}" if row["cv_std"] is not None else "")
+    folds = ",".join(map(str, row["folds"]))
+    parts = row["config_parts"]
+    return {
+        "#": str(row["rank"]), "exp": row["exp"], "kind": row["kind"], "backbone": row["backbone"],
+        "folds": folds, "metric": row["metric"], "cv": cv,
+        "per fold": " ".join(_num(s) for s in row["fold_scores"]),
+        "cmap": _num(row["cmap"]), "public LB": _num(row["lb"]), "test auc": _num(row["test_auc"]),
+        "time": _duration(row["train_s"]), "commit": row["commit"],
+        "config differences": _shorten(parts, config_width) if config_width else ", ".join(parts),
+    }
+
+
+def _text_table(records: list[dict[str, str]]) -> str:
+    headers = [h for h in records[0] if any(r[h] for r in records)]
+    widths = {h: max(len(h), *(len(r[h]) for r in records)) for h in headers}
+    lines = ["  ".join(h.ljust(widths[h]) for h in headers).rstrip(),
+             "  ".join("-" * widths[h] for h in headers)]
+    lines += ["  ".join(r[h].ljust(widths[h]) for h in headers).rstrip() for r in records]
+    return "\n".join(lines)
+
+
+def _markdown_table(records: list[dict[str, str]]) -> str:
+    headers = [h for h in records[0] if any(r[h] for r in records)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in headers) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def _correlation_line(corr: tuple[float, int] | None) -> str:
+    if corr is None:
+        return ("CV-LB rank correlation: needs public LB scores for >= 2 experiments "
+                "(python -m src.leaderboard lb exp=<name> score=<float>)")
+    rho, n = corr
+    value = "undefined (all CV or all LB values equal)" if math.isnan(rho) else f"{rho:+.3f}"
+    return f"CV-LB rank correlation (Spearman, n={n}): {value}"
+
+
+def plot_cv_lb(rows: list[dict], path: Path) -> bool:
+    """Scatter of local CV against public LB, one labelled point per experiment that has both, with a
+    least-squares trend line. Written atomically to `path`; False (nothing written) with < 2 points."""
+    points = [r for r in rows if r["lb"] is not None and r["cv"] is not None]
+    if len(points) < 2:
+        return False
+    cv = np.array([r["cv"] for r in points])
+    lb = np.array([r["lb"] for r in points])
+    fig = Figure(figsize=(7.5, 6), dpi=110)
+    ax = fig.subplots()
+    colors = {"run": "tab:blue", "ensemble": "tab:orange"}
+    for kind, color in colors.items():
+        mask = np.array([r["kind"] == kind for r in points])
+        if mask.any():
+            ax.scatter(cv[mask], lb[mask], s=60, color=color, edgecolor="black", linewidth=0.6, zorder=3,
+                       label=kind)
+    for r, x, y in zip(points, cv, lb):
+        ax.annotate(r["exp"], (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
+    if np.ptp(cv) > 0:
+        slope, intercept = np.polyfit(cv, lb, 1)
+        xs = np.linspace(cv.min(), cv.max(), 2)
+        pad = 0.08 * np.ptp(cv)
+        xs = np.array([xs[0] - pad, xs[1] + pad])
+        ax.plot(xs, slope * xs + intercept, "--", color="gray", linewidth=1.2, zorder=2,
+                label=f"trend: LB = {slope:.2f} CV {intercept:+.3f}")
+    # room for the labels on the right and top
+    for arr, setter in ((cv, ax.set_xlim), (lb, ax.set_ylim)):
+        span = np.ptp(arr) or max(abs(arr.mean()) * 0.01, 1e-3)
+        setter(arr.min() - 0.12 * span, arr.max() + 0.25 * span)
+    corr = cv_lb_correlation(rows)
+    metric = points[0]["metric"]
+    ax.set_title(f"Local CV vs public LB ({len(points)} experiments)\n{_correlation_line(corr)}", fontsize=11)
+    ax.set_xlabel(f"local CV ({'macro ROC-AUC' if metric == 'auc' else 'padded cmAP'}, mean over folds)")
+    ax.set_ylabel("public LB score")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return True
+
+
+def write_leaderboard(rows: list[dict], out: Path) -> dict[str, Path]:
+    """Write leaderboard.md, leaderboard.csv and (with >= 2 LB scores) leaderboard_cv_lb.png into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    table = pl.DataFrame(
+        [{**{k: r.get(k) for k in CSV_COLUMNS if k not in ("config", "folds", "fold_scores")},
+          "config": ", ".join(r["config_parts"]), "folds": " ".join(map(str, r["folds"])),
+          "fold_scores": " ".join(f"{s:.6f}" for s in r["fold_scores"])} for r in rows],
+        schema_overrides={"cv_std": pl.Float64, "auc": pl.Float64, "cmap": pl.Float64, "lb": pl.Float64,
+                          "test_auc": pl.Float64, "train_s": pl.Float64},
+    ).select(CSV_COLUMNS)
+    with atomic_write(out / "leaderboard.csv") as tmp:
+        table.write_csv(tmp)
+    written["csv"] = out / "leaderboard.csv"
+
+    corr = cv_lb_correlation(rows)
+    plot_path = out / "leaderboard_cv_lb.png"
+    has_plot = plot_cv_lb(rows, plot_path)
+    if not has_plot and plot_path.exists():
+        plot_path.unlink()  # a stale plot would show scores that are no longer recorded
+    md = [f"# Local CV leaderboard ({datetime.datetime.now():%Y-%m-%d %H:%M})", "",
+          ("Best CV first. `cv` is the mean over folds of each run's main metric (`metric` in metrics.json); "
+           "for ensembles, the nested out-of-fold score of the blend. `config differences` are the config keys "
+           "whose values differ between runs."), "",
+          _markdown_table([_display(r, None) for r in rows]), "", _correlation_line(corr)]
+    if has_plot:
+        md += ["", f"![CV vs public LB]({plot_path.name})"]
+        written["png"] = plot_path
+    with atomic_write(out / "leaderboard.md") as tmp:
+        Path(tmp).write_text("\n".join(md) + "\n")
+    written["md"] = out / "leaderboard.md"
+    return written
+
+
+def leaderboard(runs_dir: Path, ensembles_dir: Path, out: Path, lb_file: Path, config_width: int = 70) -> list[dict]:
+    """Build, print and write the leaderboard; returns its rows (best CV first)."""
+    runs, ensembles = read_runs(runs_dir), read_ensembles(ensembles_dir)
+    if not runs and not ensembles:
+        raise LeaderboardError(f"no runs in {runs_dir}/ (and no ensembles in {ensembles_dir}/): "
+                               "train one with python -m src.train fold=0")
+    public_lb = read_public_lb(lb_file)
+    rows = build_rows(runs, ensembles, public_lb)
+    unknown = sorted(set(public_lb) - {r["exp"] for r in rows})
+    if unknown:
+        print(f"note: {lb_file} has LB scores for {unknown}, which have no run or ensemble here", file=sys.stderr)
+    print(_text_table([_display(r, config_width) for r in rows]))
+    print()
+    print(_correlation_line(cv_lb_correlation(rows)))
+    written = write_leaderboard(rows, out)
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return rows
+
+
+# ---------------------------------------------------------------- compare
+
+def compare_runs(runs_dir: Path, a: str, b: str) -> dict:
+    """Per-species ROC-AUC of run `b` minus run `a`, each the mean of `per_class_auc` over the folds both have.
+
+    Returns {'folds', 'cv_a', 'cv_b', 'metric', 'species': [(name, auc_a, auc_b, diff), ...] worst first}.
+    """
+    runs = {}
+    for name in (a, b):
+        run = read_run(runs_dir / name) if (runs_dir / name).is_dir() else None
+        if run is None:
+            raise LeaderboardError(f"{runs_dir / name}/ has no finished fold (metrics.json): check the name "
+                                   f"(python -m src.leaderboard lists them) or train it with "
+                                   f"python -m src.train exp={name} fold=0")
+        runs[name] = run
+    folds = sorted(set(runs[a]["metrics"]) & set(runs[b]["metrics"]))
+    if not folds:
+        raise LeaderboardError(f"{a} has folds {sorted(runs[a]['metrics'])} and {b} has folds "
+                               f"{sorted(runs[b]['metrics'])}: no fold in common; train the missing fold")
+
+    def mean_per_class(name: str) -> dict[str, float]:
+        per_fold = [runs[name]["metrics"][k].get("per_class_auc") or {} for k in folds]
+        species = {s for d in per_fold for s in d}
+        means = {s: _mean([d.get(s) for d in per_fold]) for s in species}
+        return {s: v for s, v in means.items() if v is not None}
+
+    auc_a, auc_b = mean_per_class(a), mean_per_class(b)
+    species = [(s, auc_a[s], auc_b[s], auc_b[s] - auc_a[s]) for s in sorted(set(auc_a) & set(auc_b))]
+    species.sort(key=lambda t: (t[3], t[0]))
+    cv = {n: float(np.mean([runs[n]["metrics"][k]["score"] for k in folds])) for n in (a, b)}
+    return {"folds": folds, "cv_a": cv[a], "cv_b": cv[b], "metric": runs[a]["metrics"][folds[0]]["metric"],
+            "species": species}
+
+
+def print_comparison(result: dict, a: str, b: str, top: int = 15) -> None:
+    species = result["species"]
+    diffs = np.array([t[3] for t in species])
+    print(f"{b} vs {a} over folds {result['folds']}: CV ({result['metric']}) "
+          f"{result['cv_a']:.4f} -> {result['cv_b']:.4f} ({result['cv_b'] - result['cv_a']:+.4f})")
+    if not species:
+        print("no species with a per-class AUC in both runs")
+        return
+    print(f"per-species AUC ({len(species)} species): mean diff {diffs.mean():+.4f}, "
+          f"better {int((diffs > 0).sum())}, worse {int((diffs < 0).sum())}, same {int((diffs == 0).sum())}")
+    width = max(len("species"), *(len(t[0]) for t in species))
+
+    def block(title: str, items: list[tuple]) -> None:
+        print(f"\n{title}")
+        print(f"  {'species'.ljust(width)}  {a[:10]:>10}  {b[:10]:>10}  {'diff':>8}")
+        for name, va, vb, d in items:
+            print(f"  {name.ljust(width)}  {va:10.4f}  {vb:10.4f}  {d:+8.4f}")
+
+    if len(species) <= 2 * top:
+        block("all species, worst first (B - A):", species)
+    else:
+        block(f"worst {top} species (B - A):", species[:top])
+        block(f"best {top} species (B - A):", species[::-1][:top])
+
+
+# ---------------------------------------------------------------- command line
+
+DEFAULTS = {"runs_dir": "runs", "ensembles_dir": "ensembles", "out": ".",
+            "lb_file": "configs/leaderboard/public_lb.csv", "exp": None, "score": None, "note": ""}
+
+
+def _parse_argv(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    positional, opts = [], dict(DEFAULTS)
+    for arg in argv:
+        if "=" in arg:
+            key, value = arg.split("=", 1)
+            if key not in DEFAULTS:
+                raise LeaderboardError(f"unknown option {key!r}: use {', '.join(f'{k}=' for k in DEFAULTS)}")
+            opts[key] = value
+        else:
+            positional.append(arg)
+    return positional, opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        positional, opts = _parse_argv(sys.argv[1:] if argv is None else argv)
+        runs_dir, ensembles_dir = Path(opts["runs_dir"]), Path(opts["ensembles_dir"])
+        out, lb_file = Path(opts["out"]), Path(opts["lb_file"])
+        command = positional[0] if positional else "table"
+        if command == "lb":
+            if not opts["exp"] or opts["score"] is None:
+                raise LeaderboardError("usage: python -m src.leaderboard lb exp=<name> score=<float> [note=...]")
+            try:
+                score = float(opts["score"])
+            except ValueError:
+                raise LeaderboardError(f"score={opts['score']!r} is not a number (e.g. score=0.842)") from None
+            record_public_lb(lb_file, opts["exp"], score, opts["note"])
+            print(f"recorded public LB {score} for {opts['exp']} in {lb_file}\n")
+            leaderboard(runs_dir, ensembles_dir, out, lb_file)
+        elif command == "compare":
+            if len(positional) != 3:
+                raise LeaderboardError("usage: python -m src.leaderboard compare <exp A> <exp B> [runs_dir=runs]")
+            a, b = positional[1:]
+            print_comparison(compare_runs(runs_dir, a, b), a, b)
+        elif command == "table" and len(positional) <= 1:
+            leaderboard(runs_dir, ensembles_dir, out, lb_file)
+        else:
+            raise LeaderboardError(f"unknown command {' '.join(positional)!r}: use no command (the table), "
+                                   "`lb exp=... score=...` or `compare A B`")
+    except LeaderboardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

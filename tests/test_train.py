@@ -1,0 +1,91 @@
+"""Training: run folder contents, resume after a crash mid-epoch, DDP with torchrun (gloo, CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+import src.train as train_mod
+from tests.pipeline import REPO
+
+RUN_FILES = ["best.pt", "last.pt", "oof.parquet", "metrics.json", "log.csv", "config.yaml"]
+
+
+def test_run_folder_has_every_file(tiny_pipeline):
+    run = tiny_pipeline.runs_dir / "tiny_a" / "fold0"
+    for name in RUN_FILES:
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("fold", "best_epoch", "auc", "cmap", "per_class_auc", "duration_s", "git_commit", "config_hash"):
+        assert key in metrics
+    assert 0.0 <= metrics["auc"] <= 1.0 and metrics["backbone"] == "mobilenetv3_small_100"
+    oof = pl.read_parquet(run / "oof.parquet")
+    classes = list(__import__("omegaconf").OmegaConf.load(run / "config.yaml").classes)
+    assert oof.columns[:6] == ["filename", "chunk", "start_s", "end_s", "primary_label", "secondary_labels"]
+    assert oof.columns[6:] == classes and oof.height == metrics["n_val_chunks"]
+    assert len(pl.read_csv(run / "log.csv")) == 2
+    state = torch.load(run / "best.pt", weights_only=True)  # loads without pickle
+    assert "model" in state
+
+
+def test_no_leftover_temporary_files(tiny_pipeline):
+    assert not list(tiny_pipeline.runs_dir.rglob("*.tmp"))
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_after_crash_mid_epoch_matches_uninterrupted(tiny_pipeline, monkeypatch):
+    common = ("model=mobilenetv3_small", "train.epochs=3")
+    full = tiny_pipeline.train_config("exp=resume_full", *common)
+    train_mod.train(full)
+
+    calls = {"n": 0}
+    real_loss = train_mod.loss_fn
+    steps = len(pl.read_csv(tiny_pipeline.runs_dir / "resume_full" / "fold0" / "log.csv"))
+    assert steps == 3
+
+    def crashing_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # some way into the second epoch (4 steps per epoch)
+            raise KeyboardInterrupt("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "loss_fn", crashing_loss)
+    crashed = tiny_pipeline.train_config("exp=resume_crash", *common)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(crashed)
+    monkeypatch.setattr(train_mod, "loss_fn", real_loss)
+    assert len(pl.read_csv(tiny_pipeline.runs_dir / "resume_crash" / "fold0" / "log.csv")) == 1
+    train_mod.train(tiny_pipeline.train_config("exp=resume_crash", "resume=true", *common))
+
+    a = _weights(tiny_pipeline.runs_dir / "resume_full" / "fold0" / "last.pt")
+    b = _weights(tiny_pipeline.runs_dir / "resume_crash" / "fold0" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_ddp_two_processes_gloo(tiny_pipeline):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "src.train", *tiny_pipeline.overrides,
+           "exp=ddp", "train.epochs=1", "train.threads=1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tiny_pipeline.runs_dir / "ddp" / "fold0"
+    for name in RUN_FILES:
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_val_chunks"] == pl.read_parquet(run / "oof.parquet").height
+    assert proc.stdout.count("best epoch") == 1  # rank 0 alone reports and writes
