@@ -192,6 +192,7 @@ def run(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     files = comp.test_files()
     summary = {"name": name, "metric": metric, "blend": method, "power": float(ens.power),
+               "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
                "members": [{k: m[k] for k in ("run", "folds", "weight")} for m in members],
                "member_oof": member_scores, "blend_oof_nested": table, "oof_score": table[method],
                "oof_score_in_sample": fitted_in_sample, "classes": classes, "fallback": fallback.tolist(),

@@ -207,7 +207,7 @@ def train(cfg: DictConfig) -> dict:
     sampler = build_sampler(cfg.sampler, train_df["primary_label"].to_numpy(), cfg.seed, d.rank, d.world)
     loader = DataLoader(train_ds, batch_size=int(cfg.train.batch_size), sampler=sampler, drop_last=True,
                         num_workers=int(cfg.train.num_workers), pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=int(cfg.train.num_workers) > 0)
 
     model: BirdModel = build_model(cfg.model, cfg.audio, len(classes)).to(device)
     if cfg.train.channels_last:
@@ -292,8 +292,9 @@ def train(cfg: DictConfig) -> dict:
             scaler.update()
             if ema is not None:
                 ema.update(model, step=global_step)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            losses.append(loss.detach())
+            if step % 10 == 0:  # .item() waits for the GPU: read the loss only now and then
+                bar.set_postfix(loss=f"{loss.item():.4f}")
         eval_model = ema.module if ema is not None else model
         probs, val_loss = evaluate(eval_model, val_ds, cfg, device, dtype, d)
         auc, cmap = scores(y_val, probs)
@@ -303,7 +304,7 @@ def train(cfg: DictConfig) -> dict:
             best, best_epoch, stale = score, epoch, 0
         else:
             stale += 1
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        history.append({"epoch": epoch, "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
                         "val_loss": val_loss, "auc": auc, "cmap": cmap, "lr": optimizer.param_groups[0]["lr"],
                         "seconds": time.time() - t0})
         if d.main:

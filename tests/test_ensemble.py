@@ -1,0 +1,210 @@
+"""`src.ensemble` on the tiny pipeline (ensemble.yaml, submission, score), the nested OOF score without
+in-sample leakage, a corrupt test soundscape, and `src.export` against the eager model."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from omegaconf import OmegaConf
+from scipy.stats import rankdata
+
+import src.ensemble as ensemble
+from src.audio import load_audio
+from src.blend import BLENDS
+from src.export import eager_runtime, export_fold
+from src.metrics import score, submission_score
+from src.runtimes import RUNTIME_FILES, load_runtime
+from src.soundscape import cut_windows
+from src.submission import read_sample_submission, validate_file
+from tests.pipeline import compose_named
+
+FAST = ["ensemble.fit.restarts=1"]
+
+
+def ensemble_config(pipe, ensembles_dir, name, *extra):
+    """The config of `python -m src.ensemble runs=[tiny_a,tiny_b] name=<name>` on the tiny pipeline."""
+    data = [o for o in pipe.overrides if o.startswith("data.")]
+    return compose_named("ensemble", *data, f"runs_dir={pipe.runs_dir}", f"ensembles_dir={ensembles_dir}",
+                         "runs=[tiny_a,tiny_b]", f"name={name}", *extra)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_pipeline, tmp_path_factory):
+    """One ensemble of the two tiny runs with the default blend settings (blend=auto)."""
+    out = tmp_path_factory.mktemp("ensembles")
+    summary = ensemble.run(ensemble_config(tiny_pipeline, out, "tiny_ab"))
+    return out / "tiny_ab", summary
+
+
+def test_ensemble_yaml(built, tiny_pipeline):
+    folder, summary = built
+    ens = OmegaConf.to_container(OmegaConf.load(folder / "ensemble.yaml"))
+    assert [m["run"] for m in ens["members"]] == ["tiny_a", "tiny_b"]
+    assert all(m["folds"] == [0] for m in ens["members"])
+    assert sum(m["weight"] for m in ens["members"]) == pytest.approx(1.0)
+    assert all(m["weight"] >= 0 for m in ens["members"])
+    assert ens["blend"] in BLENDS and set(ens["blend_oof_nested"]) == set(BLENDS)
+    assert ens["oof_score"] == ens["blend_oof_nested"][ens["blend"]]  # the nested score, not the in-sample one
+    assert ens["blend"] == max(ens["blend_oof_nested"], key=ens["blend_oof_nested"].get)  # blend=auto
+    assert 0 <= ens["oof_score"] <= 1 and 0 <= ens["oof_score_in_sample"] <= 1
+    _, classes = read_sample_submission(tiny_pipeline.data_root / "sample_submission.csv")
+    assert ens["classes"] == classes
+    assert len(ens["fallback"]) == len(classes) and sum(ens["fallback"]) == pytest.approx(1.0, abs=1e-5)
+    assert ens["test_problems"] == []
+    assert ens["data"]["competition"] == "birdclef-2025"
+    assert ens == OmegaConf.to_container(OmegaConf.create(summary))
+
+
+def test_submission_and_score(built, tiny_pipeline):
+    folder, summary = built
+    comp = tiny_pipeline.data_root
+    validate_file(folder / "submission.csv", comp / "sample_submission.csv")
+    sub = pl.read_csv(folder / "submission.csv")
+    sample_rows, _ = read_sample_submission(comp / "sample_submission.csv")
+    assert sub["row_id"].to_list() == sample_rows
+    result = json.loads((folder / "score.json").read_text())
+    assert result == {"auc": pytest.approx(submission_score(pl.read_csv(comp / "solution.csv"), sub, "auc"), abs=1e-12)}
+    assert summary["test_score"] == result["auc"]
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
+
+
+# --- the nested score ---------------------------------------------------------------------------------
+
+def macro_aucs(preds: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Macro ROC-AUC of every member at once (rank formula; equals sklearn's for continuous scores)."""
+    ranks = rankdata(np.stack(preds), axis=1)
+    pos = y.sum(axis=0)
+    return (((ranks * y[None]).sum(axis=1) - pos * (pos + 1) / 2) / (pos * (len(y) - pos))).mean(axis=1)
+
+
+def pick_best(preds, y, method, metric, power, restarts, seed=0):
+    """The most overfitting weight fit there is: all weight on the member that scores best on these rows."""
+    w = np.zeros(len(preds))
+    w[int(np.argmax(macro_aucs(preds, y)))] = 1.0
+    return w
+
+
+def random_problem(seed: int, rows: int = 300, classes: int = 6, members: int = 400):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((rows, classes)) < 0.3).astype(np.float32)
+    preds = [rng.random((rows, classes)) for _ in range(members)]
+    groups = rng.permutation(rows) % 5
+    return preds, y, groups
+
+
+def test_nested_score_does_not_leak_the_fit_into_the_score(monkeypatch):
+    """Members and labels are independent noise: every honest score is ~0.5. Fitting on all rows and
+    scoring them finds a lucky member; the nested score, whose weights never saw the scored rows, does not."""
+    preds, y, groups = random_problem(seed=7)
+    assert macro_aucs(preds[:3], y) == pytest.approx([score(y, p, "auc") for p in preds[:3]], abs=1e-12)
+    monkeypatch.setattr(ensemble, "fit_weights", pick_best)
+    in_sample = score(y, ensemble.blend(preds, pick_best(preds, y, "weighted", "auc", 2.0, 1), "weighted"), "auc")
+    nested = ensemble.nested_score(preds, y, groups, "weighted", "auc", 2.0, 1)
+    assert abs(nested - 0.5) < 0.03
+    assert in_sample > nested + 0.03 and in_sample > 0.53
+
+
+def test_nested_score_fits_and_scores_disjoint_groups(monkeypatch):
+    rng = np.random.default_rng(0)
+    rows = 40
+    row_tag = np.arange(rows, dtype=np.float64)[:, None] / 1000  # member 0's first column identifies the row
+    preds = [np.hstack([row_tag, rng.random((rows, 1))]), rng.random((rows, 2))]
+    y = np.zeros((rows, 2), np.float32)
+    y[np.arange(rows), rng.integers(0, 2, rows)] = 1
+    groups = np.repeat(np.arange(4), 10)[rng.permutation(rows)]
+    fitted, blended = [], []
+
+    def spy_fit(p, yy, *args, **kwargs):
+        fitted.append(set(np.round(p[0][:, 0] * 1000).astype(int)))
+        return np.array([0.5, 0.5])
+
+    real_blend = ensemble.blend
+
+    def spy_blend(p, w, method, power):
+        blended.append(set(np.round(p[0][:, 0] * 1000).astype(int)))
+        return real_blend(p, w, method, power)
+
+    monkeypatch.setattr(ensemble, "fit_weights", spy_fit)
+    monkeypatch.setattr(ensemble, "blend", spy_blend)
+    ensemble.nested_score(preds, y, groups, "weighted", "auc", 2.0, 1)
+    assert len(fitted) == len(blended) == 4
+    for fit_rows, scored_rows in zip(fitted, blended):
+        assert not fit_rows & scored_rows
+        assert fit_rows | scored_rows == set(range(rows))
+        assert not set(groups[list(fit_rows)]) & set(groups[list(scored_rows)])  # whole groups held out
+    assert sorted(r for s in blended for r in s) == list(range(rows))  # each row scored exactly once
+
+
+def test_nested_score_with_the_real_fit_keeps_a_good_member():
+    rng = np.random.default_rng(1)
+    rows = 60
+    y = np.zeros((rows, 3), np.float32)
+    y[np.arange(rows), rng.integers(0, 3, rows)] = 1
+    good = np.clip(y * 0.6 + rng.random((rows, 3)) * 0.5, 0, 1)
+    noise = rng.random((rows, 3))
+    nested = ensemble.nested_score([good, noise], y, np.arange(rows) % 3, "weighted", "auc", 2.0, 2)
+    assert nested > 0.8 > score(y, noise, "auc")
+
+
+def test_nested_score_needs_two_groups():
+    with pytest.raises(ValueError, match="at least 2 recordings"):
+        ensemble.nested_score([np.random.rand(4, 2)], np.eye(2)[[0, 1, 0, 1]], np.zeros(4), "mean", "auc", 2.0, 1)
+
+
+# --- a corrupt test soundscape -------------------------------------------------------------------------
+
+def test_corrupt_test_soundscape_gets_prior_rows_and_a_logged_problem(tiny_pipeline, tmp_path, caplog):
+    comp = shutil.copytree(tiny_pipeline.data_root, tmp_path / "comp")
+    bad = comp / "test_soundscapes" / "soundscape_001.ogg"
+    bad.write_bytes(b"OggS" + bytes(range(256)) * 16)
+    # mean blend, no post-processing: the rows of the unreadable file are exactly the fallback
+    cfg = ensemble_config(tiny_pipeline, tmp_path / "ensembles", "bad", f"data.root={comp}", "ensemble.blend=mean",
+                          "ensemble.postprocess.smoothing=null", "ensemble.postprocess.file_prior.mode=null", *FAST)
+    with caplog.at_level(logging.WARNING, logger="src"):
+        summary = ensemble.run(cfg)
+    folder = tmp_path / "ensembles" / "bad"
+    validate_file(folder / "submission.csv", comp / "sample_submission.csv")
+    sub = pl.read_csv(folder / "submission.csv")
+    sample_rows, classes = read_sample_submission(comp / "sample_submission.csv")
+    assert sub["row_id"].to_list() == sample_rows
+    prior = ensemble.class_prior(cfg, classes)
+    assert summary["fallback"] == pytest.approx(prior.tolist())
+    bad_rows = sub.filter(pl.col("row_id").str.starts_with("soundscape_001_"))
+    assert bad_rows.height == 12
+    np.testing.assert_allclose(bad_rows.select(classes).to_numpy(), np.tile(prior, (12, 1)), atol=1e-6)
+    good_rows = sub.filter(pl.col("row_id").str.starts_with("soundscape_000_")).select(classes).to_numpy()
+    assert not np.allclose(good_rows, prior, atol=1e-3)  # the readable file is still predicted
+    assert len(summary["test_problems"]) == 1 and str(bad) in summary["test_problems"][0]
+    assert any("soundscape_001.ogg" in r.getMessage() and "fallback" in r.getMessage() for r in caplog.records)
+    assert (folder / "score.json").exists()
+
+
+# --- exports --------------------------------------------------------------------------------------------
+
+def test_exports_match_the_eager_model(tiny_pipeline, tmp_path):
+    fold_dir = tiny_pipeline.runs_dir / "tiny_a" / "fold0"
+    run_cfg = OmegaConf.load(fold_dir / "config.yaml")
+    sr, window = int(run_cfg.audio.sample_rate), int(round(run_cfg.audio.window_s * run_cfg.audio.sample_rate))
+    y = load_audio(tiny_pipeline.data_root / "test_soundscapes" / "soundscape_000.ogg", sr)
+    waves = cut_windows(y, window)[:6]  # real soundscape windows
+    diffs = export_fold(fold_dir, tmp_path, ["torchscript", "onnx"], waves)
+    assert set(diffs) == {"torchscript", "onnx"} and max(diffs.values()) <= 1e-4
+    reference = eager_runtime(fold_dir)(waves)
+    assert reference.shape == (6, len(run_cfg.classes))
+    other = cut_windows(y, window, shift=sr)[3:10]  # other windows and another batch size than the check's
+    reference_other = eager_runtime(fold_dir)(other)
+    for fmt in ("torchscript", "onnx"):
+        predict = load_runtime(fmt, tmp_path / RUNTIME_FILES[fmt])
+        assert np.abs(predict(waves) - reference).max() <= 1e-4
+        assert np.abs(predict(other) - reference_other).max() <= 1e-4
+        assert np.abs(predict(other[:1]) - reference_other[:1]).max() <= 1e-4
+
+
+def test_export_rejects_an_unknown_format(tiny_pipeline, tmp_path):
+    fold_dir = tiny_pipeline.runs_dir / "tiny_a" / "fold0"
+    with pytest.raises(ValueError, match="tflite"):
+        export_fold(fold_dir, tmp_path, ["tflite"], np.zeros((2, 160000), np.float32))
