@@ -21,6 +21,7 @@ import polars as pl
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from omegaconf import OmegaConf
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -83,15 +84,16 @@ def plot_per_class_auc(aucs: dict[str, float], n_pos: dict[str, int], n_classes:
     ax.axvline(0.5, color="gray", linestyle=":", linewidth=1, label="chance (0.5)")
     if m <= 60:
         for i, v in enumerate(values):
-            ax.text(v - 0.004, i, f"{v:.3f}", va="center", ha="right", fontsize=font - 1)
+            ax.text(v - 0.004, i, f"{v:.3f}", va="center", ha="right", fontsize=font - 1,
+                    bbox=dict(facecolor="white", alpha=0.75, edgecolor="none", pad=0.6))
     if m > 50:  # a tall figure: repeat the x axis at the top
         ax.tick_params(axis="x", labeltop=True, top=True)
     ax.set_xlabel("ROC-AUC (validation chunks, one-vs-rest)")
     ax.set_ylabel("species (validation positives)")
     skipped = n_classes - m
-    note = f"; {skipped} species without validation positives not shown" if skipped else ""
+    note = f"\n({skipped} species without validation positives not shown)" if skipped else ""
     ax.set_title(f"{title}: per-species ROC-AUC, {m} species{note}", fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)  # beside the worst (shortest) bars
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: never on a bar
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
 
@@ -111,7 +113,7 @@ def plot_pr_worst(truth: np.ndarray, pred: np.ndarray, worst: list[tuple[int, st
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title(f"{title}: precision-recall of the {len(worst)} worst species (by ROC-AUC)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)  # PR curves start top-left and fall to the right
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -177,6 +179,7 @@ def plot_score_hist(truth: np.ndarray, pred: np.ndarray, worst: list[tuple[int, 
         hist(ax, pred[truth[:, i] > 0, i], pred[truth[:, i] == 0, i], 7.5)
         ax.set_title(f"{name} (AUC {auc:.3f})", fontsize=8.5)
         ax.legend(fontsize=6.5)
+        ax.yaxis.set_minor_formatter(NullFormatter())  # no "6x10^0" minor labels on short log axes
         if j % ncols == 0:
             ax.set_ylabel("chunks (log)", fontsize=8)
     _save(fig, path)
