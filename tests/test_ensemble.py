@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy.stats import rankdata
 
-import src.ensemble as ensemble
+from src import ensemble
 from src.audio import load_audio
 from src.blend import BLENDS
 from src.export import eager_runtime, export_fold
@@ -34,9 +34,9 @@ def ensemble_config(pipe, ensembles_dir, name, *extra):
 
 @pytest.fixture(scope="module")
 def built(tiny_pipeline, tmp_path_factory):
-    """One ensemble of the two tiny runs with the default blend settings (blend=auto)."""
+    """One ensemble of the two tiny runs with the default blend settings (blend=auto), one fit restart."""
     out = tmp_path_factory.mktemp("ensembles")
-    summary = ensemble.run(ensemble_config(tiny_pipeline, out, "tiny_ab"))
+    summary = ensemble.run(ensemble_config(tiny_pipeline, out, "tiny_ab", *FAST))
     return out / "tiny_ab", summary
 
 
@@ -139,7 +139,7 @@ def test_nested_score_fits_and_scores_disjoint_groups(monkeypatch):
     assert sorted(r for s in blended for r in s) == list(range(rows))  # each row scored exactly once
 
 
-def test_nested_score_with_the_real_fit_keeps_a_good_member():
+def test_nested_score_with_the_real_fit_on_a_good_and_a_noise_member():
     rng = np.random.default_rng(1)
     rows = 60
     y = np.zeros((rows, 3), np.float32)
@@ -188,7 +188,7 @@ def test_corrupt_test_soundscape_gets_prior_rows_and_a_logged_problem(tiny_pipel
 def test_exports_match_the_eager_model(tiny_pipeline, tmp_path):
     fold_dir = tiny_pipeline.runs_dir / "tiny_a" / "fold0"
     run_cfg = OmegaConf.load(fold_dir / "config.yaml")
-    sr, window = int(run_cfg.audio.sample_rate), int(round(run_cfg.audio.window_s * run_cfg.audio.sample_rate))
+    sr, window = int(run_cfg.audio.sample_rate), round(run_cfg.audio.window_s * run_cfg.audio.sample_rate)
     y = load_audio(tiny_pipeline.data_root / "test_soundscapes" / "soundscape_000.ogg", sr)
     waves = cut_windows(y, window)[:6]  # real soundscape windows
     diffs = export_fold(fold_dir, tmp_path, ["torchscript", "onnx"], waves)

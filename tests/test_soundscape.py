@@ -13,7 +13,15 @@ import soundfile as sf
 from conftest import tone, write_audio
 
 from src.audio import load_audio
-from src.soundscape import cut_windows, file_prior, n_windows, postprocess, predict_soundscapes, row_ids, smooth
+from src.soundscape import (
+    cut_windows,
+    file_prior,
+    n_windows,
+    postprocess,
+    predict_soundscapes,
+    row_ids,
+    smooth,
+)
 
 SR = 1000  # a low rate keeps the hand-computed windows small; load_audio does not resample at its own rate
 
@@ -137,7 +145,7 @@ def test_batching_across_files_matches_one_window_at_a_time(tmp_path):
         calls.append(len(batch))
         return window_features(batch)
 
-    kwargs = dict(context_s=0.5, shifts_s=(0.0, -1.0, 2.0))
+    kwargs = {"context_s": 0.5, "shifts_s": (0.0, -1.0, 2.0)}
     one = predict_soundscapes(files, window_features, 2, SR, 5.0, batch_size=1, **kwargs)
     for batch_size in (2, 5, 1000):
         calls.clear()

@@ -1,0 +1,210 @@
+"""`src.kernel`: build (script + metadata + weights dataset), run offline against a /kaggle/input-like
+folder, the script run alone (no `src`, no network) with a corrupt test soundscape, and `push --dry-run`.
+
+The kernel is built once per module from an ensemble of the tiny pipeline's two runs. It uses the
+TorchScript runtime because exporting to ONNX takes ~20 s a model; test_ensemble checks both exports.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from src import ensemble, kernel
+from src.soundscape import postprocess
+from src.submission import read_sample_submission, validate_file
+from tests.pipeline import compose_named
+
+NAME = "tiny_kernel"
+SLUG = "birdclef-tiny-kernel"
+COMPETITION = "birdclef-2025"
+
+
+@pytest.fixture(scope="module")
+def built(tiny_pipeline, tmp_path_factory):
+    """(kernels/<name>/, the ensemble's folder): a weighted ensemble and its kernel, built with the CLI."""
+    root = tmp_path_factory.mktemp("kernel_build")
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    # a weighted blend: continuous in the members' outputs, so the exported models reproduce it to ~1e-7
+    ensemble.run(compose_named("ensemble", *data, f"runs_dir={tiny_pipeline.runs_dir}",
+                               f"ensembles_dir={root / 'ensembles'}", "runs=[tiny_a,tiny_b]", f"name={NAME}",
+                               "ensemble.blend=weighted", "ensemble.fit.restarts=1"))
+    kernel.main(["build", f"ensemble={NAME}", f"ensembles_dir={root / 'ensembles'}", f"kernels_dir={root / 'kernels'}",
+                 "runtime=torchscript", "user=tester", "check_windows=4"])
+    return root / "kernels" / NAME, root / "ensembles" / NAME
+
+
+def read_submission(path) -> tuple[list[str], np.ndarray]:
+    sub = pl.read_csv(path)
+    return sub["row_id"].to_list(), sub.drop("row_id").to_numpy()
+
+
+def assert_same_submission(path, reference) -> None:
+    ids, values = read_submission(path)
+    ref_ids, ref_values = read_submission(reference)
+    assert ids == ref_ids and pl.read_csv(path).columns == pl.read_csv(reference).columns
+    assert np.abs(values - ref_values).max() <= 1e-4
+
+
+def copy_competition(tiny_pipeline, dest):
+    return shutil.copytree(tiny_pipeline.data_root, dest)
+
+
+# --- build ------------------------------------------------------------------------------------------------
+
+def test_build_writes_kernel_and_dataset(built, tiny_pipeline):
+    root, _ = built
+    assert sorted(p.name for p in root.parent.iterdir()) == [NAME]  # the staging folder was renamed away
+    meta = json.loads((root / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["code_file"] == f"{SLUG}.py" and (root / "kernel" / f"{SLUG}.py").is_file()
+    assert meta["id"] == f"tester/{SLUG}" and meta["language"] == "python" and meta["kernel_type"] == "script"
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is False and meta["enable_tpu"] is False
+    assert meta["competition_sources"] == [COMPETITION]
+    assert meta["dataset_sources"] == [f"tester/{SLUG}-weights"]
+
+    dataset = root / "dataset"
+    assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == f"tester/{SLUG}-weights"
+    config = json.loads((dataset / "ensemble.json").read_text())
+    assert config["runtime"] == "torchscript" and config["blend"] == "weighted"
+    assert [m["run"] for m in config["members"]] == ["tiny_a", "tiny_b"]
+    assert sum(m["weight"] for m in config["members"]) == pytest.approx(1.0)
+    _, classes = read_sample_submission(tiny_pipeline.data_root / "sample_submission.csv")
+    assert config["classes"] == classes and len(config["fallback"]) == len(classes)
+    assert all(v <= 1e-4 for v in config["export_max_abs_diff"].values())
+    assert set(config["export_max_abs_diff"]) == {"tiny_a/fold0", "tiny_b/fold0"}
+    for run in ("tiny_a", "tiny_b"):
+        model_dir = dataset / "models" / run / "fold0"
+        assert (model_dir / "model.ts").stat().st_size > 0
+        spec = json.loads((model_dir / "model.json").read_text())
+        assert spec["sample_rate"] == 32000 and spec["window_s"] == 5.0
+
+
+def test_script_is_self_contained(built):
+    root, _ = built
+    script = (root / "kernel" / f"{SLUG}.py").read_text()
+    assert not re.search(r"^\s*(from src[. ]|import src\b)", script, re.MULTILINE)
+    tree = ast.parse(script)
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert imported and not [m for m in imported if m == "src" or m.startswith("src.")]
+    assert f"COMPETITION_SLUG = {COMPETITION!r}" in script and f"DATASET_SLUG = '{SLUG}-weights'" in script
+    assert script.count('if __name__ == "__main__":') == 1
+    assert script == kernel.generate_script(COMPETITION, f"{SLUG}-weights")
+
+
+# --- run -------------------------------------------------------------------------------------------------
+
+def test_run_matches_the_ensemble_submission(built, tiny_pipeline, tmp_path):
+    root, ens_dir = built
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    cfg = kernel._config([f"input={tmp_path / 'input'}", f"competition_root={comp}"])
+    out = kernel.run(cfg, root)
+    validate_file(out, comp / "sample_submission.csv")
+    assert_same_submission(out, ens_dir / "submission.csv")
+    assert (tmp_path / "input" / COMPETITION).resolve() == comp.resolve()
+    assert (tmp_path / "input" / f"{SLUG}-weights").resolve() == (root / "dataset").resolve()
+
+
+def offline_command(script) -> tuple[list[str], str]:
+    """Run `script` with `src` unimportable and no network: in a fresh network namespace (`unshare -rn`)
+    where that works, else with the socket functions replaced by ones that raise."""
+    block_src = ("import runpy, socket, sys\n"
+                 "sys.modules['src'] = None  # the editable install would otherwise make `src` importable\n"
+                 "try:\n    import src\nexcept ImportError:\n    pass\nelse:\n    sys.exit('src is importable')\n")
+    patch_net = ("def _no_network(*a, **k):\n    raise OSError('network disabled by the test')\n"
+                 "socket.socket.connect = socket.socket.connect_ex = _no_network\n"
+                 "socket.create_connection = socket.getaddrinfo = _no_network\n")
+    check_net = ("try:\n    socket.create_connection(('192.0.2.1', 80), timeout=2).close()\n"
+                 "except OSError:\n    pass\nelse:\n    sys.exit('network reachable')\n")
+    run = "runpy.run_path(sys.argv[1], run_name='__main__')\n"
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-rn", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "-rn", sys.executable, "-I", "-c", block_src + check_net + run, str(script)], "unshare"
+    return [sys.executable, "-I", "-c", block_src + patch_net + check_net + run, str(script)], "patched sockets"
+
+
+def run_script_alone(root, comp, tmp_path) -> subprocess.CompletedProcess:
+    """The kernel script as Kaggle runs it: its own folder as cwd, /kaggle/input and /kaggle/working via env."""
+    input_dir, working = tmp_path / "input", tmp_path / "working"
+    input_dir.mkdir()
+    working.mkdir()
+    (input_dir / COMPETITION).symlink_to(comp, target_is_directory=True)
+    (input_dir / f"{SLUG}-weights").symlink_to(root / "dataset", target_is_directory=True)
+    script = shutil.copy(root / "kernel" / f"{SLUG}.py", working)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "KAGGLE_"))}
+    env |= {"KAGGLE_INPUT_DIR": str(input_dir), "KAGGLE_WORKING_DIR": str(working)}
+    cmd, how = offline_command(script)
+    proc = subprocess.run(cmd, cwd=working, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"({how}) {proc.stderr[-3000:]}"
+    assert "kernel failed" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def test_script_alone_offline_without_src_writes_every_row(built, tiny_pipeline, tmp_path):
+    """The script as Kaggle runs it, offline and without `src`, on a competition whose second test
+    soundscape is corrupt: a complete valid submission, the readable file as the ensemble predicted it,
+    the corrupt one with the (post-processed) fallback, and the problem logged."""
+    root, ens_dir = built
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    (comp / "test_soundscapes" / "soundscape_001.ogg").write_bytes(b"OggS" + bytes(range(256)) * 16)
+    proc = run_script_alone(root, comp, tmp_path)
+    assert "soundscape_001.ogg" in proc.stderr and "cannot decode" in proc.stderr
+    out = tmp_path / "working" / "submission.csv"
+    validate_file(out, comp / "sample_submission.csv")
+    ids, values = read_submission(out)
+    ref_ids, ref_values = read_submission(ens_dir / "submission.csv")
+    assert ids == ref_ids == read_sample_submission(comp / "sample_submission.csv")[0]
+    good = np.array([r.startswith("soundscape_000_") for r in ids])
+    assert np.abs(values[good] - ref_values[good]).max() <= 1e-4  # the readable file is unaffected
+    config = json.loads((root / "dataset" / "ensemble.json").read_text())
+    fallback = np.tile(np.asarray(config["fallback"], np.float32), (12, 1))  # 60 s of fallback rows
+    np.testing.assert_allclose(values[~good], postprocess(fallback, config["inference"]["postprocess"]), atol=1e-5)
+
+
+def test_run_without_input_says_what_to_pass(built):
+    root, _ = built
+    with pytest.raises(ValueError, match="input=DIR"):
+        kernel.run(kernel._config([]), root)
+
+
+# --- push --dry-run ----------------------------------------------------------------------------------------
+
+def test_push_dry_run_prints_the_dataset_and_kernel_calls(built, tmp_path, monkeypatch, capsys, caplog):
+    import src.push as push_module
+
+    root, _ = built
+    monkeypatch.setenv("HOME", str(tmp_path))  # no credentials: the dry run needs none
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+
+    def forbidden(cmd, echo=True):
+        raise AssertionError(f"the dry run started {cmd}")
+
+    monkeypatch.setattr(push_module, "_run", forbidden)
+    with caplog.at_level(logging.WARNING, logger="src.push"):
+        kernel.main(["push", str(root), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"kaggle datasets create -p {root / 'dataset'} --dir-mode zip" in lines
+    assert f"kaggle kernels push -p {root / 'kernel'}" in lines
+    # the metadata passes our checks and kaggle's own; the only warning is about the missing credentials
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "no Kaggle credentials" in warnings[0], warnings
+
+
+def test_cli_usage_errors(tmp_path):
+    with pytest.raises(SystemExit, match="usage"):
+        kernel.main(["deploy"])
+    with pytest.raises(SystemExit, match="not a built kernel"):
+        kernel.main(["run", str(tmp_path), "input=x"])
+    with pytest.raises(FileNotFoundError, match="ensemble.yaml not found"):
+        kernel.main(["build", "ensemble=nothing_here", f"ensembles_dir={tmp_path}"])
