@@ -19,13 +19,12 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from src import config as cfglib
 from src.blend import BLENDS, blend
 from src.competition import load_competition
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import score, submission_score
-from src.soundscape import postprocess, predict_soundscapes
+from src.soundscape import combine_members, predict_soundscapes
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 
 log = logging.getLogger(__name__)
@@ -87,9 +86,16 @@ def fit_weights(preds: list[np.ndarray], y: np.ndarray, method: str, metric: str
         return -score(y, blend(preds, weights(z), method, power), metric)
 
     rng = np.random.default_rng(seed)
-    best = min((minimize(loss, z0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 200})
-                for z0 in [np.zeros(len(preds))] + [rng.normal(0, 1, len(preds)) for _ in range(restarts - 1)]),
-               key=lambda r: r.fun)
+    n = len(preds)
+
+    def search(z0: np.ndarray):
+        # a simplex one logit wide: SciPy's default first step (5% of 0) is too small to move an AUC
+        simplex = np.vstack([z0, z0 + np.eye(n)])
+        return minimize(loss, z0, method="Nelder-Mead",
+                        options={"initial_simplex": simplex, "xatol": 1e-2, "fatol": 1e-6, "maxiter": 100 * n})
+
+    starts = [np.zeros(n)] + [rng.normal(0, 1, n) for _ in range(restarts - 1)]
+    best = min((search(z0) for z0 in starts), key=lambda r: r.fun)
     return weights(best.x)
 
 
@@ -120,21 +126,11 @@ def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
     return (prior / max(prior.sum(), 1)).astype(np.float32)
 
 
-def postprocess_rows(row_ids: list[str], probs: np.ndarray, post: dict) -> np.ndarray:
-    """Apply `postprocess` to each soundscape's consecutive rows."""
-    out = probs.copy()
-    stems = np.array([r.rsplit("_", 1)[0] for r in row_ids])
-    start = 0
-    for i in range(1, len(stems) + 1):
-        if i == len(stems) or stems[i] != stems[start]:
-            out[start:i] = postprocess(probs[start:i], post)
-            start = i
-    return out
-
-
-def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_classes: int, fallback: np.ndarray,
+def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_classes: int,
                     runtime_for) -> tuple[list[str], list[np.ndarray], list[str]]:
-    """Each member's test probabilities (its folds averaged); `runtime_for(fold_dir)` gives a predict fn."""
+    """Each member's test probabilities (its folds averaged; NaN rows for undecodable files);
+    `runtime_for(fold_dir)` gives a predict fn."""
+    fallback = np.full(n_classes, np.nan, np.float32)
     ens = cfg.ensemble
     preds, ids, problems = [], None, []
     for m in members:
@@ -200,10 +196,10 @@ def run(cfg: DictConfig) -> dict:
                                                                                  "competition": cfg.data.competition}}
     out_dir.mkdir(parents=True, exist_ok=True)
     if files:
-        ids, preds, problems = predict_members(members, files, cfg, len(classes), fallback,
+        ids, preds, problems = predict_members(members, files, cfg, len(classes),
                                                lambda d: eager_runtime(d, int(cfg.threads)))
-        probs = postprocess_rows(ids, blend(preds, weights, method, float(ens.power)),
-                                 OmegaConf.to_container(ens.postprocess, resolve=True))
+        probs = combine_members(preds, weights, method, float(ens.power), ids,
+                                OmegaConf.to_container(ens.postprocess, resolve=True), fallback)
         sample_rows, _ = read_sample_submission(comp.sample_submission)
         rows = expected_rows(ids, sample_rows)
         probs, align_problems = align(ids, probs, rows, fallback)

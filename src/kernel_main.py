@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.blend import blend
 from src.runtimes import RUNTIME_FILES, load_runtime
-from src.soundscape import postprocess, predict_soundscapes
+from src.soundscape import combine_members, predict_soundscapes
 from src.submission import align, expected_rows, read_sample_submission, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
@@ -30,17 +29,6 @@ def kaggle_paths() -> tuple[Path, Path, Path]:
     input_dir = Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))
     working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
     return input_dir / COMPETITION_SLUG, input_dir / DATASET_SLUG, working
-
-
-def _per_file(row_ids: list[str], probs: np.ndarray, post: dict) -> np.ndarray:
-    out = probs.copy()
-    stems = [r.rsplit("_", 1)[0] for r in row_ids]
-    start = 0
-    for i in range(1, len(stems) + 1):
-        if i == len(stems) or stems[i] != stems[start]:
-            out[start:i] = postprocess(probs[start:i], post)
-            start = i
-    return out
 
 
 def run_kernel() -> Path:
@@ -68,14 +56,15 @@ def run_kernel() -> Path:
             predict = load_runtime(cfg["runtime"], model_dir / RUNTIME_FILES[cfg["runtime"]], threads)
             ids, p, problems = predict_soundscapes(
                 files, predict, len(classes), spec["sample_rate"], spec["window_s"], inference["context_s"],
-                tuple(inference["shifts_s"]), inference["batch_size"], fallback, inference["fallback_duration_s"])
+                tuple(inference["shifts_s"]), inference["batch_size"], np.full(len(classes), np.nan, np.float32),
+                inference["fallback_duration_s"])
             fold_preds.append(p)
             log.info("%s fold %s: %d windows, %.0f s elapsed", member["run"], fold, len(p), time.time() - started)
         preds.append(np.mean(fold_preds, axis=0))
     for p in problems:
         log.warning(p)
     weights = [m["weight"] for m in cfg["members"]]
-    probs = _per_file(ids, blend(preds, weights, cfg["blend"], cfg["power"]), inference["postprocess"])
+    probs = combine_members(preds, weights, cfg["blend"], cfg["power"], ids, inference["postprocess"], fallback)
     probs = _reorder_columns(probs, classes, sample_classes, fallback)
     rows = expected_rows(ids, sample_rows)
     probs, align_problems = align(ids, probs, rows, _reorder_columns(fallback[None], classes, sample_classes,
@@ -83,7 +72,7 @@ def run_kernel() -> Path:
     for p in align_problems:
         log.warning(p)
     out = working / "submission.csv"
-    write_submission(out, rows, sample_classes, np.clip(probs, 0.0, 1.0))
+    write_submission(out, rows, sample_classes, probs)
     audio_s = len(ids) * spec["window_s"] if ids else 0.0
     log.info("wrote %s: %d rows, %d files, %.1f s wall for ~%.0f s of audio", out, len(rows), len(files),
              time.time() - started, audio_s)

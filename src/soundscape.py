@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from src.audio import AudioError, load_audio
+from src.blend import blend
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +127,29 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
         flush()
     out = [np.mean(np.stack(p), axis=0) for p in parts]
     return ids, (np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)), problems
+
+
+def postprocess_rows(row_ids: list[str], probs: np.ndarray, post: dict) -> np.ndarray:
+    """Apply `postprocess` to each soundscape's consecutive rows (row_id `<stem>_<end second>`)."""
+    out = probs.copy()
+    stems = [r.rsplit("_", 1)[0] for r in row_ids]
+    start = 0
+    for i in range(1, len(stems) + 1):
+        if i == len(stems) or stems[i] != stems[start]:
+            out[start:i] = postprocess(probs[start:i], post)
+            start = i
+    return out
+
+
+def combine_members(preds: list[np.ndarray], weights: list[float], method: str, power: float, row_ids: list[str],
+                    post: dict, fallback: np.ndarray) -> np.ndarray:
+    """Blend member predictions, post-process each file, and give undecodable files' rows the fallback.
+
+    Members mark undecodable files with NaN rows (`predict_soundscapes(..., fallback=NaN)`), so the
+    fallback reaches the submission as it is instead of being blended and smoothed.
+    """
+    bad = np.isnan(preds[0]).any(axis=1)
+    clean = [np.nan_to_num(p, nan=0.0) for p in preds]
+    out = postprocess_rows(row_ids, blend(clean, weights, method, power), post)
+    out[bad] = fallback
+    return np.clip(out, 0.0, 1.0)

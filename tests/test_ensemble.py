@@ -161,9 +161,8 @@ def test_corrupt_test_soundscape_gets_prior_rows_and_a_logged_problem(tiny_pipel
     comp = shutil.copytree(tiny_pipeline.data_root, tmp_path / "comp")
     bad = comp / "test_soundscapes" / "soundscape_001.ogg"
     bad.write_bytes(b"OggS" + bytes(range(256)) * 16)
-    # mean blend, no post-processing: the rows of the unreadable file are exactly the fallback
-    cfg = ensemble_config(tiny_pipeline, tmp_path / "ensembles", "bad", f"data.root={comp}", "ensemble.blend=mean",
-                          "ensemble.postprocess.smoothing=null", "ensemble.postprocess.file_prior.mode=null", *FAST)
+    # default blend and post-processing: the rows of the unreadable file are still exactly the fallback
+    cfg = ensemble_config(tiny_pipeline, tmp_path / "ensembles", "bad", f"data.root={comp}", *FAST)
     with caplog.at_level(logging.WARNING, logger="src"):
         summary = ensemble.run(cfg)
     folder = tmp_path / "ensembles" / "bad"
