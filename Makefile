@@ -2,7 +2,6 @@
 # and `make test` (the test suite). Both create .venv on a fresh machine first.
 PY := .venv/bin/python
 UV := $(shell command -v uv 2>/dev/null)
-DEMO_MODELS := demo_effnet demo_regnet
 
 .PHONY: setup demo test lint bench clean
 
@@ -19,11 +18,12 @@ demo: setup
 	$(PY) -m src.synth
 	$(PY) -m src.folds data=demo experiment=demo
 	$(PY) -m src.prepare data=demo
-	$(PY) -m src.train data=demo experiment=demo model=effnet_b0 exp=demo_effnet fold=0
+	$(PY) -m src.train data=demo experiment=demo model=mobilenetv3_small exp=demo_mnv3 fold=0
 	$(PY) -m src.train data=demo experiment=demo model=regnety_002 exp=demo_regnet fold=0
-	$(PY) -m src.ensemble data=demo runs=[demo_effnet,demo_regnet] name=demo
+	$(PY) -m src.ensemble data=demo runs=[demo_mnv3,demo_regnet] name=demo
 	$(PY) -m src.kernel build ensemble=demo
-	$(PY) -m src.kernel run kernels/demo input=data/kaggle_input
+	$(PY) -m src.kernel run kernels/demo input=data/kaggle_input competition_root=data/demo \
+	  compare=ensembles/demo/submission.csv
 	$(PY) -m src.leaderboard
 
 test: setup

@@ -168,6 +168,12 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         shutil.copy(Path(working) / "submission.csv", out)
     files = [p for p in (comp_dir / "test_soundscapes").iterdir()] if (comp_dir / "test_soundscapes").is_dir() else []
     validate_file(out, comp_dir / "sample_submission.csv")
+    if cfg.compare:
+        diff = max_abs_difference(out, Path(cfg.compare))
+        print(f"kernel vs {cfg.compare}: max abs difference {diff:.1e} (tolerance {cfg.tol})")
+        if diff > float(cfg.tol):
+            raise RuntimeError(f"{out} differs from {cfg.compare} by {diff:.1e} > {cfg.tol}: rebuild the kernel "
+                               "from this ensemble (python -m src.kernel build ensemble=...)")
     import soundfile as sf
 
     audio_min = sum(_duration(sf, p) for p in files) / 60
@@ -177,6 +183,14 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
     print(f"projected for {cfg.kaggle_files} one-minute soundscapes on {cfg.kaggle_cores} Kaggle cores: "
           f"{projected:.1f} min (limit {cfg.kaggle_limit_min} min; includes start-up, so an upper bound)")
     return out
+
+
+def max_abs_difference(a: Path, b: Path) -> float:
+    """Largest difference between two submissions with the same rows and columns."""
+    x, y = pl.read_csv(a), pl.read_csv(b)
+    if x.columns != y.columns or x["row_id"].to_list() != y["row_id"].to_list():
+        raise ValueError(f"{a} and {b} do not have the same rows and columns")
+    return float(np.abs(x.drop("row_id").to_numpy() - y.drop("row_id").to_numpy()).max())
 
 
 def _duration(sf, path: Path) -> float:
