@@ -1,7 +1,7 @@
 """Benchmark of CPU soundscape inference: our runtimes against the usual notebook loop, same audio.
 
     python bench/inference.py [--root DIR] [--files 3] [--models effnet_b0,mobilenetv3_small]
-                              [--batch 32] [--threads 0] [--repeats 3] [--classes 206]
+                              [--batch 16] [--threads 0] [--repeats 3] [--classes 206]
 
 Audio: the first `--files` test soundscapes of `--root` (default ../shared/xc45 if present, else
 data/demo, written by `python -m src.synth` if absent), decoded and cut into 5 s windows once.
@@ -16,8 +16,10 @@ Per model, windows/second and real-time factor (audio seconds per wall second) o
 Each export is checked against the eager model on the bench windows (max abs probability diff
 <= 1e-4). The default runtime (`configs/kernel.yaml: runtime`) also gets an end-to-end line:
 `predict_soundscapes` (decode + windows + model) with its predict function. Warm-up (not timed):
-one pass per runtime. The runtimes are timed round robin, `--repeats` rounds, and each keeps its
-best round: the machine may be shared, and load then hits every runtime alike.
+every batch shape once per runtime. The runtimes take turns on each batch of `--batch` windows
+(naive: the same windows one at a time), `--repeats` rounds; a runtime's time is the sum over
+batches of its best time for each batch (the machine may be shared: short samples catch its quiet
+moments, and load hits every runtime alike).
 Kaggle projection: 700 one-minute soundscapes (12 windows each) on 4 cores, assuming the model's
 throughput scales linearly with threads (x 4 / threads used); decoding is serial in
 `predict_soundscapes`, so its time is added unscaled.
@@ -35,8 +37,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -165,24 +167,26 @@ def bench_model(name: str, args, waves: np.ndarray, audio_cfg, default_rt: str, 
     except ImportError:
         notes["openvino"] = "skipped: `import openvino` fails (not installed)"
 
-    reference = batched(runtimes[f"eager (channels_last, batch {args.batch})"], args.batch)(waves)
-    runs = {label: predict if label.startswith("naive") else batched(predict, args.batch)
-            for label, predict in runtimes.items()}
-    runs["naive (NCHW, batch 1, no_grad)"](waves[:1])  # warm-up: first-call allocations
-    for label, run in runs.items():
-        if not label.startswith("naive"):
-            run(waves)  # warm-up: every batch shape once (ORT / TorchScript specialise per shape)
-    # Round robin (each runtime once per round, best of the rounds): load from other processes
-    # hits every runtime alike. A pause between runtimes lets the previous one's spinning threads sleep.
-    times = {label: math.inf for label in runs}
-    probs = {}
+    # Each runtime predicts the same batches in turn, and its time is the sum over batches of its best
+    # time for that batch across `--repeats` rounds: on a shared machine short samples catch quiet moments,
+    # and load hits every runtime alike. A pause between runtimes lets the previous one's threads sleep.
+    starts = range(0, len(waves), args.batch)
+    for label, predict in runtimes.items():  # warm-up: every batch shape once (ORT / TorchScript specialise)
+        for i in starts[:1] if label.startswith("naive") else starts:
+            predict(waves[i:i + 1] if label.startswith("naive") else waves[i:i + args.batch])
+    best = {label: [math.inf] * len(starts) for label in runtimes}
+    probs = {label: [None] * len(starts) for label in runtimes}
     for _ in range(args.repeats):
-        for label, run in runs.items():
-            time.sleep(0.3)
-            seconds, probs[label] = best_of(1, lambda run=run: run(waves))
-            times[label] = min(times[label], seconds)
+        for k, i in enumerate(starts):
+            for label, predict in runtimes.items():
+                time.sleep(0.1)
+                seconds, probs[label][k] = best_of(1, lambda predict=predict, i=i: predict(waves[i:i + args.batch]))
+                best[label][k] = min(best[label][k], seconds)
+    times = {label: sum(b) for label, b in best.items()}
+    probs = {label: np.concatenate(p) for label, p in probs.items()}
+    reference = probs[f"eager (channels_last, batch {args.batch})"]
     rows = [(label, len(waves) / times[label], float(np.abs(probs[label] - reference).max()), notes.get(label, ""))
-            for label in runs]
+            for label in runtimes]
     if "openvino" not in runtimes:
         rows.append(("openvino", float("nan"), float("nan"), notes["openvino"]))
 
@@ -211,10 +215,10 @@ def bench_model(name: str, args, waves: np.ndarray, audio_cfg, default_rt: str, 
 
     # end to end with the default runtime: decode + windows + model, as the kernel runs it
     default_predict = runtimes[default_rt]
-    seconds, _ = best_of(args.repeats, lambda: predict_soundscapes(
+    seconds, _ = best_of(min(args.repeats, 2), lambda: predict_soundscapes(
         files, default_predict, args.classes, int(audio_cfg.sample_rate), window_s, batch_size=args.batch))
     audio_s = len(waves) * window_s
-    model_s = len(waves) / dict((r[0], r[1]) for r in rows)[default_rt]
+    model_s = len(waves) / {r[0]: r[1] for r in rows}[default_rt]
     per_file_decode = decode_s / len(files)
     kaggle_e2e = (700 * per_file_decode + kaggle_windows / (len(waves) / model_s * scale)) / 60
     print(f"end to end, default runtime {default_rt} (predict_soundscapes, batch {args.batch}): {seconds:.2f} s for "
@@ -243,7 +247,7 @@ def main() -> None:
     audio_cfg = OmegaConf.load(REPO / "configs" / "audio" / "default.yaml")
     default_rt = str(OmegaConf.load(REPO / "configs" / "kernel.yaml").runtime)
     files = find_soundscapes(args.root, args.files)
-    sr, window = int(audio_cfg.sample_rate), int(round(audio_cfg.window_s * audio_cfg.sample_rate))
+    sr, window = int(audio_cfg.sample_rate), round(audio_cfg.window_s * audio_cfg.sample_rate)
 
     decode_windows(files[:1], sr, window)  # warm: first decode (library loading)
     decode_s, waves = best_of(args.repeats, lambda: decode_windows(files, sr, window))
@@ -253,13 +257,13 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, onnxruntime intra-op threads {threads}; best of {args.repeats}")
     print(f"decode + windowing (serial, soundfile + cut_windows): {decode_s:.2f} s = "
           f"{audio_s / decode_s:.0f}x real time")
+    print(f"Kaggle min: 700 one-minute soundscapes x 12 windows at the measured rate x 4 Kaggle cores / {threads} "
+          "threads used (a linear-scaling assumption), model only; vs naive: ratio of windows/s measured in this run")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             results[name] = bench_model(name.strip(), args, waves, audio_cfg, default_rt, threads, decode_s, files,
                                         Path(tmp))
-    print("\nKaggle minutes: 700 x 12 windows at the measured model rate x 4 / "
-          f"{threads} threads (a linear-scaling assumption), model only")
     if "effnet_b0" in results:
         rates = {label: rate for label, rate, _, _ in results["effnet_b0"]}
         ratio = rates[default_rt] / rates["naive (NCHW, batch 1, no_grad)"]
