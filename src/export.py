@@ -68,7 +68,7 @@ def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str
                 tol: float = 1e-4) -> dict[str, float]:
     """Export one fold to each format in `formats` and return each export's max abs difference from
     the eager model on `check_waves` (B, samples). Raises if a difference exceeds `tol`."""
-    model, cfg = load_fold_model(run_fold_dir)
+    model, _ = load_fold_model(run_fold_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     waves = torch.from_numpy(np.ascontiguousarray(check_waves, np.float32))

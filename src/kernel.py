@@ -26,7 +26,6 @@ import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR
-from src.io import atomic_write
 
 KERNEL_MODULES = ["audio", "soundscape", "blend", "runtimes", "submission", "kernel_main"]
 SRC = Path(__file__).resolve().parent

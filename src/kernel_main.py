@@ -94,8 +94,8 @@ def main() -> None:
     try:
         run_kernel()
     except Exception as exc:  # a crashed kernel scores nothing: always leave a valid file behind
-        logging.exception("kernel failed (%s): writing the fallback submission", exc)
-        comp_dir, weights_dir, working = kaggle_paths()
+        logging.getLogger("kernel").exception("kernel failed (%s): writing the fallback submission", type(exc).__name__)
+        comp_dir, _, working = kaggle_paths()
         sample_rows, classes = read_sample_submission(comp_dir / "sample_submission.csv")
         test_dir = comp_dir / "test_soundscapes"
         files = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if test_dir.is_dir() else []

@@ -32,7 +32,7 @@ def cut_windows(y: np.ndarray, window: int, context: int = 0, shift: int = 0, co
     zero-padded outside the recording."""
     count = n_windows(len(y), window) if count is None else count
     length = window + 2 * context
-    left = context - shift if context - shift > 0 else 0
+    left = max(0, context - shift)
     padded = np.zeros(left + count * window + 2 * context + abs(shift) + length, np.float32)
     padded[left:left + len(y)] = y
     offset = left + shift - context
