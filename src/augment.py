@@ -338,6 +338,48 @@ def cutmix_time(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.G
     return x_mixed, _mix_targets(y, y[perm_t], chosen, None, "max"), _mix_mask(mask, perm_t, chosen)
 
 
+class BatchNoise(nn.Module):
+    """Coloured noise (power ~ f^decay: 0 white, -3 pink-ish, -6 brown-ish) added on the model's device,
+    per example with probability p, at an SNR drawn in [min_snr_db, max_snr_db] against that example's RMS.
+
+    The same augmentation as audiomentations' AddGaussianNoise / AddColorNoise, but on the whole batch
+    on the GPU: on the CPU workers those two cost 12-28 ms per chunk and starved a GPU (bench/loader.py).
+    Draws come from `rng` (numpy, reseeded per epoch by BatchAugment) so runs are reproducible.
+    """
+
+    def __init__(self, p: float, min_snr_db: float, max_snr_db: float, min_f_decay: float = 0.0,
+                 max_f_decay: float = 0.0):
+        super().__init__()
+        self.p, self.snr = float(p), (float(min_snr_db), float(max_snr_db))
+        self.decay = (float(min_f_decay), float(max_f_decay))
+        self.rng = np.random.default_rng(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0:
+            return x
+        b, n = x.shape
+        chosen = self.rng.random(b) < self.p
+        if not chosen.any():
+            return x
+        idx = torch.from_numpy(np.flatnonzero(chosen)).to(x.device)
+        k = len(idx)
+        seed = int(self.rng.integers(0, 2**31 - 1))
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        white = torch.randn(k, n, generator=gen, device=x.device, dtype=torch.float32)
+        decay = torch.from_numpy(self.rng.uniform(*self.decay, size=(k, 1)).astype(np.float32)).to(x.device)
+        freqs = torch.arange(n // 2 + 1, device=x.device, dtype=torch.float32).clamp(min=1.0)
+        # amplitude ~ f^(decay/2) makes the power spectrum ~ f^decay
+        noise = torch.fft.irfft(torch.fft.rfft(white) * freqs.pow(decay / 2), n=n)
+        snr_db = torch.from_numpy(self.rng.uniform(*self.snr, size=(k, 1)).astype(np.float32)).to(x.device)
+        sig = x[idx].float()
+        sig_rms = sig.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-8)
+        noise_rms = noise.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
+        noise = noise * (sig_rms / noise_rms) * torch.pow(10.0, -snr_db / 20)
+        out = x.clone()
+        out[idx] = (sig + noise).to(x.dtype)
+        return out
+
+
 class BatchAugment(nn.Module):
     """The on-device augmentations of the whole `cfg.aug`: mixup (wave or spec), time cutmix,
     SpecAugment and albumentations masking. Identity in eval mode; all draws follow `seed`.
@@ -364,6 +406,8 @@ class BatchAugment(nn.Module):
                 raise ValueError(f"aug.{name}.alpha must be > 0 (Beta(alpha, alpha)) when aug.{name}.p > 0")
 
         self.seed = int(seed)
+        bn = _block(cfg_aug, "batch_noise")
+        self.batch_noise = BatchNoise(**bn) if bn else None
         sa = _block(cfg_aug, "spec_augment")
         self.spec_augment = SpecAugment(**sa) if sa else None
         self.spec_albu = None
@@ -372,8 +416,10 @@ class BatchAugment(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed every draw from (seed, epoch), so a resumed run repeats an epoch exactly."""
-        mix_seed, spec_seed, albu_seed = np.random.SeedSequence([self.seed, int(epoch)]).spawn(3)
+        mix_seed, spec_seed, albu_seed, noise_seed = np.random.SeedSequence([self.seed, int(epoch)]).spawn(4)
         self.rng = np.random.default_rng(mix_seed)
+        if self.batch_noise is not None:
+            self.batch_noise.rng = np.random.default_rng(noise_seed)
         if self.spec_augment is not None:
             self.spec_augment.rng = np.random.default_rng(spec_seed)
         albu = build_spec_augment_albu(self._albu_cfg, seed=int(albu_seed.generate_state(1)[0]))
@@ -381,10 +427,12 @@ class BatchAugment(nn.Module):
 
     def wave(self, x: torch.Tensor, y: torch.Tensor,
              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Waveform batch (B, T) before the mel front end: mixup when `mixup.mode` is 'wave'."""
+        """Waveform batch (B, T) before the mel front end: mixup when `mixup.mode` is 'wave', then noise."""
         if self.training and self.mixup_p > 0 and self.mixup_mode == "wave":
-            return mixup(x, y, self.mixup_alpha, self.mixup_label, self.rng, mask, self.mixup_p,
-                         self.mixup_per_example)
+            x, y, mask = mixup(x, y, self.mixup_alpha, self.mixup_label, self.rng, mask, self.mixup_p,
+                               self.mixup_per_example)
+        if self.batch_noise is not None:
+            x = self.batch_noise(x)
         return x, y, mask
 
     def spec(self, m: torch.Tensor, y: torch.Tensor,

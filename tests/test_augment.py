@@ -217,3 +217,21 @@ def test_aug_none_is_identity(noise_bank: NoiseBank) -> None:
     m = torch.randn(4, 1, 32, 40)
     out = aug.spec(m, y, mask)
     assert out[0] is m and out[1] is y and out[2] is mask
+
+
+def test_batch_noise_reaches_the_snr_and_follows_the_seed():
+    from src.augment import BatchAugment, BatchNoise
+
+    x = (torch.sin(torch.arange(32000) / 7.0) * 0.2).repeat(6, 1)
+    noise = BatchNoise(p=1.0, min_snr_db=5.0, max_snr_db=5.0, min_f_decay=-6.0, max_f_decay=6.0).train()
+    added = noise(x) - x
+    snr = 20 * torch.log10(x.pow(2).mean(1).sqrt() / added.pow(2).mean(1).sqrt())
+    assert torch.allclose(snr, torch.full_like(snr, 5.0), atol=1e-3)
+    assert torch.equal(noise.eval()(x), x)
+
+    cfg = {"batch_noise": {"p": 0.5, "min_snr_db": 10.0, "max_snr_db": 20.0}}
+    a, b = BatchAugment(cfg, seed=3).train(), BatchAugment(cfg, seed=3).train()
+    y = torch.zeros(6, 2)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert torch.equal(a.wave(x, y)[0], b.wave(x, y)[0])  # same seed and epoch, same noise
