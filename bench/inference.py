@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from bench.timing import best_of
 from src.audio import load_audio
 from src.export import _export_onnx, _export_torchscript
 from src.models import ProbabilityModel, build_model
@@ -73,16 +74,6 @@ def find_soundscapes(root: Path, limit: int) -> list[Path]:
     if not files:
         sys.exit(f"no test soundscapes under {folder}: pass --root (a competition folder)")
     return files
-
-
-def best_of(repeats: int, fn: Callable) -> tuple[float, object]:
-    """Best wall time of `repeats` calls of fn() and its last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def decode_windows(files: list[Path], sample_rate: int, window: int) -> np.ndarray:

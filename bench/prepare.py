@@ -34,6 +34,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from bench.timing import best_of
 from src.audio import load_audio, to_int16
 from src.chunks import chunk_energy_db, chunk_starts
 
@@ -90,16 +91,6 @@ def numpy_energy_db(y: np.ndarray, starts: np.ndarray, chunk: int, preemphasis: 
     ends = np.minimum(starts + chunk, len(y))
     mean = (csum[ends - 1] - csum[starts]) / np.maximum(ends - starts - 1, 1)
     return (10.0 * np.log10(mean + 1e-12)).astype(np.float32)
-
-
-def best_of(repeats: int, fn) -> tuple[float, object]:
-    """Best wall time of `repeats` calls of fn() and its last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def _init_worker() -> None:
