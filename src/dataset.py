@@ -10,6 +10,7 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset
 
+from src.audio import from_int16
 from src.competition import multi_hot
 from src.prepare import cache_path, load_cached
 
@@ -55,9 +56,9 @@ class ChunkDataset(Dataset):
         if rng is not None and self.jitter:
             start = int(np.clip(start + rng.integers(-self.jitter, self.jitter + 1), 0, max(len(y) - self.window, 0)))
         out = np.zeros(self.window, np.float32)
-        piece = y[start:start + self.window]
+        piece = from_int16(y[start:start + self.window])
         out[:len(piece)] = piece
-        return out / 32767.0
+        return out
 
     def __getitem__(self, item: int | tuple[int, int]):
         row, seed = item if isinstance(item, tuple) else (item, None)

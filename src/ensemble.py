@@ -23,7 +23,7 @@ from src.blend import BLENDS, blend
 from src.competition import load_competition
 from src.export import eager_runtime
 from src.io import atomic_write
-from src.metrics import score, submission_score
+from src.metrics import primary_one_hot, score, submission_score
 from src.soundscape import combine_members, predict_soundscapes
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 
@@ -62,14 +62,6 @@ def load_oof(runs_dir: Path, exps: list[str]) -> tuple[pl.DataFrame, list[np.nda
     base = base.sort(keys)
     preds = [base.select(keys).join(f, on=keys, how="left").select(classes).to_numpy() for f in frames]
     return base, preds, classes
-
-
-def truth(base: pl.DataFrame, classes: list[str]) -> np.ndarray:
-    """One-hot of each row's primary label (the OOF truth used by training too)."""
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.zeros((base.height, len(classes)), np.float32)
-    y[np.arange(base.height), [index[p] for p in base["primary_label"]]] = 1
-    return y
 
 
 def fit_weights(preds: list[np.ndarray], y: np.ndarray, method: str, metric: str, power: float,
@@ -158,7 +150,7 @@ def run(cfg: DictConfig) -> dict:
     metric = str(cfg.data.metric)
 
     base, oof, classes = load_oof(runs_dir, exps)
-    y = truth(base, classes)
+    y = primary_one_hot(base["primary_label"].to_list(), classes)
     folds = base["fold"].to_numpy()
     groups = folds if len(np.unique(folds)) > 1 else base["filename"].to_numpy()
     n_splits = min(len(np.unique(groups)), int(ens.fit.splits)) if len(np.unique(folds)) == 1 else len(np.unique(folds))

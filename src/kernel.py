@@ -67,19 +67,14 @@ def kaggle_user(cfg: DictConfig) -> str:
 
 def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     """Real-audio 5 s windows (from the run's prepared cache) to check each export on."""
-    from src.prepare import cache_path, load_cached
+    from src.dataset import ChunkDataset
 
     cfg = OmegaConf.load(run_fold_dir / "config.yaml")
     chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet").filter(~pl.col("silent"))
-    window = int(round(cfg.audio.window_s * cfg.audio.sample_rate))
     rows = chunks.sample(min(count, chunks.height), seed=0)
-    out = np.zeros((rows.height, window), np.float32)
-    for i, (f, start) in enumerate(zip(rows["filename"], rows["start_s"])):
-        y = load_cached(cache_path(Path(cfg.data.cache_dir), f))
-        s = int(round(start * cfg.audio.sample_rate))
-        piece = np.asarray(y[s:s + window], np.float32) / 32767.0
-        out[i, :len(piece)] = piece
-    return out
+    windows = ChunkDataset(rows, Path(cfg.data.cache_dir), list(cfg.classes), int(cfg.audio.sample_rate),
+                           float(cfg.audio.window_s), secondary=None)
+    return np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
 
 
 def build(cfg: DictConfig) -> Path:

@@ -89,3 +89,14 @@ def submission_score(solution: pl.DataFrame, submission: pl.DataFrame, metric: s
     aligned = order.join(submission.with_columns(pl.col("row_id").cast(pl.Utf8)), on="row_id", how="left",
                          maintain_order="left")
     return score(solution.select(classes).to_numpy(), aligned.select(classes).to_numpy(), metric)
+
+
+def primary_one_hot(primary_labels: list[str], classes: list[str]) -> np.ndarray:
+    """The out-of-fold truth of training, ensembling and reports: one-hot of each chunk's primary label
+    (rows, classes) float32; a label outside `classes` gives an all-zero row."""
+    index = {c: i for i, c in enumerate(classes)}
+    cols = np.array([index.get(str(label), -1) for label in primary_labels], dtype=np.int64)
+    y = np.zeros((len(cols), len(classes)), np.float32)
+    known = np.flatnonzero(cols >= 0)
+    y[known, cols[known]] = 1.0
+    return y

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from src.io import atomic_write
-from src.metrics import per_class_auc
+from src.metrics import per_class_auc, primary_one_hot
 
 DPI = 110
 LISTEN_COLUMNS = ["class", "filename", "chunk", "start_s", "end_s", "score", "kind", "primary_label"]
@@ -46,11 +46,7 @@ def load_predictions(run_dir: Path) -> tuple[pl.DataFrame, list[str], np.ndarray
     if missing:
         raise ValueError(f"{oof_path} lacks columns {missing[:10]}: it does not match {config_path}'s classes; "
                          "re-run that fold")
-    index = {c: i for i, c in enumerate(classes)}
-    truth = np.zeros((len(oof), len(classes)), dtype=np.float32)
-    cols = np.array([index.get(label, -1) for label in oof["primary_label"].to_list()])
-    known = cols >= 0
-    truth[np.flatnonzero(known), cols[known]] = 1.0
+    truth = primary_one_hot(oof["primary_label"].to_list(), classes)
     pred = oof.select(classes).to_numpy().astype(np.float64)
     return oof, classes, truth, pred
 

@@ -31,7 +31,7 @@ from src.augment import BatchAugment, NoiseBank, build_wave_augment
 from src.dataset import ChunkDataset
 from src.folds import folds_path, load_folds
 from src.io import atomic_write
-from src.metrics import macro_auc, padded_cmap, per_class_auc
+from src.metrics import macro_auc, padded_cmap, per_class_auc, primary_one_hot
 from src.models import BirdModel, build_model
 from src.samplers import build_sampler
 
@@ -163,14 +163,6 @@ def evaluate(model, dataset: ChunkDataset, cfg: DictConfig, device, dtype, d: Di
     return probs, val_loss
 
 
-def val_truth(val: pl.DataFrame, classes: list[str]) -> np.ndarray:
-    """Validation truth: one-hot of the primary label."""
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.zeros((val.height, len(classes)), np.float32)
-    y[np.arange(val.height), [index[p] for p in val["primary_label"]]] = 1.0
-    return y
-
-
 def scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """(macro ROC-AUC, padded cmAP); AUC is NaN when no class has both positives and negatives."""
     try:
@@ -257,7 +249,7 @@ def train(cfg: DictConfig) -> dict:
         print(f"{exp} fold {cfg.fold}: {cfg.model.backbone} on {device} x{d.world}, {train_df.height} train / "
               f"{val_df.height} val chunks, {steps_per_epoch} steps x {cfg.train.epochs} epochs")
 
-    y_val = val_truth(val_df, classes)
+    y_val = primary_one_hot(val_df["primary_label"].to_list(), classes)
     freeze = int(cfg.train.freeze_epochs)
     for epoch in range(start_epoch, int(cfg.train.epochs)):
         t0 = time.time()
