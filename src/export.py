@@ -1,11 +1,14 @@
 """Export a trained fold to the fast CPU runtimes and check it against the PyTorch model.
 
-`export_fold(run_fold_dir, out_dir, formats, check_waves)` writes `model.ts` (TorchScript, traced
-and frozen) and/or `model.onnx` (onnxruntime) and fails if their probabilities differ from the
-eager model's by more than `tol` on the given audio (SPEC: max abs diff <= 1e-4).
+`export_fold(run_fold_dir, out_dir, formats, check_waves)` writes the files of each runtime in
+`src.runtimes.RUNTIME_FILES` (torchscript: `model.ts`, traced and frozen; onnx / openvino:
+`frontend.ts` + `backbone.onnx`) and fails if their probabilities differ from the eager model's by
+more than `tol` on the given audio (SPEC: max abs diff <= 1e-4).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 
 from src.config import load_run_config
-from src.models import ProbabilityModel, build_model, load_weights
+from src.models import MelProbabilityModel, ProbabilityModel, build_model, load_weights
 from src.runtimes import RUNTIME_FILES, load_runtime
 
 log = logging.getLogger(__name__)
@@ -44,24 +47,34 @@ def eager_runtime(run_fold_dir: str | Path, threads: int = 0) -> Callable[[np.nd
     return predict
 
 
-def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _trace_frozen(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python-side shape checks
-        traced = torch.jit.trace(model.to(memory_format=torch.channels_last), example, check_trace=False)
-        frozen = torch.jit.freeze(traced)
+        frozen = torch.jit.freeze(torch.jit.trace(module.eval(), example, check_trace=False))
     frozen.save(str(path))
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_torchscript(model: ProbabilityModel, example: torch.Tensor, out_dir: Path) -> None:
+    """model.ts: the whole waveform -> probability model, traced and frozen."""
+    _trace_frozen(model.to(memory_format=torch.channels_last), example, out_dir / "model.ts")
+
+
+def _export_split(model: ProbabilityModel, example: torch.Tensor, out_dir: Path) -> None:
+    """frontend.ts (waveform -> mel, TorchScript) + backbone.onnx (mel -> probabilities, dynamic batch)."""
+    bird = model.model
+    _trace_frozen(bird.frontend, example, out_dir / "frontend.ts")
+    with torch.no_grad():
+        mel = bird.frontend(example)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), input_names=["wave"], output_names=["prob"],
-                          dynamic_shapes={"wave": {0: batch}}, dynamo=True, verbose=False,
+        torch.onnx.export(MelProbabilityModel(bird).eval(), (mel,), str(out_dir / "backbone.onnx"),
+                          input_names=["mel"], output_names=["prob"], dynamic_shapes={"mel": {0: batch}},
+                          dynamo=True, verbose=False,
                           external_data=False)  # one self-contained file for the Kaggle dataset
 
 
-EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_onnx}
+EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_split, "openvino": _export_split}
 
 
 def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str], check_waves: np.ndarray,
@@ -76,15 +89,17 @@ def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str
         reference = model(waves).numpy()
     diffs = {}
     example = waves[:2] if len(waves) >= 2 else waves.repeat(2, 1)
+    exported: set[tuple[str, ...]] = set()
     for fmt in formats:
         if fmt not in EXPORTERS:
             raise ValueError(f"export format {fmt!r}: use {sorted(EXPORTERS)}")
-        path = out_dir / RUNTIME_FILES[fmt]
-        EXPORTERS[fmt](model, example, path)
-        got = load_runtime(fmt, path)(check_waves)
+        if RUNTIME_FILES[fmt] not in exported:  # onnx and openvino run the same files
+            EXPORTERS[fmt](model, example, out_dir)
+            exported.add(RUNTIME_FILES[fmt])
+        got = load_runtime(fmt, out_dir)(check_waves)
         diffs[fmt] = float(np.abs(got - reference).max())
         if diffs[fmt] > tol:
-            raise RuntimeError(f"{path}: exported {fmt} differs from the PyTorch model by {diffs[fmt]:.2e} "
+            raise RuntimeError(f"{out_dir}: exported {fmt} differs from the PyTorch model by {diffs[fmt]:.2e} "
                                f"(> {tol}) on real audio; export with another runtime (kernel.runtime)")
-        log.info("%s: max abs diff %.2e", path, diffs[fmt])
+        log.info("%s %s: max abs diff %.2e", out_dir, fmt, diffs[fmt])
     return diffs

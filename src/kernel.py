@@ -77,6 +77,43 @@ def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     return np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
 
 
+def collect_wheels(cfg: DictConfig, dest: Path) -> list[str]:
+    """Copy the wheels the kernel needs for `cfg.runtime` (kernel.yaml `wheels`) into `dest`.
+
+    Each package is pinned to the version installed here (the one the exports were checked with)
+    and taken from `cfg.wheels_dir` if it has it, else `pip download`ed once (Kaggle's Python and
+    platform, binary only) into `cfg.wheel_cache`. Returns the wheel file names."""
+    from importlib.metadata import version
+
+    packages = list(cfg.wheels.get(cfg.runtime) or [])
+    if not packages:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    for package in packages:
+        pinned = f"{package}=={version(package)}"
+        stem = f"{package.replace('-', '_')}-{version(package)}-"
+        found = [p for folder in (cfg.wheels_dir, cfg.wheel_cache) if folder
+                 for p in sorted(Path(folder).glob(f"{stem}*.whl"))]
+        if not found:
+            cache = Path(cfg.wheel_cache)
+            cache.mkdir(parents=True, exist_ok=True)
+            platforms = [arg for plat in cfg.kaggle_platforms for arg in ("--platform", str(plat))]
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                   "--python-version", str(cfg.kaggle_python), *platforms, "-d", str(cache), pinned]
+            print(f"downloading {pinned} for the kernel (Python {cfg.kaggle_python}) into {cache}")
+            if subprocess.run(cmd).returncode != 0:
+                raise RuntimeError(f"`{' '.join(cmd)}` failed: put the wheel of {pinned} in a folder and pass "
+                                   f"wheels_dir=FOLDER, or build with runtime=torchscript (needs no wheel)")
+            found = sorted(cache.glob(f"{stem}*.whl"))
+        if not found:
+            raise FileNotFoundError(f"no {stem}*.whl in {cfg.wheels_dir or cfg.wheel_cache}: pass wheels_dir=FOLDER "
+                                    f"with the wheel of {pinned}")
+        shutil.copy2(found[0], dest / found[0].name)
+        names.append(found[0].name)
+    return names
+
+
 def build(cfg: DictConfig) -> Path:
     """Export the ensemble's models and write kernels/<name>/; returns that folder."""
     from src.export import export_fold
@@ -109,7 +146,8 @@ def build(cfg: DictConfig) -> Path:
     inference = dict(ens["inference"])
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
-    config |= {"inference": inference, "runtime": cfg.runtime, "export_max_abs_diff": diffs}
+    wheels = collect_wheels(cfg, dataset / "wheels")
+    config |= {"inference": inference, "runtime": cfg.runtime, "export_max_abs_diff": diffs, "wheels": wheels}
     (dataset / "ensemble.json").write_text(json.dumps(config, indent=1))
     (dataset / "dataset-metadata.json").write_text(json.dumps(
         {"title": f"{slug} weights"[:50], "id": f"{user}/{slug}-weights", "licenses": [{"name": "CC0-1.0"}]}, indent=1))

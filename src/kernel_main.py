@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.runtimes import RUNTIME_FILES, load_runtime
+from src.runtimes import ensure_runtime, load_runtime
 from src.soundscape import combine_members, predict_soundscapes
 from src.submission import align, expected_rows, read_sample_submission, write_submission
 
@@ -47,13 +47,14 @@ def run_kernel() -> Path:
     sample_rows, sample_classes = read_sample_submission(comp_dir / "sample_submission.csv")
     if sample_classes != classes:
         log.warning("sample_submission.csv classes differ from the ensemble's: columns follow the sample")
+    ensure_runtime(cfg["runtime"], weights_dir / "wheels", working / "site-packages")
     preds, ids, problems = [], [], []
     for member in cfg["members"]:
         fold_preds = []
         for fold in member["folds"]:
             model_dir = weights_dir / "models" / member["run"] / f"fold{fold}"
             spec = json.loads((model_dir / "model.json").read_text())
-            predict = load_runtime(cfg["runtime"], model_dir / RUNTIME_FILES[cfg["runtime"]], threads)
+            predict = load_runtime(cfg["runtime"], model_dir, threads)
             ids, p, problems = predict_soundscapes(
                 files, predict, len(classes), spec["sample_rate"], spec["window_s"], inference["context_s"],
                 tuple(inference["shifts_s"]), inference["batch_size"], np.full(len(classes), np.nan, np.float32),

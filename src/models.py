@@ -31,10 +31,25 @@ class MelFrontend(nn.Module):
         self.eps = float(audio.norm_eps)
         self.in_chans = in_chans
 
+    def power_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """waveform (B, T) -> mel power (B, n_mels, frames), the same numbers as `self.mel`.
+
+        For power 2 the |X|^2 is taken as re^2 + im^2 of torch.stft's output: torchaudio's
+        `abs().pow(2)` goes through a complex abs (hypot) that was 35% of the CPU front end's time
+        (bench/inference.py measures the front end); other powers use torchaudio as is.
+        """
+        spec = self.mel.spectrogram
+        if spec.power != 2.0 or spec.pad or spec.normalized:
+            return self.mel(wave)
+        stft = torch.stft(wave, spec.n_fft, spec.hop_length, spec.win_length, spec.window, center=spec.center,
+                          pad_mode=spec.pad_mode, normalized=False, onesided=spec.onesided, return_complex=True)
+        re_im = torch.view_as_real(stft)
+        return self.mel.mel_scale(re_im[..., 0].square() + re_im[..., 1].square())
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         # (B, 1, F, T): AmplitudeToDB clamps top_db per example only on 4-D input, which keeps a
         # window's output independent of what else is in its batch (needed for exports to match).
-        m = self.db(self.mel(wave.float()).unsqueeze(1))
+        m = self.db(self.power_mel(wave.float()).unsqueeze(1))
         mean = m.mean(dim=(2, 3), keepdim=True)
         std = m.std(dim=(2, 3), keepdim=True)
         m = (m - mean) / (std + self.eps)
@@ -117,6 +132,18 @@ class ProbabilityModel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model(wave))
+
+
+class MelProbabilityModel(nn.Module):
+    """The back half exported for onnxruntime / OpenVINO: normalised mel (B, C, F, T) -> probabilities.
+    The front end (`BirdModel.frontend`) runs separately in torch (see src.runtimes)."""
+
+    def __init__(self, model: BirdModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model.forward_mel(mel))
 
 
 def build_model(model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int) -> BirdModel:

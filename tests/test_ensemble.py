@@ -190,14 +190,15 @@ def test_exports_match_the_eager_model(tiny_pipeline, tmp_path):
     sr, window = int(run_cfg.audio.sample_rate), round(run_cfg.audio.window_s * run_cfg.audio.sample_rate)
     y = load_audio(tiny_pipeline.data_root / "test_soundscapes" / "soundscape_000.ogg", sr)
     waves = cut_windows(y, window)[:6]  # real soundscape windows
-    diffs = export_fold(fold_dir, tmp_path, ["torchscript", "onnx"], waves)
-    assert set(diffs) == {"torchscript", "onnx"} and max(diffs.values()) <= 1e-4
+    diffs = export_fold(fold_dir, tmp_path, list(RUNTIME_FILES), waves)
+    assert set(diffs) == {"torchscript", "onnx", "openvino"} and max(diffs.values()) <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.onnx", "frontend.ts", "model.ts"]
     reference = eager_runtime(fold_dir)(waves)
     assert reference.shape == (6, len(run_cfg.classes))
     other = cut_windows(y, window, shift=sr)[3:10]  # other windows and another batch size than the check's
     reference_other = eager_runtime(fold_dir)(other)
-    for fmt in ("torchscript", "onnx"):
-        predict = load_runtime(fmt, tmp_path / RUNTIME_FILES[fmt])
+    for fmt in RUNTIME_FILES:
+        predict = load_runtime(fmt, tmp_path)
         assert np.abs(predict(waves) - reference).max() <= 1e-4
         assert np.abs(predict(other) - reference_other).max() <= 1e-4
         assert np.abs(predict(other[:1]) - reference_other[:1]).max() <= 1e-4

@@ -1,0 +1,35 @@
+"""The mel front end: its faster power spectrum gives torchaudio's MelSpectrogram numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.config import CONFIG_DIR
+from src.models import MelFrontend
+
+
+def audio_cfg(**overrides):
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "audio" / "default.yaml")
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.mark.parametrize("n_fft,hop", [(2048, 512), (1024, 320)])
+def test_power_mel_equals_torchaudio(n_fft, hop):
+    front = MelFrontend(audio_cfg(n_fft=n_fft, win_length=n_fft, hop_length=hop))
+    torch.manual_seed(0)
+    wave = torch.randn(3, 32000) * torch.tensor([[0.3], [1e-4], [0.0]])  # loud, quiet, silent
+    ours, reference = front.power_mel(wave), front.mel(wave)
+    assert ours.shape == reference.shape
+    scale = reference.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    assert ((ours - reference).abs() / scale).max() < 1e-5
+    assert torch.equal(ours[2], reference[2])  # silence stays exactly zero
+
+
+def test_other_powers_use_torchaudio():
+    front = MelFrontend(audio_cfg(power=1.0))
+    wave = torch.randn(2, 16000)
+    assert torch.equal(front.power_mel(wave), front.mel(wave))
