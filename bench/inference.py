@@ -11,8 +11,11 @@ Per model, windows/second and real-time factor (audio seconds per wall second) o
 - naive: eager PyTorch in NCHW, batch 1, a Python loop over windows under torch.no_grad, the
   mel front end then `forward_mel` (what a typical public notebook does);
 - eager: channels_last + inference_mode, batched (`src.export.eager_runtime`'s predict);
-- torchscript / onnx: `src.export`'s exporters, run by `src.runtimes.load_runtime`, batched;
-- openvino: only if `import openvino` works (not a dependency: skipped with a note).
+- torchscript (`model.ts`, whole model), onnx and openvino (`frontend.ts` mel front end in torch +
+  `backbone.onnx` in onnxruntime / OpenVINO): `src.export`'s exporters, run by
+  `src.runtimes.load_runtime`, batched; openvino is skipped with a note if it does not import;
+- parts (not runtimes): the front end alone and the backbone alone (on precomputed mels), which
+  bound what any split runtime can reach on this machine.
 Each export is checked against the eager model on the bench windows (max abs probability diff
 <= 1e-4). The default runtime (`configs/kernel.yaml: runtime`) also gets an end-to-end line:
 `predict_soundscapes` (decode + windows + model) with its predict function. Warm-up (not timed):
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import io
 import math
 import os
@@ -49,7 +53,7 @@ from omegaconf import OmegaConf
 
 from bench.timing import best_of
 from src.audio import load_audio
-from src.export import _export_onnx, _export_torchscript
+from src.export import EXPORTERS
 from src.models import ProbabilityModel, build_model
 from src.runtimes import RUNTIME_FILES, load_runtime
 from src.soundscape import cut_windows, n_windows, predict_soundscapes
@@ -116,22 +120,42 @@ def eager_runtime(model: ProbabilityModel) -> Callable[[np.ndarray], np.ndarray]
     return predict
 
 
-def openvino_runtime(onnx_path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """OpenVINO on the ONNX export (only called when `import openvino` works)."""
-    import openvino as ov
-
-    core = ov.Core()
-    core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
-    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU")
-    return lambda batch: np.asarray(compiled(np.ascontiguousarray(batch, np.float32))[0])
-
-
-def export_quietly(exporter: Callable, model: torch.nn.Module, example: torch.Tensor, path: Path) -> float:
+def export_quietly(exporter: Callable, model: torch.nn.Module, example: torch.Tensor, out_dir: Path) -> float:
     """Run one of src.export's exporters with its progress prints swallowed; returns seconds taken."""
     t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):
-        exporter(model, example, path)
+        exporter(model, example, out_dir)
     return time.perf_counter() - t0
+
+
+def component_runtimes(out_dir: Path, threads: int, waves: np.ndarray, batch: int) -> dict[str, Callable]:
+    """The split export's halves alone, to show where the time goes: the front end (frontend.ts) on the
+    waveforms, and the backbone (backbone.onnx in onnxruntime / OpenVINO) on mels computed beforehand."""
+    import onnxruntime as ort
+
+    front = torch.jit.load(str(out_dir / "frontend.ts"), map_location="cpu").eval()
+    with torch.inference_mode():
+        mels = {i: front(torch.from_numpy(waves[i:i + batch])).numpy() for i in range(0, len(waves), batch)}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(out_dir / "backbone.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def front_only(batch_waves: np.ndarray) -> None:
+        with torch.inference_mode():
+            front(torch.from_numpy(batch_waves))
+
+    parts = {"  part: front end (frontend.ts)": front_only,
+             "  part: backbone (onnxruntime)": lambda batch_waves, i: session.run(None, {"mel": mels[i]})[0]}
+    try:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(out_dir / "backbone.onnx"), "CPU",
+                                           {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        parts["  part: backbone (openvino)"] = lambda batch_waves, i: compiled(mels[i])[0]
+    except ImportError:
+        pass
+    return parts
 
 
 def bench_model(name: str, args, waves: np.ndarray, audio_cfg, default_rt: str, threads: int,
@@ -147,37 +171,45 @@ def bench_model(name: str, args, waves: np.ndarray, audio_cfg, default_rt: str, 
     runtimes: dict[str, Callable] = {"naive (NCHW, batch 1, no_grad)": naive_runtime(naive_model),
                                      f"eager (channels_last, batch {args.batch})": eager_runtime(model)}
     notes = {}
-    for kind, exporter in (("torchscript", _export_torchscript), ("onnx", _export_onnx)):
-        path = tmp / f"{name}.{RUNTIME_FILES[kind]}"
-        seconds = export_quietly(exporter, model, example, path)
-        runtimes[kind] = load_runtime(kind, path, threads)
-        notes[kind] = f"export {seconds:.0f} s"
-    try:
-        import openvino  # noqa: F401
-        runtimes["openvino"] = openvino_runtime(tmp / f"{name}.model.onnx", threads)
-    except ImportError:
-        notes["openvino"] = "skipped: `import openvino` fails (not installed)"
+    out_dir = tmp / name
+    done: dict[tuple[str, ...], float] = {}
+    for kind in RUNTIME_FILES:
+        if kind in ("openvino",) and importlib.util.find_spec("openvino") is None:
+            notes[kind] = "skipped: `import openvino` fails (not installed)"
+            continue
+        if RUNTIME_FILES[kind] not in done:  # onnx and openvino share frontend.ts + backbone.onnx
+            done[RUNTIME_FILES[kind]] = export_quietly(EXPORTERS[kind], model, example, out_dir)
+        runtimes[kind] = load_runtime(kind, out_dir, threads)
+        notes[kind] = " + ".join(RUNTIME_FILES[kind]) + f" (export {done[RUNTIME_FILES[kind]]:.0f} s)"
+    parts = component_runtimes(out_dir, threads, waves, args.batch)
 
     # Each runtime predicts the same batches in turn, and its time is the sum over batches of its best
     # time for that batch across `--repeats` rounds: on a shared machine short samples catch quiet moments,
     # and load hits every runtime alike. A pause between runtimes lets the previous one's threads sleep.
     starts = range(0, len(waves), args.batch)
-    for label, predict in runtimes.items():  # warm-up: every batch shape once (ORT / TorchScript specialise)
+    calls = {label: (lambda i, predict=predict: predict(waves[i:i + args.batch])) for label, predict in runtimes.items()}
+    calls |= {label: (lambda i, part=part: part(waves[i:i + args.batch], i)) if "backbone" in label
+              else (lambda i, part=part: part(waves[i:i + args.batch])) for label, part in parts.items()}
+    for label, call in calls.items():  # warm-up: every batch shape once (ORT / TorchScript specialise)
         for i in starts[:1] if label.startswith("naive") else starts:
-            predict(waves[i:i + 1] if label.startswith("naive") else waves[i:i + args.batch])
-    best = {label: [math.inf] * len(starts) for label in runtimes}
+            call(i)
+    best = {label: [math.inf] * len(starts) for label in calls}
     probs = {label: [None] * len(starts) for label in runtimes}
     for _ in range(args.repeats):
         for k, i in enumerate(starts):
-            for label, predict in runtimes.items():
+            for label, call in calls.items():
                 time.sleep(0.1)
-                seconds, probs[label][k] = best_of(1, lambda predict=predict, i=i: predict(waves[i:i + args.batch]))
+                seconds, out = best_of(1, lambda call=call, i=i: call(i))
                 best[label][k] = min(best[label][k], seconds)
+                if label in probs:
+                    probs[label][k] = out
     times = {label: sum(b) for label, b in best.items()}
     probs = {label: np.concatenate(p) for label, p in probs.items()}
     reference = probs[f"eager (channels_last, batch {args.batch})"]
     rows = [(label, len(waves) / times[label], float(np.abs(probs[label] - reference).max()), notes.get(label, ""))
             for label in runtimes]
+    rows += [(label, len(waves) / times[label], float("nan"), "not a runtime: where the split runtimes' time goes")
+             for label in parts]
     if "openvino" not in runtimes:
         rows.append(("openvino", float("nan"), float("nan"), notes["openvino"]))
 
@@ -196,13 +228,24 @@ def bench_model(name: str, args, waves: np.ndarray, audio_cfg, default_rt: str, 
             print(f"{label:<34}{'-':>8}{'-':>12}{'-':>10}{'-':>11}{'-':>12}  {note}")
             continue
         kaggle_min = kaggle_windows / (rate * scale) / 60
-        diff_txt = "ref" if label.startswith("eager") else f"{diff:.1e}"
+        diff_txt = "ref" if label.startswith("eager") else "-" if math.isnan(diff) else f"{diff:.1e}"
         print(f"{label:<34}{rate:>8.1f}{rate * window_s:>12.1f}{rate / naive_rate:>9.2f}x{diff_txt:>11}"
               f"{kaggle_min:>12.1f}  {note}{mark}")
     exports = [(label, diff) for label, _, diff, _ in rows if label in ("torchscript", "onnx", "openvino")
                and not math.isnan(diff)]
     bad = [label for label, diff in exports if diff > TOL]
     print(f"export check (max abs diff vs eager <= {TOL:g}): {'ok' if not bad else 'FAILED for ' + ', '.join(bad)}")
+
+    rate = {label: r for label, r, _, _ in rows}
+    naive_ms = 1e3 / rate["naive (NCHW, batch 1, no_grad)"]
+    front_ms = 1e3 / rate["  part: front end (frontend.ts)"]
+    backbone_ms = {label.split("(")[1].rstrip(")"): 1e3 / r for label, r in rate.items() if "part: backbone" in label}
+    fastest = min(backbone_ms, key=backbone_ms.get)
+    print(f"where the time goes (ms/window): naive {naive_ms:.1f}; front end {front_ms:.1f}; backbone "
+          + ", ".join(f"{k} {v:.1f}" for k, v in backbone_ms.items())
+          + f". Bound for a split runtime: naive / (front end + {fastest} backbone) = "
+          f"{naive_ms / (front_ms + backbone_ms[fastest]):.2f}x; with a free front end "
+          f"{naive_ms / backbone_ms[fastest]:.2f}x")
 
     # end to end with the default runtime: decode + windows + model, as the kernel runs it
     default_predict = runtimes[default_rt]

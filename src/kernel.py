@@ -131,14 +131,16 @@ def build(cfg: DictConfig) -> Path:
     staging = root.with_name(root.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     dataset, kernel = staging / "dataset", staging / "kernel"
-    diffs = {}
+    runtimes = list(dict.fromkeys(r for r in (cfg.runtime, cfg.fallback_runtime) if r))
+    diffs: dict[str, dict[str, float]] = {r: {} for r in runtimes}
     for member in ens["members"]:
         for fold in member["folds"]:
             fold_dir = Path(ens.get("runs_dir", "runs")) / member["run"] / f"fold{fold}"
             out = dataset / "models" / member["run"] / f"fold{fold}"
-            diffs[f"{member['run']}/fold{fold}"] = export_fold(fold_dir, out, [cfg.runtime],
-                                                               check_waves(fold_dir, int(cfg.check_windows)),
-                                                               float(cfg.tol))[cfg.runtime]
+            fold_diffs = export_fold(fold_dir, out, runtimes, check_waves(fold_dir, int(cfg.check_windows)),
+                                     float(cfg.tol))
+            for r in runtimes:
+                diffs[r][f"{member['run']}/fold{fold}"] = fold_diffs[r]
             run_cfg = OmegaConf.load(fold_dir / "config.yaml")
             (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
                                                         "window_s": float(run_cfg.audio.window_s),
@@ -147,7 +149,8 @@ def build(cfg: DictConfig) -> Path:
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
     wheels = collect_wheels(cfg, dataset / "wheels")
-    config |= {"inference": inference, "runtime": cfg.runtime, "export_max_abs_diff": diffs, "wheels": wheels}
+    config |= {"inference": inference, "runtime": cfg.runtime, "fallback_runtime": cfg.fallback_runtime,
+               "export_max_abs_diff": diffs, "wheels": wheels}
     (dataset / "ensemble.json").write_text(json.dumps(config, indent=1))
     (dataset / "dataset-metadata.json").write_text(json.dumps(
         {"title": f"{slug} weights"[:50], "id": f"{user}/{slug}-weights", "licenses": [{"name": "CC0-1.0"}]}, indent=1))
@@ -162,8 +165,8 @@ def build(cfg: DictConfig) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
     size = sum(p.stat().st_size for p in (root / "dataset").rglob("*") if p.is_file()) / 2**20
-    print(f"built {root}: {script} + {len(diffs)} {cfg.runtime} model(s), {size:.1f} MiB; export max abs diff "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    print(f"built {root}: {script} + {len(diffs[cfg.runtime])} model(s) for {' + '.join(runtimes)}, {size:.1f} MiB; "
+          "export max abs diff " + "; ".join(f"{r} {k} {v:.1e}" for r in runtimes for k, v in diffs[r].items()))
     return root
 
 

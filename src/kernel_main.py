@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +33,23 @@ def kaggle_paths() -> tuple[Path, Path, Path]:
     return input_dir / COMPETITION_SLUG, input_dir / DATASET_SLUG, working
 
 
+def choose_runtime(cfg: dict, weights_dir: Path) -> str:
+    """The ensemble's runtime if its package imports or installs from the shipped wheels, else its
+    fallback (exported too, e.g. TorchScript, which Kaggle's torch always runs): a wheel that does not
+    match Kaggle's Python must not cost the submission."""
+    log = logging.getLogger("kernel")
+    runtime, fallback = cfg["runtime"], cfg.get("fallback_runtime")
+    try:
+        # installed outside /kaggle/working, which Kaggle keeps as the kernel's output
+        ensure_runtime(runtime, weights_dir / "wheels", Path(tempfile.gettempdir()) / "birdclef-site-packages")
+        return runtime
+    except (ImportError, OSError, subprocess.CalledProcessError) as err:
+        if not fallback or fallback == runtime:
+            raise
+        log.warning("runtime %s unavailable (%s): running the %s exports instead", runtime, err, fallback)
+        return fallback
+
+
 def run_kernel() -> Path:
     """Predict every test soundscape with the ensemble and write submission.csv; returns its path."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -47,14 +66,14 @@ def run_kernel() -> Path:
     sample_rows, sample_classes = read_sample_submission(comp_dir / "sample_submission.csv")
     if sample_classes != classes:
         log.warning("sample_submission.csv classes differ from the ensemble's: columns follow the sample")
-    ensure_runtime(cfg["runtime"], weights_dir / "wheels", working / "site-packages")
+    runtime = choose_runtime(cfg, weights_dir)
     preds, ids, problems = [], [], []
     for member in cfg["members"]:
         fold_preds = []
         for fold in member["folds"]:
             model_dir = weights_dir / "models" / member["run"] / f"fold{fold}"
             spec = json.loads((model_dir / "model.json").read_text())
-            predict = load_runtime(cfg["runtime"], model_dir, threads)
+            predict = load_runtime(runtime, model_dir, threads)
             ids, p, problems = predict_soundscapes(
                 files, predict, len(classes), spec["sample_rate"], spec["window_s"], inference["context_s"],
                 tuple(inference["shifts_s"]), inference["batch_size"], np.full(len(classes), np.nan, np.float32),

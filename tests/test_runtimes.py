@@ -93,3 +93,21 @@ def test_collect_wheels_failure_names_the_fix(tmp_path, monkeypatch):
 def test_kernel_yaml_names_a_wheel_list_for_every_runtime():
     cfg = OmegaConf.load(Path(kernel.CONFIG_DIR) / "kernel.yaml")
     assert set(cfg.wheels) == set(RUNTIME_FILES) and cfg.runtime in RUNTIME_FILES
+
+
+def test_kernel_falls_back_when_the_runtime_does_not_install(tmp_path, monkeypatch, caplog):
+    import subprocess
+
+    from src import kernel_main
+
+    def broken(kind, wheels_dir, target):
+        raise subprocess.CalledProcessError(1, ["pip", "install"])  # e.g. a wheel for another Python
+
+    monkeypatch.setattr(kernel_main, "ensure_runtime", broken)
+    cfg = {"runtime": "onnx", "fallback_runtime": "torchscript"}
+    assert kernel_main.choose_runtime(cfg, tmp_path) == "torchscript"
+    assert any("runtime onnx unavailable" in r.getMessage() for r in caplog.records)
+    with pytest.raises(subprocess.CalledProcessError):
+        kernel_main.choose_runtime({"runtime": "onnx", "fallback_runtime": None}, tmp_path)
+    monkeypatch.setattr(kernel_main, "ensure_runtime", lambda *a: None)
+    assert kernel_main.choose_runtime(cfg, tmp_path) == "onnx"
