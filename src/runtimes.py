@@ -14,6 +14,7 @@ import importlib
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -69,7 +70,9 @@ def load_runtime(kind: str, model_dir: str | Path, threads: int = 0) -> Callable
 
     if threads:
         torch.set_num_threads(threads)
-    torch_module = torch.jit.load(str(paths[0]), map_location="cpu").eval()
+    with warnings.catch_warnings():  # TorchScript's loader is deprecated in favour of torch.export, still supported
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated")
+        torch_module = torch.jit.load(str(paths[0]), map_location="cpu").eval()
 
     def run_torch(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
