@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -28,8 +28,8 @@ class ChunkDataset(Dataset):
                  rating_weight: bool = False):
         self.chunks = chunks
         self.cache_dir = Path(cache_dir)
-        self.window = int(round(window_s * sample_rate))
-        self.jitter = int(round(jitter_s * sample_rate))
+        self.window = round(window_s * sample_rate)
+        self.jitter = round(jitter_s * sample_rate)
         self.wave_augment = wave_augment
         self.filenames = chunks["filename"].to_list()
         self.starts = (chunks["start_s"].to_numpy() * sample_rate).round().astype(np.int64)

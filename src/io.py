@@ -3,9 +3,9 @@ command never leaves a half-written file behind (SPEC, "Bad input")."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager

@@ -102,7 +102,7 @@ def collect_wheels(cfg: DictConfig, dest: Path) -> list[str]:
             cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                    "--python-version", str(cfg.kaggle_python), *platforms, "-d", str(cache), pinned]
             print(f"downloading {pinned} for the kernel (Python {cfg.kaggle_python}) into {cache}")
-            if subprocess.run(cmd).returncode != 0:
+            if subprocess.run(cmd, check=False).returncode != 0:
                 raise RuntimeError(f"`{' '.join(cmd)}` failed: put the wheel of {pinned} in a folder and pass "
                                    f"wheels_dir=FOLDER, or build with runtime=torchscript (needs no wheel)")
             found = sorted(cache.glob(f"{stem}*.whl"))
@@ -182,10 +182,9 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
     input_dir = Path(cfg.input)
     input_dir.mkdir(parents=True, exist_ok=True)
     _link(input_dir / dataset_slug, kernel_root / "dataset")
-    if not (input_dir / competition).exists():
-        if not cfg.competition_root:
-            raise FileNotFoundError(f"{input_dir / competition} not found: pass competition_root=PATH to link "
-                                    "the competition folder there")
+    if not (input_dir / competition).exists() and not cfg.competition_root:
+        raise FileNotFoundError(f"{input_dir / competition} not found: pass competition_root=PATH to link "
+                                "the competition folder there")
     if cfg.competition_root:
         _link(input_dir / competition, Path(cfg.competition_root))
     comp_dir = input_dir / competition
@@ -194,7 +193,8 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "KAGGLE_"))}
         env |= {"KAGGLE_INPUT_DIR": str(input_dir.resolve()), "KAGGLE_WORKING_DIR": working, "PYTHONNOUSERSITE": "1"}
         started = time.time()
-        proc = subprocess.run([sys.executable, "-I", script], cwd=working, env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-I", script], cwd=working, env=env, capture_output=True, text=True,
+                              check=False)
         wall = time.time() - started
         sys.stderr.write(proc.stderr[-4000:])
         if proc.returncode != 0 or "kernel failed" in proc.stderr:
@@ -231,7 +231,7 @@ def max_abs_difference(a: Path, b: Path) -> float:
 def _duration(sf, path: Path) -> float:
     try:
         return sf.info(str(path)).duration
-    except Exception:  # unreadable files count as no audio
+    except Exception:  # noqa: BLE001 -- unreadable files (any libsndfile error) count as no audio
         return 0.0
 
 

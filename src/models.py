@@ -11,9 +11,9 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn as nn
 import torchaudio
 from omegaconf import DictConfig
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,14 @@ class BirdModel(nn.Module):
         super().__init__()
         in_chans = int(model_cfg.in_chans)
         self.frontend = MelFrontend(audio_cfg, in_chans)
-        kwargs = dict(pretrained=bool(model_cfg.pretrained), in_chans=in_chans, num_classes=0, global_pool="",
-                      drop_path_rate=float(model_cfg.drop_path_rate))
+        kwargs = {"pretrained": bool(model_cfg.pretrained), "in_chans": in_chans, "num_classes": 0, "global_pool": "",
+                  "drop_path_rate": float(model_cfg.drop_path_rate)}
         if model_cfg.pretrained:
             if not model_cfg.weights or not Path(model_cfg.weights).exists():
                 raise FileNotFoundError(
                     f"model.pretrained=true needs model.weights=PATH to a local checkpoint of {model_cfg.backbone} "
                     f"(got {model_cfg.weights!r}); nothing is downloaded at run time")
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(model_cfg.weights))
+            kwargs["pretrained_cfg_overlay"] = {"file": str(model_cfg.weights)}
         self.backbone = timm.create_model(str(model_cfg.backbone), **kwargs)
         if model_cfg.head not in HEADS:
             raise ValueError(f"model.head={model_cfg.head!r}: use one of {sorted(HEADS)}")
@@ -154,5 +154,5 @@ def build_model(model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int) ->
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load `best.pt`/`last.pt` (a dict with a 'model' state dict) safely (weights_only)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    model.load_state_dict(state.get("model", state))
     return model

@@ -65,9 +65,8 @@ def _cache_one(job: CacheJob) -> tuple[str, int, str | None]:
     except AudioError as exc:
         return job.source, 0, str(exc)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(target) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, to_int16(y))
+    with atomic_write(target) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, to_int16(y))
     return job.source, len(y), None
 
 
@@ -90,8 +89,8 @@ def cache_files(jobs: list[CacheJob], workers: int, desc: str) -> dict[str, tupl
 def build_chunk_index(meta: pl.DataFrame, n_samples: dict[str, int], cache_dir: Path, cfg: DictConfig) -> pl.DataFrame:
     """One row per 5 s chunk of every good recording, with its energy and silent flag."""
     sr = int(cfg.audio.sample_rate)
-    chunk = int(round(cfg.prepare.chunk_s * sr))
-    hop = int(round((cfg.prepare.chunk_s - cfg.prepare.overlap_s) * sr))
+    chunk = round(cfg.prepare.chunk_s * sr)
+    hop = round((cfg.prepare.chunk_s - cfg.prepare.overlap_s) * sr)
     if hop <= 0:
         raise ValueError(f"prepare.overlap_s={cfg.prepare.overlap_s} must be smaller than chunk_s={cfg.prepare.chunk_s}")
     cols: dict[str, list] = {k: [] for k in ("filename", "chunk", "start_s", "end_s", "energy_db", "silent")}

@@ -81,7 +81,7 @@ def plot_per_class_auc(aucs: dict[str, float], n_pos: dict[str, int], n_classes:
     if m <= 60:
         for i, v in enumerate(values):
             ax.text(v - 0.004, i, f"{v:.3f}", va="center", ha="right", fontsize=font - 1,
-                    bbox=dict(facecolor="white", alpha=0.75, edgecolor="none", pad=0.6))
+                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 0.6})
     if m > 50:  # a tall figure: repeat the x axis at the top
         ax.tick_params(axis="x", labeltop=True, top=True)
     ax.set_xlabel("ROC-AUC (validation chunks, one-vs-rest)")

@@ -6,7 +6,7 @@ run repeats an epoch exactly. Under DDP each rank takes a disjoint, equal-length
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler

@@ -6,8 +6,8 @@ inlines this file into the Kaggle script, stripping the `from src.` imports.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -24,7 +24,7 @@ def n_windows(n_samples: int, window: int) -> int:
 
 def row_ids(stem: str, count: int, window_s: float) -> list[str]:
     """`<stem>_<end second>` for consecutive windows (`soundscape_1_5`, `soundscape_1_10`, ...)."""
-    return [f"{stem}_{int(round((i + 1) * window_s))}" for i in range(count)]
+    return [f"{stem}_{round((i + 1) * window_s)}" for i in range(count)]
 
 
 def cut_windows(y: np.ndarray, window: int, context: int = 0, shift: int = 0, count: int | None = None) -> np.ndarray:
@@ -89,8 +89,8 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
     gets `fallback` rows (default 0) for `fallback_duration_s` of audio and a logged problem: its
     rows are still written. Returns (row_ids, probs (rows, n_classes), problems).
     """
-    window = int(round(window_s * sample_rate))
-    context = int(round(context_s * sample_rate))
+    window = round(window_s * sample_rate)
+    context = round(context_s * sample_rate)
     fallback = np.zeros(n_classes, np.float32) if fallback is None else np.asarray(fallback, np.float32)
     ids: list[str] = []
     problems: list[str] = []
@@ -120,7 +120,7 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
         ids += row_ids(path.stem, count, window_s)
         parts.append([None] * len(shifts_s))
         for k, shift_s in enumerate(shifts_s):
-            pending.append((len(parts) - 1, k, cut_windows(y, window, context, int(round(shift_s * sample_rate)), count)))
+            pending.append((len(parts) - 1, k, cut_windows(y, window, context, round(shift_s * sample_rate), count)))
         if sum(len(w) for _, _, w in pending) >= batch_size:
             flush()
     if pending:

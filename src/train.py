@@ -371,7 +371,7 @@ def finish(cfg, run_dir: Path, exp: str, classes: list[str], val_df: pl.DataFram
         try:
             from src.report import write_report
             write_report(run_dir)
-        except Exception as exc:  # a plotting problem must not lose a finished run
+        except Exception as exc:  # noqa: BLE001 -- a plotting problem must not lose a finished run
             log.warning("report for %s failed: %s", run_dir, exc)
     print(f"{exp} fold {cfg.fold}: best epoch {best_epoch}, macro ROC-AUC {auc:.4f}, padded cmAP {cmap:.4f} "
           f"({duration / 60:.1f} min) -> {run_dir}")
