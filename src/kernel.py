@@ -11,6 +11,7 @@ submission, kernel_main), with their `from src.` imports removed: one implementa
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -114,6 +115,13 @@ def collect_wheels(cfg: DictConfig, dest: Path) -> list[str]:
     return names
 
 
+def frontend_id(run_cfg: DictConfig) -> str:
+    """Digest of what defines a model's mel front end (audio config + input channels): models with the
+    same id compute the same mel, so the kernel runs their front end once (src.runtimes.load_models)."""
+    spec = {"audio": OmegaConf.to_container(run_cfg.audio, resolve=True), "in_chans": int(run_cfg.model.in_chans)}
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def build(cfg: DictConfig) -> Path:
     """Export the ensemble's models and write kernels/<name>/; returns that folder."""
     from src.export import export_fold
@@ -144,7 +152,8 @@ def build(cfg: DictConfig) -> Path:
             run_cfg = OmegaConf.load(fold_dir / "config.yaml")
             (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
                                                         "window_s": float(run_cfg.audio.window_s),
-                                                        "backbone": str(run_cfg.model.backbone)}))
+                                                        "backbone": str(run_cfg.model.backbone),
+                                                        "frontend_id": frontend_id(run_cfg)}))
     inference = dict(ens["inference"])
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.runtimes import ensure_runtime, load_runtime
+from src.runtimes import ensure_runtime, load_models
 from src.soundscape import combine_members, predict_soundscapes
 from src.submission import align, expected_rows, read_sample_submission, write_submission
 
@@ -67,20 +67,28 @@ def run_kernel() -> Path:
     if sample_classes != classes:
         log.warning("sample_submission.csv classes differ from the ensemble's: columns follow the sample")
     runtime = choose_runtime(cfg, weights_dir)
-    preds, ids, problems = [], [], []
-    for member in cfg["members"]:
-        fold_preds = []
+    # Models that cut the audio alike share one decoding pass (and, with a split runtime, one mel per
+    # front end): their predictions come back side by side and are split per model afterwards.
+    groups: dict[tuple[int, float], list[tuple[int, Path, dict]]] = {}
+    for i, member in enumerate(cfg["members"]):
         for fold in member["folds"]:
             model_dir = weights_dir / "models" / member["run"] / f"fold{fold}"
             spec = json.loads((model_dir / "model.json").read_text())
-            predict = load_runtime(runtime, model_dir, threads)
-            ids, p, problems = predict_soundscapes(
-                files, predict, len(classes), spec["sample_rate"], spec["window_s"], inference["context_s"],
-                tuple(inference["shifts_s"]), inference["batch_size"], np.full(len(classes), np.nan, np.float32),
-                inference["fallback_duration_s"])
-            fold_preds.append(p)
-            log.info("%s fold %s: %d windows, %.0f s elapsed", member["run"], fold, len(p), time.time() - started)
-        preds.append(np.mean(fold_preds, axis=0))
+            groups.setdefault((spec["sample_rate"], spec["window_s"]), []).append((i, model_dir, spec))
+    fold_preds: list[list[np.ndarray]] = [[] for _ in cfg["members"]]
+    n, ids, problems = len(classes), [], []
+    for (sample_rate, window_s), models in groups.items():
+        frontend_ids = [spec.get("frontend_id") or str(d) for _, d, spec in models]
+        predict = load_models(runtime, [d for _, d, _ in models], frontend_ids, threads)
+        ids, p, problems = predict_soundscapes(
+            files, predict, n * len(models), sample_rate, window_s, inference["context_s"],
+            tuple(inference["shifts_s"]), inference["batch_size"], np.full(n * len(models), np.nan, np.float32),
+            inference["fallback_duration_s"])
+        for j, (i, _, _) in enumerate(models):
+            fold_preds[i].append(p[:, j * n:(j + 1) * n])
+        log.info("%d model(s) at %d Hz, %g s windows: %d windows, %.0f s elapsed", len(models), sample_rate, window_s,
+                 len(p), time.time() - started)
+    preds = [np.mean(f, axis=0) for f in fold_preds]
     for p in problems:
         log.warning(p)
     weights = [m["weight"] for m in cfg["members"]]
@@ -93,7 +101,7 @@ def run_kernel() -> Path:
         log.warning(p)
     out = working / "submission.csv"
     write_submission(out, rows, sample_classes, probs)
-    audio_s = len(ids) * spec["window_s"] if ids else 0.0
+    audio_s = len(ids) * window_s if ids else 0.0
     log.info("wrote %s: %d rows, %d files, %.1f s wall for ~%.0f s of audio", out, len(rows), len(files),
              time.time() - started, audio_s)
     return out

@@ -56,30 +56,60 @@ def ensure_runtime(kind: str, wheels_dir: str | Path, target: str | Path) -> Non
     ensure_module(RUNTIME_MODULES[kind], wheels_dir, target)
 
 
-def load_runtime(kind: str, model_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A predict function for the exported model in `model_dir` (`kind` = torchscript | onnx | openvino)."""
+def load_models(kind: str, model_dirs: list[Path], frontend_ids: list[str] | None = None,
+                threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """One predict function for several exported models on the same windows: (B, samples) ->
+    (B, sum of the models' classes), the models' columns side by side in `model_dirs` order.
+
+    With a split runtime (onnx / openvino), models whose `frontend_ids` are equal (same audio config,
+    see `src.kernel`) share one front-end pass: an ensemble computes each mel once, not once a model."""
+    if kind == "torchscript" or frontend_ids is None:
+        predicts = [load_runtime(kind, d, threads) for d in model_dirs]
+        return lambda batch: np.concatenate([p(batch) for p in predicts], axis=1)
+    paths = [_runtime_paths(kind, d) for d in model_dirs]
+    fronts: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for fid, p in zip(frontend_ids, paths, strict=True):
+        if fid not in fronts:
+            fronts[fid] = _load_torchscript(p[0], threads)
+    backbones = [_load_backbone(kind, p[1], threads) for p in paths]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        mels = {fid: front(batch) for fid, front in fronts.items()}
+        return np.concatenate([b(mels[fid]) for fid, b in zip(frontend_ids, backbones, strict=True)], axis=1)
+
+    return predict
+
+
+def _runtime_paths(kind: str, model_dir: str | Path) -> list[Path]:
+    """The runtime's files in `model_dir`, which must all exist."""
     if kind not in RUNTIME_FILES:
         raise ValueError(f"runtime {kind!r}: use one of {sorted(RUNTIME_FILES)} (or eager inside src)")
-    model_dir = Path(model_dir)
-    paths = [model_dir / name for name in RUNTIME_FILES[kind]]
+    paths = [Path(model_dir) / name for name in RUNTIME_FILES[kind]]
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: export the model first (python -m src.kernel build ... "
                                     f"runtime={kind})")
+    return paths
+
+
+def _load_torchscript(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     with warnings.catch_warnings():  # TorchScript's loader is deprecated in favour of torch.export, still supported
         warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated")
-        torch_module = torch.jit.load(str(paths[0]), map_location="cpu").eval()
+        module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def run_torch(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return torch_module(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()
+            return module(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()
 
-    if kind == "torchscript":
-        return run_torch
+    return run
+
+
+def _load_backbone(kind: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """mel batch -> probabilities with `backbone.onnx` in onnxruntime or OpenVINO."""
     if kind == "onnx":
         import onnxruntime as ort
 
@@ -87,14 +117,23 @@ def load_runtime(kind: str, model_dir: str | Path, threads: int = 0) -> Callable
         if threads:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(paths[1]), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda batch: session.run(None, {name: run_torch(batch)})[0]
+        return lambda mel: session.run(None, {name: mel})[0]
     import openvino as ov
 
-    core = ov.Core()
     properties = {"PERFORMANCE_HINT": "LATENCY"}  # one request at a time: the kernel batches across files
     if threads:
         properties["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(core.read_model(str(paths[1])), "CPU", properties)
-    return lambda batch: np.asarray(compiled(run_torch(batch))[0])
+    compiled = ov.Core().compile_model(str(path), "CPU", properties)
+    return lambda mel: np.asarray(compiled(mel)[0])
+
+
+def load_runtime(kind: str, model_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A predict function for the exported model in `model_dir` (`kind` = torchscript | onnx | openvino)."""
+    paths = _runtime_paths(kind, model_dir)
+    run_torch = _load_torchscript(paths[0], threads)
+    if kind == "torchscript":
+        return run_torch
+    backbone = _load_backbone(kind, paths[1], threads)
+    return lambda batch: backbone(run_torch(batch))

@@ -208,3 +208,27 @@ def test_export_rejects_an_unknown_format(tiny_pipeline, tmp_path):
     fold_dir = tiny_pipeline.runs_dir / "tiny_a" / "fold0"
     with pytest.raises(ValueError, match="tflite"):
         export_fold(fold_dir, tmp_path, ["tflite"], np.zeros((2, 160000), np.float32))
+
+
+def test_grouped_models_share_the_front_end_and_match_each_model(tiny_pipeline, tmp_path, monkeypatch):
+    """The kernel's grouped predict (src.runtimes.load_models): one front-end pass for models with the same
+    frontend id, columns side by side, each model's probabilities as it predicts alone."""
+    from src import runtimes
+    from src.kernel import frontend_id
+
+    y = load_audio(tiny_pipeline.data_root / "test_soundscapes" / "soundscape_000.ogg", 32000)
+    waves = cut_windows(y, 160000)[:5]
+    dirs, ids = [], []
+    for run in ("tiny_a", "tiny_b"):
+        fold_dir = tiny_pipeline.runs_dir / run / "fold0"
+        export_fold(fold_dir, tmp_path / run, ["onnx"], waves)
+        dirs.append(tmp_path / run)
+        ids.append(frontend_id(OmegaConf.load(fold_dir / "config.yaml")))
+    assert ids[0] == ids[1]  # same tiny audio config and input channels
+    alone = np.concatenate([load_runtime("onnx", d)(waves) for d in dirs], axis=1)
+    loads = []
+    real = runtimes._load_torchscript
+    monkeypatch.setattr(runtimes, "_load_torchscript", lambda path, threads: loads.append(path) or real(path, threads))
+    grouped = runtimes.load_models("onnx", dirs, ids)(waves)
+    assert len(loads) == 1 and grouped.shape == alone.shape
+    assert np.abs(grouped - alone).max() <= 1e-6
