@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,10 +54,15 @@ from bench.timing import best_of
 from src.audio import load_audio
 from src.export import EXPORTERS
 from src.models import ProbabilityModel, build_model
-from src.runtimes import RUNTIME_FILES, load_models, load_runtime
+from src.runtimes import (
+    RUNTIME_FILES,
+    RUNTIME_MODULES,
+    load_backbone,
+    load_models,
+    load_runtime,
+    load_torchscript,
+)
 from src.soundscape import cut_windows, n_windows, predict_soundscapes
-
-warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated")  # src.runtimes' TorchScript loader
 
 AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")
 TOL = 1e-4  # SPEC: an export may differ from the eager model by at most this (probabilities)
@@ -132,29 +136,13 @@ def export_quietly(exporter: Callable, model: torch.nn.Module, example: torch.Te
 def component_runtimes(out_dir: Path, threads: int, waves: np.ndarray, batch: int) -> dict[str, Callable]:
     """The split export's halves alone, to show where the time goes: the front end (frontend.ts) on the
     waveforms, and the backbone (backbone.onnx in onnxruntime / OpenVINO) on mels computed beforehand."""
-    import onnxruntime as ort
-
-    front = torch.jit.load(str(out_dir / "frontend.ts"), map_location="cpu").eval()
-    with torch.inference_mode():
-        mels = {i: front(torch.from_numpy(waves[i:i + batch])).numpy() for i in range(0, len(waves), batch)}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(out_dir / "backbone.onnx"), options, providers=["CPUExecutionProvider"])
-
-    def front_only(batch_waves: np.ndarray) -> None:
-        with torch.inference_mode():
-            front(torch.from_numpy(batch_waves))
-
-    parts = {"  part: front end (frontend.ts)": front_only,
-             "  part: backbone (onnxruntime)": lambda batch_waves, i: session.run(None, {"mel": mels[i]})[0]}
-    try:
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(str(out_dir / "backbone.onnx"), "CPU",
-                                           {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-        parts["  part: backbone (openvino)"] = lambda batch_waves, i: compiled(mels[i])[0]
-    except ImportError:
-        pass
+    front = load_torchscript(out_dir / "frontend.ts", threads)
+    mels = {i: front(waves[i:i + batch]) for i in range(0, len(waves), batch)}
+    parts = {"  part: front end (frontend.ts)": front}
+    for kind, label in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        if importlib.util.find_spec(RUNTIME_MODULES[kind]) is not None:
+            backbone = load_backbone(kind, out_dir / "backbone.onnx", threads)
+            parts[f"  part: backbone ({label})"] = lambda batch_waves, i, backbone=backbone: backbone(mels[i])
     return parts
 
 

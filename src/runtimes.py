@@ -70,8 +70,8 @@ def load_models(kind: str, model_dirs: list[Path], frontend_ids: list[str] | Non
     fronts: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for fid, p in zip(frontend_ids, paths, strict=True):
         if fid not in fronts:
-            fronts[fid] = _load_torchscript(p[0], threads)
-    backbones = [_load_backbone(kind, p[1], threads) for p in paths]
+            fronts[fid] = load_torchscript(p[0], threads)
+    backbones = [load_backbone(kind, p[1], threads) for p in paths]
 
     def predict(batch: np.ndarray) -> np.ndarray:
         mels = {fid: front(batch) for fid, front in fronts.items()}
@@ -92,7 +92,7 @@ def _runtime_paths(kind: str, model_dir: str | Path) -> list[Path]:
     return paths
 
 
-def _load_torchscript(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def load_torchscript(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
     if threads:
@@ -108,7 +108,7 @@ def _load_torchscript(path: Path, threads: int) -> Callable[[np.ndarray], np.nda
     return run
 
 
-def _load_backbone(kind: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def load_backbone(kind: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """mel batch -> probabilities with `backbone.onnx` in onnxruntime or OpenVINO."""
     if kind == "onnx":
         import onnxruntime as ort
@@ -132,8 +132,8 @@ def _load_backbone(kind: str, path: Path, threads: int) -> Callable[[np.ndarray]
 def load_runtime(kind: str, model_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A predict function for the exported model in `model_dir` (`kind` = torchscript | onnx | openvino)."""
     paths = _runtime_paths(kind, model_dir)
-    run_torch = _load_torchscript(paths[0], threads)
+    run_torch = load_torchscript(paths[0], threads)
     if kind == "torchscript":
         return run_torch
-    backbone = _load_backbone(kind, paths[1], threads)
+    backbone = load_backbone(kind, paths[1], threads)
     return lambda batch: backbone(run_torch(batch))

@@ -227,8 +227,8 @@ def test_grouped_models_share_the_front_end_and_match_each_model(tiny_pipeline, 
     assert ids[0] == ids[1]  # same tiny audio config and input channels
     alone = np.concatenate([load_runtime("onnx", d)(waves) for d in dirs], axis=1)
     loads = []
-    real = runtimes._load_torchscript
-    monkeypatch.setattr(runtimes, "_load_torchscript", lambda path, threads: loads.append(path) or real(path, threads))
+    real = runtimes.load_torchscript
+    monkeypatch.setattr(runtimes, "load_torchscript", lambda path, threads: loads.append(path) or real(path, threads))
     grouped = runtimes.load_models("onnx", dirs, ids)(waves)
     assert len(loads) == 1 and grouped.shape == alone.shape
     assert np.abs(grouped - alone).max() <= 1e-6
