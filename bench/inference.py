@@ -9,7 +9,8 @@ Models: `configs/model/<name>.yaml` with random weights (model.pretrained=false:
 depend on the weights), `configs/audio/default.yaml` (32 kHz, mel 128 x 313 in the graph).
 Per model, windows/second and real-time factor (audio seconds per wall second) of:
 - naive: eager PyTorch in NCHW, batch 1, a Python loop over windows under torch.no_grad, the
-  mel front end then `forward_mel` (what a typical public notebook does);
+  mel front end with torchaudio's stock MelSpectrogram then `forward_mel` (what a typical public
+  notebook does);
 - eager: channels_last + inference_mode, batched (`src.export.eager_runtime`'s predict);
 - torchscript (`model.ts`, whole model), onnx and openvino (`frontend.ts` mel front end in torch +
   `backbone.onnx` in onnxruntime / OpenVINO): `src.export`'s exporters, run by
@@ -99,8 +100,10 @@ def batched(predict: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable
 
 
 def naive_runtime(model: ProbabilityModel) -> Callable[[np.ndarray], np.ndarray]:
-    """The notebook loop: NCHW weights and mel, one window at a time, torch.no_grad."""
+    """The notebook loop: torchaudio's stock MelSpectrogram, NCHW weights and mel, one window at a time,
+    torch.no_grad."""
     bird = model.model  # BirdModel.forward would switch the mel to channels_last: call its parts
+    bird.frontend.power_mel = bird.frontend.mel  # torchaudio's |X|^2 (complex abs), not our re^2 + im^2
 
     def predict(waves: np.ndarray) -> np.ndarray:
         out = []
