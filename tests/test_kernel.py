@@ -1,8 +1,10 @@
 """`src.kernel`: build (script + metadata + weights dataset), run offline against a /kaggle/input-like
 folder, the script run alone (no `src`, no network) with a corrupt test soundscape, and `push --dry-run`.
 
-The kernel is built once per module from an ensemble of the tiny pipeline's two runs. It uses the
-TorchScript runtime because exporting to ONNX takes ~20 s a model; test_ensemble checks both exports.
+The kernel is built once per module from an ensemble of the tiny pipeline's two runs, with the default
+runtime (onnx: frontend.ts + backbone.onnx) and its TorchScript fallback. The onnxruntime wheel it ships
+is a stand-in file (no network here; the venv's onnxruntime is importable, so the script never installs
+it: test_runtimes checks the offline install with a real, built-in-the-test wheel).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 
 import numpy as np
 import polars as pl
@@ -37,8 +40,12 @@ def built(tiny_pipeline, tmp_path_factory):
     ensemble.run(compose_named("ensemble", *data, f"runs_dir={tiny_pipeline.runs_dir}",
                                f"ensembles_dir={root / 'ensembles'}", "runs=[tiny_a,tiny_b]", f"name={NAME}",
                                "ensemble.blend=weighted", "ensemble.fit.restarts=1"))
+    wheels = root / "wheels"
+    wheels.mkdir()
+    (wheels / f"onnxruntime-{version('onnxruntime')}-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"stand-in")
     kernel.main(["build", f"ensemble={NAME}", f"ensembles_dir={root / 'ensembles'}", f"kernels_dir={root / 'kernels'}",
-                 "runtime=torchscript", "user=tester", "check_windows=4"])
+                 "runtime=onnx", "fallback_runtime=torchscript", f"wheels_dir={wheels}", "user=tester",
+                 "check_windows=4"])
     return root / "kernels" / NAME, root / "ensembles" / NAME
 
 
@@ -73,19 +80,25 @@ def test_build_writes_kernel_and_dataset(built, tiny_pipeline):
     dataset = root / "dataset"
     assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == f"tester/{SLUG}-weights"
     config = json.loads((dataset / "ensemble.json").read_text())
-    assert config["runtime"] == "torchscript" and config["blend"] == "weighted"
+    assert config["runtime"] == "onnx" and config["fallback_runtime"] == "torchscript"
+    assert config["blend"] == "weighted"
+    assert config["wheels"] == [p.name for p in (dataset / "wheels").iterdir()] and "onnxruntime" in config["wheels"][0]
     assert [m["run"] for m in config["members"]] == ["tiny_a", "tiny_b"]
     assert sum(m["weight"] for m in config["members"]) == pytest.approx(1.0)
     _, classes = read_sample_submission(tiny_pipeline.data_root / "sample_submission.csv")
     assert config["classes"] == classes and len(config["fallback"]) == len(classes)
-    assert list(config["export_max_abs_diff"]) == ["torchscript"]  # the fallback is the runtime itself here
-    diffs = config["export_max_abs_diff"]["torchscript"]
-    assert set(diffs) == {"tiny_a/fold0", "tiny_b/fold0"} and all(v <= 1e-4 for v in diffs.values())
+    assert list(config["export_max_abs_diff"]) == ["onnx", "torchscript"]
+    for diffs in config["export_max_abs_diff"].values():
+        assert set(diffs) == {"tiny_a/fold0", "tiny_b/fold0"} and all(v <= 1e-4 for v in diffs.values())
+    frontend_ids = set()
     for run in ("tiny_a", "tiny_b"):
         model_dir = dataset / "models" / run / "fold0"
-        assert (model_dir / "model.ts").stat().st_size > 0
+        for name in ("frontend.ts", "backbone.onnx", "model.ts"):
+            assert (model_dir / name).stat().st_size > 0
         spec = json.loads((model_dir / "model.json").read_text())
         assert spec["sample_rate"] == 32000 and spec["window_s"] == 5.0
+        frontend_ids.add(spec["frontend_id"])
+    assert len(frontend_ids) == 1  # same audio config: the kernel computes their mel once
 
 
 def test_script_is_self_contained(built):
@@ -146,6 +159,7 @@ def run_script_alone(root, comp, tmp_path) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=working, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, f"({how}) {proc.stderr[-3000:]}"
     assert "kernel failed" not in proc.stderr, proc.stderr[-3000:]
+    assert "unavailable" not in proc.stderr and "installing" not in proc.stderr  # the onnx runtime itself ran
     return proc
 
 
