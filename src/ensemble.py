@@ -24,7 +24,7 @@ from src.competition import load_competition
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import primary_one_hot, score, submission_score
-from src.soundscape import combine_members, predict_soundscapes
+from src.soundscape import combine_members, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 
 log = logging.getLogger(__name__)
@@ -121,21 +121,23 @@ def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
 def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_classes: int,
                     runtime_for) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Each member's test probabilities (its folds averaged; NaN rows for undecodable files);
-    `runtime_for(fold_dir)` gives a predict fn."""
-    fallback = np.full(n_classes, np.nan, np.float32)
+    `runtime_for(fold_dir)` gives a predict fn. Folds that cut the audio alike decode each file once."""
+    models = [(i, Path(d)) for i, m in enumerate(members) for d in m["fold_dirs"]]
+    keys: dict[tuple[int, float], list[int]] = {}
+    for k, (_, d) in enumerate(models):
+        audio = OmegaConf.load(d / "config.yaml").audio
+        keys.setdefault((int(audio.sample_rate), float(audio.window_s)), []).append(k)
+    groups = {}
+    for key, ks in keys.items():
+        predicts = [runtime_for(models[k][1]) for k in ks]
+        groups[key] = (ks, lambda batch, predicts=predicts: np.concatenate([p(batch) for p in predicts], axis=1))
     ens = cfg.ensemble
-    preds, ids, problems = [], None, []
-    for m in members:
-        fold_preds = []
-        for d in m["fold_dirs"]:
-            run_cfg = OmegaConf.load(Path(d) / "config.yaml")
-            ids, p, problems = predict_soundscapes(
-                files, runtime_for(Path(d)), n_classes, int(run_cfg.audio.sample_rate), float(run_cfg.audio.window_s),
-                float(ens.context_s), tuple(ens.shifts_s), int(ens.batch_size), fallback, float(ens.fallback_duration_s),
-                progress=lambda f, d=d: tqdm(f, desc=f"{Path(d).parent.name}/{Path(d).name}", unit="file"))
-            fold_preds.append(p)
-        preds.append(np.mean(fold_preds, axis=0))
-    return ids or [], preds, problems
+    ids, model_preds, problems = predict_model_groups(
+        files, groups, n_classes, float(ens.context_s), tuple(ens.shifts_s), int(ens.batch_size),
+        float(ens.fallback_duration_s), progress=lambda f: tqdm(f, desc=f"{len(models)} model(s)", unit="file"))
+    preds = [np.mean([p for (i, _), p in zip(models, model_preds, strict=True) if i == m], axis=0)
+             for m in range(len(members))]
+    return ids, preds, problems
 
 
 def run(cfg: DictConfig) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from src.runtimes import ensure_runtime, load_models
-from src.soundscape import combine_members, predict_soundscapes
+from src.soundscape import combine_members, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
@@ -68,27 +68,23 @@ def run_kernel() -> Path:
         log.warning("sample_submission.csv classes differ from the ensemble's: columns follow the sample")
     runtime = choose_runtime(cfg, weights_dir)
     # Models that cut the audio alike share one decoding pass (and, with a split runtime, one mel per
-    # front end): their predictions come back side by side and are split per model afterwards.
-    groups: dict[tuple[int, float], list[tuple[int, Path, dict]]] = {}
-    for i, member in enumerate(cfg["members"]):
-        for fold in member["folds"]:
-            model_dir = weights_dir / "models" / member["run"] / f"fold{fold}"
-            spec = json.loads((model_dir / "model.json").read_text())
-            groups.setdefault((spec["sample_rate"], spec["window_s"]), []).append((i, model_dir, spec))
-    fold_preds: list[list[np.ndarray]] = [[] for _ in cfg["members"]]
-    n, ids, problems = len(classes), [], []
-    for (sample_rate, window_s), models in groups.items():
-        frontend_ids = [spec.get("frontend_id") or str(d) for _, d, spec in models]
-        predict = load_models(runtime, [d for _, d, _ in models], frontend_ids, threads)
-        ids, p, problems = predict_soundscapes(
-            files, predict, n * len(models), sample_rate, window_s, inference["context_s"],
-            tuple(inference["shifts_s"]), inference["batch_size"], np.full(n * len(models), np.nan, np.float32),
-            inference["fallback_duration_s"])
-        for j, (i, _, _) in enumerate(models):
-            fold_preds[i].append(p[:, j * n:(j + 1) * n])
-        log.info("%d model(s) at %d Hz, %g s windows: %d windows, %.0f s elapsed", len(models), sample_rate, window_s,
-                 len(p), time.time() - started)
-    preds = [np.mean(f, axis=0) for f in fold_preds]
+    # front end): their predictions come back side by side and are split per model.
+    models = [(i, weights_dir / "models" / member["run"] / f"fold{fold}")
+              for i, member in enumerate(cfg["members"]) for fold in member["folds"]]
+    specs = [json.loads((d / "model.json").read_text()) for _, d in models]
+    keys: dict[tuple[int, float], list[int]] = {}
+    for k, spec in enumerate(specs):
+        keys.setdefault((spec["sample_rate"], spec["window_s"]), []).append(k)
+    groups = {key: (ks, load_models(runtime, [models[k][1] for k in ks],
+                                    [specs[k].get("frontend_id") or str(models[k][1]) for k in ks], threads))
+              for key, ks in keys.items()}
+    ids, model_preds, problems = predict_model_groups(
+        files, groups, len(classes), inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"],
+        inference["fallback_duration_s"])
+    log.info("%d model(s) in %d group(s): %d windows each, %.0f s elapsed", len(models), len(groups),
+             len(ids), time.time() - started)
+    preds = [np.mean([p for (i, _), p in zip(models, model_preds, strict=True) if i == m], axis=0)
+             for m in range(len(cfg["members"]))]
     for p in problems:
         log.warning(p)
     weights = [m["weight"] for m in cfg["members"]]
@@ -101,7 +97,7 @@ def run_kernel() -> Path:
         log.warning(p)
     out = working / "submission.csv"
     write_submission(out, rows, sample_classes, probs)
-    audio_s = len(ids) * window_s if ids else 0.0
+    audio_s = len(ids) * specs[0]["window_s"] if ids else 0.0
     log.info("wrote %s: %d rows, %d files, %.1f s wall for ~%.0f s of audio", out, len(rows), len(files),
              time.time() - started, audio_s)
     return out
