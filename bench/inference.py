@@ -11,7 +11,7 @@ Per model, windows/second and real-time factor (audio seconds per wall second) o
 - naive: eager PyTorch in NCHW, batch 1, a Python loop over windows under torch.no_grad, the
   mel front end with torchaudio's stock MelSpectrogram then `forward_mel` (what a typical public
   notebook does);
-- eager: channels_last + inference_mode, batched (`src.export.eager_runtime`'s predict);
+- eager: channels_last + inference_mode, batched (`src.export.eager_predict`);
 - torchscript (`model.ts`, whole model), onnx and openvino (`frontend.ts` mel front end in torch +
   `backbone.onnx` in onnxruntime / OpenVINO): `src.export`'s exporters, run by
   `src.runtimes.load_runtime`, batched; openvino is skipped with a note if it does not import;
@@ -53,7 +53,7 @@ from omegaconf import OmegaConf
 
 from bench.timing import best_of
 from src.audio import load_audio
-from src.export import EXPORTERS
+from src.export import EXPORTERS, eager_predict
 from src.models import ProbabilityModel, build_model
 from src.runtimes import (
     RUNTIME_FILES,
@@ -116,17 +116,6 @@ def naive_runtime(model: ProbabilityModel) -> Callable[[np.ndarray], np.ndarray]
     return predict
 
 
-def eager_runtime(model: ProbabilityModel) -> Callable[[np.ndarray], np.ndarray]:
-    """src.export.eager_runtime's predict on an in-memory model: channels_last, inference_mode."""
-    model = model.to(memory_format=torch.channels_last)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()
-
-    return predict
-
-
 def export_quietly(exporter: Callable, model: torch.nn.Module, example: torch.Tensor, out_dir: Path) -> float:
     """Run one of src.export's exporters with its progress prints swallowed; returns seconds taken."""
     t0 = time.perf_counter()
@@ -160,7 +149,7 @@ def bench_model(name: str, args, waves: np.ndarray, audio_cfg, default_rt: str, 
     example = torch.from_numpy(waves[:2])
 
     runtimes: dict[str, Callable] = {"naive (NCHW, batch 1, no_grad)": naive_runtime(naive_model),
-                                     f"eager (channels_last, batch {args.batch})": eager_runtime(model)}
+                                     f"eager (channels_last, batch {args.batch})": eager_predict(model)}
     notes = {}
     out_dir = tmp / name
     done: dict[tuple[str, ...], float] = {}

@@ -24,7 +24,7 @@ from src.competition import load_competition
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import primary_one_hot, score, submission_score
-from src.soundscape import combine_members, predict_model_groups
+from src.soundscape import combine_members, mean_by_owner, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 
 log = logging.getLogger(__name__)
@@ -122,21 +122,19 @@ def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_c
                     runtime_for) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Each member's test probabilities (its folds averaged; NaN rows for undecodable files);
     `runtime_for(fold_dir)` gives a predict fn. Folds that cut the audio alike decode each file once."""
-    models = [(i, Path(d)) for i, m in enumerate(members) for d in m["fold_dirs"]]
-    keys: dict[tuple[int, float], list[int]] = {}
-    for k, (_, d) in enumerate(models):
-        audio = OmegaConf.load(d / "config.yaml").audio
-        keys.setdefault((int(audio.sample_rate), float(audio.window_s)), []).append(k)
-    groups = {}
-    for key, ks in keys.items():
-        predicts = [runtime_for(models[k][1]) for k in ks]
-        groups[key] = (ks, lambda batch, predicts=predicts: np.concatenate([p(batch) for p in predicts], axis=1))
+    owners, dirs = zip(*[(i, Path(d)) for i, m in enumerate(members) for d in m["fold_dirs"]], strict=True)
+    audio = [OmegaConf.load(d / "config.yaml").audio for d in dirs]
+
+    def load_group(ks: list[int]):
+        predicts = [runtime_for(dirs[k]) for k in ks]
+        return lambda batch: np.concatenate([p(batch) for p in predicts], axis=1)
+
     ens = cfg.ensemble
     ids, model_preds, problems = predict_model_groups(
-        files, groups, n_classes, float(ens.context_s), tuple(ens.shifts_s), int(ens.batch_size),
-        float(ens.fallback_duration_s), progress=lambda f: tqdm(f, desc=f"{len(models)} model(s)", unit="file"))
-    preds = [np.mean([p for (i, _), p in zip(models, model_preds, strict=True) if i == m], axis=0)
-             for m in range(len(members))]
+        files, [(int(a.sample_rate), float(a.window_s)) for a in audio], load_group, n_classes, float(ens.context_s),
+        tuple(ens.shifts_s), int(ens.batch_size), float(ens.fallback_duration_s),
+        progress=lambda f: tqdm(f, desc=f"{len(dirs)} model(s)", unit="file"))
+    preds = mean_by_owner(model_preds, list(owners), len(members))
     return ids, preds, problems
 
 

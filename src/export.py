@@ -34,11 +34,15 @@ def load_fold_model(run_fold_dir: str | Path) -> tuple[ProbabilityModel, dict]:
 
 
 def eager_runtime(run_fold_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """Predict function running the PyTorch model itself (channels_last, inference mode)."""
-    model, _ = load_fold_model(run_fold_dir)
-    model = model.to(memory_format=torch.channels_last)
+    """Predict function running the fold's PyTorch model itself (channels_last, inference mode)."""
     if threads:
         torch.set_num_threads(threads)
+    return eager_predict(load_fold_model(run_fold_dir)[0])
+
+
+def eager_predict(model: ProbabilityModel) -> Callable[[np.ndarray], np.ndarray]:
+    """(B, samples) -> probabilities with an in-memory model, switched to channels_last."""
+    model = model.to(memory_format=torch.channels_last)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

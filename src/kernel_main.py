@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from src.runtimes import ensure_runtime, load_models
-from src.soundscape import combine_members, predict_model_groups
+from src.soundscape import combine_members, mean_by_owner, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
@@ -69,22 +69,17 @@ def run_kernel() -> Path:
     runtime = choose_runtime(cfg, weights_dir)
     # Models that cut the audio alike share one decoding pass (and, with a split runtime, one mel per
     # front end): their predictions come back side by side and are split per model.
-    models = [(i, weights_dir / "models" / member["run"] / f"fold{fold}")
-              for i, member in enumerate(cfg["members"]) for fold in member["folds"]]
-    specs = [json.loads((d / "model.json").read_text()) for _, d in models]
-    keys: dict[tuple[int, float], list[int]] = {}
-    for k, spec in enumerate(specs):
-        keys.setdefault((spec["sample_rate"], spec["window_s"]), []).append(k)
-    groups = {key: (ks, load_models(runtime, [models[k][1] for k in ks],
-                                    [specs[k].get("frontend_id") or str(models[k][1]) for k in ks], threads))
-              for key, ks in keys.items()}
+    owners, dirs = zip(*[(i, weights_dir / "models" / member["run"] / f"fold{fold}")
+                         for i, member in enumerate(cfg["members"]) for fold in member["folds"]], strict=True)
+    specs = [json.loads((d / "model.json").read_text()) for d in dirs]
     ids, model_preds, problems = predict_model_groups(
-        files, groups, len(classes), inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"],
+        files, [(spec["sample_rate"], spec["window_s"]) for spec in specs],
+        lambda ks: load_models(runtime, [dirs[k] for k in ks],
+                               [specs[k].get("frontend_id") or str(dirs[k]) for k in ks], threads),
+        len(classes), inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"],
         inference["fallback_duration_s"])
-    log.info("%d model(s) in %d group(s): %d windows each, %.0f s elapsed", len(models), len(groups),
-             len(ids), time.time() - started)
-    preds = [np.mean([p for (i, _), p in zip(models, model_preds, strict=True) if i == m], axis=0)
-             for m in range(len(cfg["members"]))]
+    log.info("%d model(s): %d windows each, %.0f s elapsed", len(dirs), len(ids), time.time() - started)
+    preds = mean_by_owner(model_preds, list(owners), len(cfg["members"]))
     for p in problems:
         log.warning(p)
     weights = [m["weight"] for m in cfg["members"]]

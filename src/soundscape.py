@@ -129,27 +129,37 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
     return ids, (np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)), problems
 
 
-def predict_model_groups(files: list[Path], groups: dict[tuple[int, float], tuple[list[int], Callable]],
-                         n_classes: int, context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,),
-                         batch_size: int = 64, fallback_duration_s: float = 60.0,
+def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
+                         load_group: Callable[[list[int]], Callable[[np.ndarray], np.ndarray]], n_classes: int,
+                         context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,), batch_size: int = 64,
+                         fallback_duration_s: float = 60.0,
                          progress: Callable | None = None) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Window probabilities of several models, decoding every file once per group.
 
-    `groups` maps (sample_rate, window_s) to (model indices, predict), where predict gives those
-    models' probabilities side by side: (B, samples) -> (B, len(indices) * n_classes). Undecodable
-    files get NaN rows (the caller's fallback replaces them after blending). Returns (row_ids,
-    each model's (rows, n_classes) probabilities in index order, problems)."""
+    Models with the same `audio_keys` entry (sample_rate, window_s) form a group; `load_group(indices)`
+    gives its predict, with those models' probabilities side by side: (B, samples) -> (B, len(indices)
+    * n_classes). Undecodable files get NaN rows (the caller's fallback replaces them after blending).
+    Returns (row_ids, each model's (rows, n_classes) probabilities in model order, problems)."""
+    groups: dict[tuple[int, float], list[int]] = {}
+    for k, key in enumerate(audio_keys):
+        groups.setdefault(key, []).append(k)
     out: dict[int, np.ndarray] = {}
     ids: list[str] = []
     problems: list[str] = []
-    for (sample_rate, window_s), (indices, predict) in groups.items():
+    for (sample_rate, window_s), indices in groups.items():
         width = n_classes * len(indices)
-        ids, probs, problems = predict_soundscapes(files, predict, width, sample_rate, window_s, context_s, shifts_s,
-                                                   batch_size, np.full(width, np.nan, np.float32), fallback_duration_s,
-                                                   progress)
+        ids, probs, problems = predict_soundscapes(files, load_group(indices), width, sample_rate, window_s, context_s,
+                                                   shifts_s, batch_size, np.full(width, np.nan, np.float32),
+                                                   fallback_duration_s, progress)
         for j, i in enumerate(indices):
             out[i] = probs[:, j * n_classes:(j + 1) * n_classes]
-    return ids, [out[i] for i in sorted(out)], problems
+    return ids, [out[i] for i in range(len(audio_keys))], problems
+
+
+def mean_by_owner(preds: list[np.ndarray], owners: list[int], n_owners: int) -> list[np.ndarray]:
+    """Average the models of each owner (an ensemble member's folds): owner o gets the mean of the
+    `preds[k]` with `owners[k] == o`."""
+    return [np.mean([p for p, o in zip(preds, owners, strict=True) if o == owner], axis=0) for owner in range(n_owners)]
 
 
 def postprocess_rows(row_ids: list[str], probs: np.ndarray, post: dict) -> np.ndarray:

@@ -159,16 +159,18 @@ def test_batching_across_files_matches_one_window_at_a_time(tmp_path):
 def test_model_groups_decode_once_per_group_and_split_columns(tmp_path, monkeypatch):
     """Three fake models: two share a group (sample rate, window), one has its own sample rate. Each model's
     probabilities equal its own predict_soundscapes pass; each group decodes each file once."""
-    import src.soundscape as soundscape
+    from src import soundscape
 
     files = [write_float_wav(tmp_path / f"f{i}.wav", staircase(s)) for i, s in enumerate([12, 7])]
     models = [window_features, lambda b: window_features(b) * 2, lambda b: window_features(b) + 1]
     decoded: list[tuple[str, int]] = []
     monkeypatch.setattr(soundscape, "load_audio", lambda path, sr: decoded.append((Path(path).name, sr))
                         or load_audio(path, sr))
-    groups = {(SR, 5.0): ([0, 1], lambda b: np.concatenate([models[0](b), models[1](b)], axis=1)),
-              (SR // 2, 5.0): ([2], models[2])}
-    ids, preds, problems = soundscape.predict_model_groups(files, groups, 2, shifts_s=(0.0, 1.0))
+    def load_group(ks):
+        return lambda b: np.concatenate([models[k](b) for k in ks], axis=1)
+
+    keys = [(SR, 5.0), (SR, 5.0), (SR // 2, 5.0)]
+    ids, preds, problems = soundscape.predict_model_groups(files, keys, load_group, 2, shifts_s=(0.0, 1.0))
     assert sorted(decoded) == sorted((f.name, sr) for f in files for sr in (SR, SR // 2)) and problems == []
     for k, (model, sr) in enumerate(zip(models, (SR, SR, SR // 2), strict=True)):
         alone_ids, alone, _ = predict_soundscapes(files, model, 2, sr, 5.0, shifts_s=(0.0, 1.0))
