@@ -15,7 +15,7 @@ import polars as pl
 
 log = logging.getLogger(__name__)
 
-# File names of each layout (see SPEC.md, "Competition data").
+# File names of each layout, as Kaggle ships each year's data.
 LAYOUTS: dict[str, dict[str, str | None]] = {
     "birdclef2025": {"metadata": "train.csv", "taxonomy": "taxonomy.csv", "soundscapes": "train_soundscapes"},
     "birdclef2024": {"metadata": "train_metadata.csv", "taxonomy": "eBird_Taxonomy_v2021.csv",
@@ -42,10 +42,6 @@ class Competition:
     test_dir: Path
     soundscape_dir: Path | None
     problems: list[str] = field(default_factory=list)
-
-    @property
-    def class_index(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(self.classes)}
 
     def test_files(self) -> list[Path]:
         """Every audio file in `test_soundscapes/`, sorted."""

@@ -3,7 +3,7 @@
 `export_fold(run_fold_dir, out_dir, formats, check_waves)` writes the files of each runtime in
 `src.runtimes.RUNTIME_FILES` (torchscript: `model.ts`, traced and frozen; onnx / openvino:
 `frontend.ts` + `backbone.onnx`) and fails if their probabilities differ from the eager model's by
-more than `tol` on the given audio (SPEC: max abs diff <= 1e-4).
+more than `tol` on the given audio (configs/kernel.yaml `tol`, 1e-4).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Atomic file writes: everything is written under a temporary name and renamed, so an interrupted
-command never leaves a half-written file behind (SPEC, "Bad input")."""
+command never leaves a half-written file behind."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""The BirdCLEF leaderboard metrics, computed exactly as Kaggle's scorers do (SPEC, "Metrics").
+"""The BirdCLEF leaderboard metrics, computed exactly as Kaggle's scorers do.
 
 - BirdCLEF 2024/2025 (`auc`): macro ROC-AUC over the classes with at least one positive.
 - BirdCLEF 2023 (`cmap`): padded cmAP, macro average precision after appending 5 rows of ones.

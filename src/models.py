@@ -88,7 +88,8 @@ class SEDHead(nn.Module):
         return (att * frame_logits).sum(dim=-1)
 
 
-HEADS: dict[str, type[nn.Module]] = {"linear": PooledHead, "sed": SEDHead}
+HEADS: dict[str, type[nn.Module]] = {"pooled": PooledHead, "sed": SEDHead}
+HEAD_ALIASES = {"linear": "pooled"}  # the pooled head's name in run configs saved before it was renamed
 
 
 class BirdModel(nn.Module):
@@ -107,9 +108,10 @@ class BirdModel(nn.Module):
                     f"(got {model_cfg.weights!r}); nothing is downloaded at run time")
             kwargs["pretrained_cfg_overlay"] = {"file": str(model_cfg.weights)}
         self.backbone = timm.create_model(str(model_cfg.backbone), **kwargs)
-        if model_cfg.head not in HEADS:
+        head = HEAD_ALIASES.get(str(model_cfg.head), str(model_cfg.head))
+        if head not in HEADS:
             raise ValueError(f"model.head={model_cfg.head!r}: use one of {sorted(HEADS)}")
-        self.head = HEADS[model_cfg.head](self.backbone.num_features, n_classes, float(model_cfg.drop_rate))
+        self.head = HEADS[head](self.backbone.num_features, n_classes, float(model_cfg.drop_rate))
 
     def forward_mel(self, mel: torch.Tensor) -> torch.Tensor:
         """Normalised mel batch -> clip logits."""

@@ -10,6 +10,10 @@
 Every species has its own call shape in its own frequency band, so a small log-mel CNN can learn them.
 Planning (metadata, SNRs, which species where) uses one seeded generator in the main process; every audio
 file is rendered from its own seed, so the output is the same for any number of worker processes.
+
+It stays in the package (not under tests/ or bench/) because it is a stage users run: `make demo`
+starts with it, the test pipeline and the benchmarks generate their competitions with it, and it is the
+only competition a fresh clone has without a Kaggle download.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def fake_config(exp: str, fold: int, classes: list[str], backbone: str, lr: floa
         "audio": {"sample_rate": 32000, "window_s": 5.0, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
                   "fmin": 40, "fmax": 15000},
         "model": {"name": backbone, "backbone": backbone,
-                  "pretrained": False, "weights": None, "in_chans": 1, "head": "linear", "drop_rate": 0.2,
+                  "pretrained": False, "weights": None, "in_chans": 1, "head": "pooled", "drop_rate": 0.2,
                   "drop_path_rate": 0.1},
         "aug": {"mixup": {"p": 0.5, "alpha": 0.5, "mode": "wave"},
                 "spec_augment": {"p": 0.5, "freq_masks": 2, "time_masks": 2},
