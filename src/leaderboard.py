@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
+from src import metrics as metriclib
 from src.io import atomic_write
 
 # Config keys that name, place or schedule a run rather than change what it learns. A dotted key is
@@ -244,7 +245,7 @@ def ensemble_row(ens: dict, backbones: dict[str, str]) -> dict:
     return {
         "exp": str(ens["name"]), "kind": "ensemble", "backbone": "+".join(dict.fromkeys(used)),
         "config_parts": parts, "folds": folds, "cv": score, "cv_std": None, "fold_scores": [],
-        "metric": metric, "auc": score if metric == "auc" else None, "cmap": score if metric == "cmap" else None,
+        "metric": metric, **metriclib.by_name(metric, score),
         "test_auc": ens.get("test_auc"), "train_s": None, "commit": "",
     }
 
@@ -361,7 +362,7 @@ def plot_cv_lb(rows: list[dict], path: Path) -> bool:
     corr = cv_lb_correlation(rows)
     metric = points[0]["metric"]
     ax.set_title(f"Local CV vs public LB ({len(points)} experiments)\n{_correlation_line(corr)}", fontsize=11)
-    ax.set_xlabel(f"local CV ({'macro ROC-AUC' if metric == 'auc' else 'padded cmAP'}, mean over folds)")
+    ax.set_xlabel(f"local CV ({metriclib.LABELS.get(metric, metric)}, mean over folds)")
     ax.set_ylabel("public LB score")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)

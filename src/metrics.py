@@ -54,13 +54,29 @@ def padded_cmap(y_true, y_pred, padding_factor: int = 5) -> float:
 
 
 METRICS = {"auc": macro_auc, "cmap": padded_cmap}
+LABELS = {"auc": "macro ROC-AUC", "cmap": "padded cmAP"}
+
+
+def _check(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: use one of {sorted(METRICS)} (data.metric)")
+    return metric
 
 
 def score(y_true, y_pred, metric: str) -> float:
     """The competition score by name: `auc` (BirdCLEF 2024/2025) or `cmap` (BirdCLEF 2023)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}: use one of {sorted(METRICS)} (data.metric)")
-    return METRICS[metric](y_true, y_pred)
+    return METRICS[_check(metric)](y_true, y_pred)
+
+
+def select(metric: str, values: dict[str, float]) -> float:
+    """The competition metric's value among already computed named scores (e.g. {'auc': .., 'cmap': ..}):
+    the one place that maps `data.metric` to a score."""
+    return values[_check(metric)]
+
+
+def by_name(metric: str, value: float) -> dict[str, float | None]:
+    """{name: value for `metric`, None for every other metric}, in METRICS order (a row of per-metric columns)."""
+    return {name: value if name == metric else None for name in METRICS}
 
 
 def submission_score(solution: pl.DataFrame, submission: pl.DataFrame, metric: str = "auc") -> float:

@@ -12,8 +12,9 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from src import config as cfglib
@@ -32,6 +33,7 @@ from src.dataset import ChunkDataset
 from src.folds import folds_path, load_folds
 from src.io import atomic_write
 from src.metrics import macro_auc, padded_cmap, per_class_auc, primary_one_hot
+from src.metrics import select as select_metric
 from src.models import BirdModel, build_model
 from src.samplers import build_sampler
 
@@ -163,17 +165,92 @@ def evaluate(model, dataset: ChunkDataset, cfg: DictConfig, device, dtype, d: Di
     return probs, val_loss
 
 
-def scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    """(macro ROC-AUC, padded cmAP); AUC is NaN when no class has both positives and negatives."""
+def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """{'auc': macro ROC-AUC, 'cmap': padded cmAP}; AUC is NaN when no class has both positives and negatives."""
     try:
         auc = macro_auc(y, p)
     except ValueError:
         auc = float("nan")
-    return auc, padded_cmap(y, p)
+    return {"auc": auc, "cmap": padded_cmap(y, p)}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The torch seed epoch `epoch` starts from: a function of (run seed, epoch) only, so a resumed run repeats
+    the epoch exactly, and distinct for every epoch below 1000 of every run seed."""
+    return seed * 1000 + epoch
+
+
+Evaluator = Callable[["Run", torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class Run:
+    """One training run's pieces, filled in order by the steps of `train` and handed from step to step.
+
+    `train_ds`/`sampler`/`loader` come from `build_train_data` (one place to mix in more training sources);
+    `evaluators` each return named scores per epoch (logged as log.csv columns); `selection_score` picks the
+    one that decides best.pt and early stopping.
+    """
+
+    cfg: DictConfig
+    dist: Dist
+    device: torch.device
+    dtype: torch.dtype | None
+    exp: str
+    run_dir: Path
+    classes: list[str]
+    train_df: pl.DataFrame
+    val_df: pl.DataFrame
+    started: float
+    train_ds: Dataset = field(init=False)
+    sampler: Sampler = field(init=False)
+    loader: DataLoader = field(init=False)
+    steps_per_epoch: int = field(init=False)
+    val_ds: ChunkDataset = field(init=False)
+    y_val: np.ndarray = field(init=False)
+    model: BirdModel = field(init=False)
+    batch_aug: BatchAugment = field(init=False)
+    optimizer: torch.optim.Optimizer = field(init=False)
+    step_fn: torch.nn.Module = field(init=False)
+    ema: torch.nn.Module | None = field(init=False)
+    scaler: torch.amp.GradScaler = field(init=False)
+    evaluators: list[Evaluator] = field(default_factory=list)
+    start_epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    stale: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluated and kept as best.pt: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def train(cfg: DictConfig) -> dict:
     """Train `cfg.fold` and write the run folder; returns metrics.json's content (rank 0)."""
+    run = start_run(cfg)
+    run.train_ds, run.sampler, run.loader = build_train_data(run)
+    run.steps_per_epoch = count_epoch_steps(run)
+    run.val_ds, run.y_val = build_val_data(run)
+    build_model_and_optimizer(run)
+    run.evaluators = build_evaluators(run)
+    resume(run)
+    write_run_config(run)
+    for epoch in range(run.start_epoch, int(cfg.train.epochs)):
+        t0 = time.time()
+        train_loss = train_one_epoch(run, epoch)
+        if evaluate_and_checkpoint(run, epoch, train_loss, t0):
+            break
+    result = finish(run) if run.dist.main else {}
+    if run.dist.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def start_run(cfg: DictConfig) -> Run:
+    """Distributed set-up, device, threads and seed; the run's name and folder; this fold's train/val chunks."""
     d = setup_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     device = pick_device(cfg, d)
     if device.type == "cpu" and cfg.train.threads:
@@ -186,146 +263,212 @@ def train(cfg: DictConfig) -> dict:
         raise ValueError(f"fold {cfg.fold}: {train_df.height} train / {val_df.height} val chunks; "
                          "check folds.n and the chunk index")
     exp = cfglib.run_name(cfg)
-    run_dir = Path(cfg.runs_dir) / exp / f"fold{cfg.fold}"
-    sr, window = int(cfg.audio.sample_rate), float(cfg.audio.window_s)
+    return Run(cfg, d, device, amp_dtype(cfg, device), exp, Path(cfg.runs_dir) / exp / f"fold{cfg.fold}", classes,
+               train_df, val_df, started)
 
+
+def build_train_data(run: Run) -> tuple[Dataset, Sampler, DataLoader]:
+    """The training dataset (labelled chunks, wave augs, background noise), its sampler and loader.
+
+    The one place that decides what a training batch is drawn from.
+    """
+    cfg, d = run.cfg, run.dist
+    sr, window = int(cfg.audio.sample_rate), float(cfg.audio.window_s)
     cache = Path(cfg.data.cache_dir)
     noise = NoiseBank(sorted((cache / "soundscapes").glob("*.npy"))) if (cache / "soundscapes").is_dir() else None
     wave_aug = build_wave_augment(cfg.aug.wave, sr, noise if noise and len(noise) else None)
     jitter = (cfg.prepare.chunk_s - cfg.prepare.overlap_s) / 2 if cfg.sampler.random_offset else 0.0
-    train_ds = ChunkDataset(train_df, cache, classes, sr, window, cfg.labels.secondary, jitter, wave_aug,
-                            cfg.labels.rating_weight)
-    val_ds = ChunkDataset(val_df, cache, classes, sr, window, cfg.labels.secondary)
-    sampler = build_sampler(cfg.sampler, train_df["primary_label"].to_numpy(), cfg.seed, d.rank, d.world)
-    loader = DataLoader(train_ds, batch_size=int(cfg.train.batch_size), sampler=sampler, drop_last=True,
-                        num_workers=int(cfg.train.num_workers), pin_memory=device.type == "cuda",
+    dataset = ChunkDataset(run.train_df, cache, run.classes, sr, window, cfg.labels.secondary, jitter, wave_aug,
+                           cfg.labels.rating_weight)
+    sampler = build_sampler(cfg.sampler, run.train_df["primary_label"].to_numpy(), cfg.seed, d.rank, d.world)
+    loader = DataLoader(dataset, batch_size=int(cfg.train.batch_size), sampler=sampler, drop_last=True,
+                        num_workers=int(cfg.train.num_workers), pin_memory=run.device.type == "cuda",
                         persistent_workers=int(cfg.train.num_workers) > 0)
+    return dataset, sampler, loader
 
-    model: BirdModel = build_model(cfg.model, cfg.audio, len(classes)).to(device)
+
+def count_epoch_steps(run: Run) -> int:
+    """Batches per epoch: the loader's, capped by train.steps_per_epoch; an error when not even one."""
+    cfg, n = run.cfg, len(run.loader)
+    steps = n if cfg.train.steps_per_epoch is None else min(n, int(cfg.train.steps_per_epoch))
+    if steps == 0:
+        raise ValueError(f"{len(run.sampler)} training chunks per rank is less than one batch of "
+                         f"{cfg.train.batch_size}: lower train.batch_size or raise sampler.per_class")
+    return steps
+
+
+def build_val_data(run: Run) -> tuple[ChunkDataset, np.ndarray]:
+    """This fold's validation chunks (no augmentation) and their one-hot primary-label truth."""
+    cfg = run.cfg
+    dataset = ChunkDataset(run.val_df, Path(cfg.data.cache_dir), run.classes, int(cfg.audio.sample_rate),
+                           float(cfg.audio.window_s), cfg.labels.secondary)
+    return dataset, primary_one_hot(run.val_df["primary_label"].to_list(), run.classes)
+
+
+def build_model_and_optimizer(run: Run) -> None:
+    """Model, batch augs, AdamW (backbone and head groups), the (DDP-wrapped) train step, EMA and grad scaler."""
+    cfg, device = run.cfg, run.device
+    model: BirdModel = build_model(cfg.model, cfg.audio, len(run.classes)).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batch_aug = BatchAugment(cfg.aug, seed=int(cfg.seed)).to(device)
-    head_params = list(model.head.parameters())
-    backbone_params = list(model.backbone.parameters())
-    optimizer = torch.optim.AdamW([{"params": backbone_params}, {"params": head_params}], lr=float(cfg.train.lr),
-                                  weight_decay=float(cfg.train.weight_decay))
-    step_fn: torch.nn.Module = TrainForward(model, batch_aug, bool(cfg.train.channels_last))
-    if d.world > 1:
-        step_fn = torch.nn.parallel.DistributedDataParallel(
-            step_fn, device_ids=[device.index] if device.type == "cuda" else None,
+    run.model = model
+    run.batch_aug = BatchAugment(cfg.aug, seed=int(cfg.seed)).to(device)
+    run.optimizer = torch.optim.AdamW(
+        [{"params": list(model.backbone.parameters())}, {"params": list(model.head.parameters())}],
+        lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay))
+    run.step_fn = TrainForward(model, run.batch_aug, bool(cfg.train.channels_last))
+    if run.dist.world > 1:
+        run.step_fn = torch.nn.parallel.DistributedDataParallel(
+            run.step_fn, device_ids=[device.index] if device.type == "cuda" else None,
             # some timm backbones keep head layers that forward_features skips (mobilenetv3's conv_head),
             # and a frozen backbone produces no gradients: let DDP look for unused parameters
             find_unused_parameters=True)
-    ema = None
+    run.ema = None
     if cfg.train.ema:
         from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=float(cfg.train.ema))
-    dtype = amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
-    steps_per_epoch = len(loader) if cfg.train.steps_per_epoch is None else min(len(loader),
-                                                                                int(cfg.train.steps_per_epoch))
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(sampler)} training chunks per rank is less than one batch of "
-                         f"{cfg.train.batch_size}: lower train.batch_size or raise sampler.per_class")
-    total_steps = steps_per_epoch * int(cfg.train.epochs)
-    warmup = int(steps_per_epoch * float(cfg.train.warmup_epochs))
+        run.ema = ModelEmaV3(model, decay=float(cfg.train.ema))
+    run.scaler = torch.amp.GradScaler(enabled=run.dtype == torch.float16)
 
-    start_epoch, best, best_epoch, stale, history = 0, -math.inf, -1, 0, []
-    if cfg.resume and (run_dir / "last.pt").exists():
-        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and "ema" in state:
-            ema.load_state_dict(state["ema"])
-        start_epoch, best, best_epoch, stale = state["epoch"] + 1, state["best"], state["best_epoch"], state["stale"]
-        history = _read_log(run_dir / "log.csv")[:start_epoch]
-        if d.main:
-            print(f"resumed {run_dir} at epoch {start_epoch}")
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(cfglib.to_plain(cfg) | {"exp": exp, "classes": classes}),
-                       run_dir / "config.yaml")
-        print(f"{exp} fold {cfg.fold}: {cfg.model.backbone} on {device} x{d.world}, {train_df.height} train / "
-              f"{val_df.height} val chunks, {steps_per_epoch} steps x {cfg.train.epochs} epochs")
 
-    y_val = primary_one_hot(val_df["primary_label"].to_list(), classes)
+def resume(run: Run) -> None:
+    """With `resume=true` and a last.pt: weights, optimiser, scaler, EMA, counters and log history from it."""
+    path = run.run_dir / "last.pt"
+    if not (run.cfg.resume and path.exists()):
+        return
+    state = torch.load(path, map_location=run.device, weights_only=True)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and "ema" in state:
+        run.ema.load_state_dict(state["ema"])
+    run.start_epoch, run.best, run.best_epoch, run.stale = (state["epoch"] + 1, state["best"], state["best_epoch"],
+                                                            state["stale"])
+    run.history = _read_log(run.run_dir / "log.csv")[:run.start_epoch]
+    if run.dist.main:
+        print(f"resumed {run.run_dir} at epoch {run.start_epoch}")
+
+
+def write_run_config(run: Run) -> None:
+    """Rank 0: create the run folder, write config.yaml (+ exp and classes) and say what is about to run."""
+    if not run.dist.main:
+        return
+    cfg = run.cfg
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(cfglib.to_plain(cfg) | {"exp": run.exp, "classes": run.classes}),
+                   run.run_dir / "config.yaml")
+    print(f"{run.exp} fold {cfg.fold}: {cfg.model.backbone} on {run.device} x{run.dist.world}, "
+          f"{run.train_df.height} train / {run.val_df.height} val chunks, {run.steps_per_epoch} steps x "
+          f"{cfg.train.epochs} epochs")
+
+
+def begin_epoch(run: Run, epoch: int) -> float:
+    """Seeds, sampler and augs for `epoch`, the backbone frozen or not; returns the epoch's lr scale."""
+    cfg = run.cfg
+    torch.manual_seed(epoch_seed(int(cfg.seed), epoch))
+    run.batch_aug.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
     freeze = int(cfg.train.freeze_epochs)
-    for epoch in range(start_epoch, int(cfg.train.epochs)):
-        t0 = time.time()
-        # every epoch starts from seeds that depend only on (seed, epoch): resume repeats it exactly
-        torch.manual_seed(int(cfg.seed) * 1000 + epoch)
-        batch_aug.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        frozen = epoch < freeze
-        for p in backbone_params:
-            p.requires_grad_(not frozen)
-        phase_scale = float(cfg.train.finetune_lr_ratio) if freeze and not frozen else 1.0
-        step_fn.train()
-        losses = []
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not d.main)
-        for step, (wave, target, mask, weight) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            global_step = epoch * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = float(cfg.train.lr) * phase_scale * lr_factor(global_step, total_steps, warmup,
-                                                                              float(cfg.train.min_lr_ratio))
-            wave, target, mask, weight = (t.to(device, non_blocking=True) for t in (wave, target, mask, weight))
-            with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-                logits, target, mask = step_fn(wave, target, mask)
-                loss = loss_fn(logits, target, mask, weight, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.grad_clip))
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model, step=global_step)
-            losses.append(loss.detach())
-            if step % 10 == 0:  # .item() waits for the GPU: read the loss only now and then
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        eval_model = ema.module if ema is not None else model
-        probs, val_loss = evaluate(eval_model, val_ds, cfg, device, dtype, d)
-        auc, cmap = scores(y_val, probs)
-        score = auc if cfg.data.metric == "auc" else cmap
-        improved = score > best
-        if improved:
-            best, best_epoch, stale = score, epoch, 0
-        else:
-            stale += 1
-        history.append({"epoch": epoch, "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
-                        "val_loss": val_loss, "auc": auc, "cmap": cmap, "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": time.time() - t0})
-        if d.main:
-            if improved:
-                save_atomic({"model": eval_model.state_dict(), "epoch": epoch, "score": float(score)},
-                            run_dir / "best.pt")
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                     "stale": stale}
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            save_atomic(state, run_dir / "last.pt")
-            with atomic_write(run_dir / "log.csv") as tmp:
-                pl.DataFrame(history).write_csv(tmp)
-            print(f"epoch {epoch:3d}  loss {history[-1]['train_loss']:.4f}  val_loss {val_loss:.4f}  auc {auc:.4f}  "
-                  f"cmap {cmap:.4f}  {'*' if improved else ' '} {time.time() - t0:.0f}s")
-        if cfg.train.patience and stale >= int(cfg.train.patience):
-            if d.main:
-                print(f"early stop: no improvement for {stale} epochs")
-            break
+    frozen = epoch < freeze
+    for p in run.model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    run.step_fn.train()
+    return float(cfg.train.finetune_lr_ratio) if freeze and not frozen else 1.0
 
-    result = {}
-    if d.main:
-        result = finish(cfg, run_dir, exp, classes, val_df, val_ds, y_val, device, dtype, best_epoch,
-                        len(history), train_df.height, time.time() - started)
-    if d.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return result
+
+def train_one_epoch(run: Run, epoch: int) -> float:
+    """One pass over the loader (at most steps_per_epoch batches); returns the mean training loss."""
+    cfg = run.cfg
+    phase_scale = begin_epoch(run, epoch)
+    total = run.steps_per_epoch * int(cfg.train.epochs)
+    warmup = int(run.steps_per_epoch * float(cfg.train.warmup_epochs))
+    losses = []
+    bar = tqdm(run.loader, total=run.steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not run.dist.main)
+    for step, batch in enumerate(bar):
+        if step >= run.steps_per_epoch:
+            break
+        global_step = epoch * run.steps_per_epoch + step
+        lr = float(cfg.train.lr) * phase_scale * lr_factor(global_step, total, warmup, float(cfg.train.min_lr_ratio))
+        loss = train_step(run, batch, lr, global_step)
+        losses.append(loss.detach())
+        if step % 10 == 0:  # .item() waits for the GPU: read the loss only now and then
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return torch.stack(losses).mean().item() if losses else float("nan")
+
+
+def train_step(run: Run, batch: tuple[torch.Tensor, ...], lr: float, global_step: int) -> torch.Tensor:
+    """One optimiser step on one (wave, target, mask, weight) batch at learning rate `lr`; returns the loss."""
+    cfg, device = run.cfg, run.device
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    wave, target, mask, weight = (t.to(device, non_blocking=True) for t in batch)
+    with torch.autocast(device.type, dtype=run.dtype) if run.dtype else nullcontext():
+        logits, target, mask = run.step_fn(wave, target, mask)
+        loss = loss_fn(logits, target, mask, weight, cfg)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if cfg.train.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(cfg.train.grad_clip))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.ema is not None:
+        run.ema.update(run.model, step=global_step)
+    return loss
+
+
+def build_evaluators(run: Run) -> list[Evaluator]:
+    """What is scored after every epoch; each evaluator adds its named scores (log.csv columns)."""
+    return [evaluate_chunks]
+
+
+def evaluate_chunks(run: Run, model: torch.nn.Module) -> dict[str, float]:
+    """This fold's validation chunks: {'val_loss', 'auc', 'cmap'}."""
+    probs, val_loss = evaluate(model, run.val_ds, run.cfg, run.device, run.dtype, run.dist)
+    return {"val_loss": val_loss, **scores(run.y_val, probs)}
+
+
+def selection_score(run: Run, values: dict[str, float]) -> float:
+    """The score that picks best.pt and drives early stopping: the competition metric on validation chunks."""
+    return select_metric(str(run.cfg.data.metric), values)
+
+
+def evaluate_and_checkpoint(run: Run, epoch: int, train_loss: float, t0: float) -> bool:
+    """Score the epoch, update best/stale and the log, write best.pt/last.pt/log.csv; True to stop early."""
+    cfg = run.cfg
+    values: dict[str, float] = {}
+    for evaluator in run.evaluators:
+        values |= evaluator(run, run.eval_model)
+    score = selection_score(run, values)
+    improved = score > run.best
+    if improved:
+        run.best, run.best_epoch, run.stale = score, epoch, 0
+    else:
+        run.stale += 1
+    run.history.append({"epoch": epoch, "train_loss": train_loss, **values,
+                        "lr": run.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})
+    if run.dist.main:
+        save_checkpoints(run, epoch, score, improved)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+        print(f"epoch {epoch:3d}  loss {train_loss:.4f}  {shown}  {'*' if improved else ' '} {time.time() - t0:.0f}s")
+    stop = bool(cfg.train.patience) and run.stale >= int(cfg.train.patience)
+    if stop and run.dist.main:
+        print(f"early stop: no improvement for {run.stale} epochs")
+    return stop
+
+
+def save_checkpoints(run: Run, epoch: int, score: float, improved: bool) -> None:
+    """best.pt when the epoch improved, last.pt (everything `resume` needs) and log.csv."""
+    if improved:
+        save_atomic({"model": run.eval_model.state_dict(), "epoch": epoch, "score": float(score)},
+                    run.run_dir / "best.pt")
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scaler": run.scaler.state_dict(), "epoch": epoch, "best": run.best, "best_epoch": run.best_epoch,
+             "stale": run.stale}
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    save_atomic(state, run.run_dir / "last.pt")
+    with atomic_write(run.run_dir / "log.csv") as tmp:
+        pl.DataFrame(run.history).write_csv(tmp)
 
 
 class TrainForward(torch.nn.Module):
@@ -347,34 +490,37 @@ class TrainForward(torch.nn.Module):
         return self.model.forward_mel(mel), target, mask
 
 
-def finish(cfg, run_dir: Path, exp: str, classes: list[str], val_df: pl.DataFrame, val_ds: ChunkDataset,
-           y_val: np.ndarray, device, dtype, best_epoch: int, epochs_run: int, n_train: int,
-           duration: float) -> dict:
+def finish(run: Run) -> dict:
     """Reload best.pt, write oof.parquet, metrics.json and the report."""
-    model = build_model(cfg.model, cfg.audio, len(classes)).to(device)
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True)["model"])
-    probs = predict(model, val_ds, list(range(len(val_ds))), int(cfg.train.val_batch_size), device, dtype, "oof")
+    cfg, classes, val_df = run.cfg, run.classes, run.val_df
+    duration = time.time() - run.started
+    model = build_model(cfg.model, cfg.audio, len(classes)).to(run.device)
+    model.load_state_dict(torch.load(run.run_dir / "best.pt", map_location=run.device, weights_only=True)["model"])
+    probs = predict(model, run.val_ds, list(range(len(run.val_ds))), int(cfg.train.val_batch_size), run.device,
+                    run.dtype, "oof")
     oof = val_df.select("filename", "chunk", "start_s", "end_s", "primary_label", "secondary_labels").with_columns(
         [pl.Series(c, probs[:, i], dtype=pl.Float32) for i, c in enumerate(classes)])
-    with atomic_write(run_dir / "oof.parquet") as tmp:
+    with atomic_write(run.run_dir / "oof.parquet") as tmp:
         oof.write_parquet(tmp)
-    auc, cmap = scores(y_val, probs)
-    metrics = {"exp": exp, "fold": int(cfg.fold), "model": str(cfg.model.name), "backbone": str(cfg.model.backbone),
-               "metric": str(cfg.data.metric), "score": auc if cfg.data.metric == "auc" else cmap, "auc": auc,
-               "cmap": cmap, "best_epoch": best_epoch, "epochs_run": epochs_run,
-               "per_class_auc": per_class_auc(y_val, probs, classes), "duration_s": round(duration, 1),
-               "git_commit": git_commit(), "config_hash": cfglib.config_hash(cfg), "n_train_chunks": n_train,
-               "n_val_chunks": val_df.height}
-    with atomic_write(run_dir / "metrics.json") as tmp:
+    values = scores(run.y_val, probs)
+    auc, cmap = values["auc"], values["cmap"]
+    metrics = {"exp": run.exp, "fold": int(cfg.fold), "model": str(cfg.model.name),
+               "backbone": str(cfg.model.backbone), "metric": str(cfg.data.metric),
+               "score": select_metric(str(cfg.data.metric), values), "auc": auc, "cmap": cmap,
+               "best_epoch": run.best_epoch, "epochs_run": len(run.history),
+               "per_class_auc": per_class_auc(run.y_val, probs, classes), "duration_s": round(duration, 1),
+               "git_commit": git_commit(), "config_hash": cfglib.config_hash(cfg),
+               "n_train_chunks": run.train_df.height, "n_val_chunks": val_df.height}
+    with atomic_write(run.run_dir / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=1))
     if cfg.train.report:
         try:
             from src.report import write_report
-            write_report(run_dir)
+            write_report(run.run_dir)
         except Exception as exc:  # noqa: BLE001 -- a plotting problem must not lose a finished run
-            log.warning("report for %s failed: %s", run_dir, exc)
-    print(f"{exp} fold {cfg.fold}: best epoch {best_epoch}, macro ROC-AUC {auc:.4f}, padded cmAP {cmap:.4f} "
-          f"({duration / 60:.1f} min) -> {run_dir}")
+            log.warning("report for %s failed: %s", run.run_dir, exc)
+    print(f"{run.exp} fold {cfg.fold}: best epoch {run.best_epoch}, macro ROC-AUC {auc:.4f}, padded cmAP {cmap:.4f} "
+          f"({duration / 60:.1f} min) -> {run.run_dir}")
     return metrics
 
 

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from scipy.stats import rankdata
 
-from src.metrics import macro_auc, padded_cmap, per_class_auc, score, submission_score
+from src.metrics import by_name, macro_auc, padded_cmap, per_class_auc, score, select, submission_score
 
 
 def ref_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -122,6 +122,15 @@ def test_score_dispatch():
     assert score(y, p, "cmap") == padded_cmap(y, p)
     with pytest.raises(ValueError, match="unknown metric"):
         score(y, p, "f1")
+
+
+def test_select_picks_the_named_metric():
+    values = {"val_loss": 0.3, "auc": 0.7, "cmap": 0.6}
+    assert select("auc", values) == 0.7
+    assert select("cmap", values) == 0.6
+    with pytest.raises(ValueError, match="unknown metric"):
+        select("val_loss", values)
+    assert by_name("cmap", 0.5) == {"auc": None, "cmap": 0.5}
 
 
 def frames(seed: int = 0):
