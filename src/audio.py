@@ -19,10 +19,12 @@ class AudioError(ValueError):
 def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0) -> np.ndarray:
     """Decode any ogg/mp3/wav/flac file to float32 mono at `sample_rate`.
 
-    Raises AudioError (naming the file) if it is missing, unreadable, a truncated Ogg, empty, shorter than
-    `min_duration_s`, contains NaN/inf, or is all zeros.
+    Raises AudioError (naming the file) if it is missing or a directory, unreadable, a truncated Ogg, empty,
+    shorter than `min_duration_s`, contains NaN/inf, or is all zeros.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: a directory, not an audio file: move or rename it")
     if not path.is_file():
         raise AudioError(f"{path}: file not found: check data.root and the metadata's filename column")
     if path.stat().st_size == 0:

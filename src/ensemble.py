@@ -20,11 +20,11 @@ from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
 from src.blend import BLENDS, blend
-from src.competition import load_competition
+from src.competition import AUDIO_SUFFIXES, load_competition
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import primary_one_hot, score, submission_score
-from src.soundscape import combine_members, mean_by_owner, predict_model_groups
+from src.soundscape import combine_members, mean_by_owner, one_file_per_stem, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,9 @@ def run(cfg: DictConfig) -> dict:
                for e, w in zip(exps, weights)]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    files = comp.test_files()
+    files, skipped = one_file_per_stem(comp.test_files(), AUDIO_SUFFIXES)
+    for problem in skipped:
+        log.warning(problem)
     summary = {"name": name, "metric": metric, "blend": method, "power": float(ens.power),
                "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
                "members": [{k: m[k] for k in ("run", "folds", "weight")} for m in members],

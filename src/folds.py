@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from src import config as _config  # noqa: F401  (registers the root_tag resolver)
-from src.competition import load_competition
+from src.competition import LAYOUTS, Competition, load_competition
 from src.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,23 @@ def main(cfg: DictConfig) -> None:
     write_folds(cfg)
 
 
+def _warn_if_no_groups(comp: Competition, group_col: str) -> None:
+    """Warn when the grouping column (e.g. `author`) is missing or blank everywhere: every recording is
+    then its own group, so one recordist's files can sit in both train and validation."""
+    if group_col == "filename" or group_col not in comp.meta.columns:
+        return
+    if comp.meta.select(_group_expr(group_col).eq(pl.col("filename")).all()).item():
+        metadata = comp.root / str(LAYOUTS[comp.layout]["metadata"])
+        log.warning("%s has no %r values (column missing or empty): folds fall back to grouping by filename, so "
+                    "one recordist's recordings can land in train and validation and the CV reads too high. Add "
+                    "the %s column, or pass folds.group=filename to choose this knowingly", metadata, group_col,
+                    group_col)
+
+
 def write_folds(cfg: DictConfig, report: bool = True) -> Path:
     """Make the folds of `cfg.data` and write them to `folds_path(cfg)`; returns the path."""
     comp = load_competition(cfg.data.root, cfg.data.layout)
+    _warn_if_no_groups(comp, str(cfg.folds.group))
     folds = make_folds(comp.meta, int(cfg.folds.n), str(cfg.folds.group), int(cfg.folds.seed))
     path = folds_path(cfg)
     with atomic_write(path) as tmp:

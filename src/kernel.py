@@ -27,6 +27,7 @@ import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR
+from src.runtimes import RUNTIME_FILES, file_digest
 
 KERNEL_MODULES = ["audio", "soundscape", "blend", "runtimes", "submission", "kernel_main"]
 SRC = Path(__file__).resolve().parent
@@ -63,7 +64,9 @@ def kaggle_user(cfg: DictConfig) -> str:
     try:
         return json.loads(creds.read_text())["username"]
     except (OSError, ValueError, KeyError):
-        return "your-kaggle-username"
+        from src.push import PLACEHOLDER_USER
+
+        return PLACEHOLDER_USER
 
 
 def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
@@ -150,10 +153,12 @@ def build(cfg: DictConfig) -> Path:
             for r in runtimes:
                 diffs[r][f"{member['run']}/fold{fold}"] = fold_diffs[r]
             run_cfg = OmegaConf.load(fold_dir / "config.yaml")
+            # the kernel checks each file against its digest and runs the fallback export of a corrupt one
+            files = {name: file_digest(out / name) for r in runtimes for name in RUNTIME_FILES[r]}
             (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
                                                         "window_s": float(run_cfg.audio.window_s),
                                                         "backbone": str(run_cfg.model.backbone),
-                                                        "frontend_id": frontend_id(run_cfg)}))
+                                                        "frontend_id": frontend_id(run_cfg), "files": files}))
     inference = dict(ens["inference"])
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from src.runtimes import ensure_runtime, load_models
-from src.soundscape import combine_members, mean_by_owner, predict_model_groups
+from src.runtimes import ensure_runtime, export_problem, load_models
+from src.soundscape import combine_members, mean_by_owner, n_windows, one_file_per_stem, predict_model_groups, row_ids
 from src.submission import align, expected_rows, read_sample_submission, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
 DATASET_SLUG = "birdclef-weights"  # replaced by src.kernel build
-AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")
+AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")  # also the preference among files of one stem
+UNREADABLE_ENSEMBLE_VALUE = 0.5  # every value of the crash fallback when ensemble.json cannot be read
 
 
 def kaggle_paths() -> tuple[Path, Path, Path]:
@@ -36,18 +37,87 @@ def kaggle_paths() -> tuple[Path, Path, Path]:
 def choose_runtime(cfg: dict, weights_dir: Path) -> str:
     """The ensemble's runtime if its package imports or installs from the shipped wheels, else its
     fallback (exported too, e.g. TorchScript, which Kaggle's torch always runs): a wheel that does not
-    match Kaggle's Python must not cost the submission."""
+    match Kaggle's Python must not cost the submission. Only the wheels ensemble.json names are installed."""
     log = logging.getLogger("kernel")
     runtime, fallback = cfg["runtime"], cfg.get("fallback_runtime")
     try:
         # installed outside /kaggle/working, which Kaggle keeps as the kernel's output
-        ensure_runtime(runtime, weights_dir / "wheels", Path(tempfile.gettempdir()) / "birdclef-site-packages")
+        ensure_runtime(runtime, weights_dir / "wheels", Path(tempfile.gettempdir()) / "birdclef-site-packages",
+                       names=cfg.get("wheels") or [])
         return runtime
     except (ImportError, OSError, subprocess.CalledProcessError) as err:
         if not fallback or fallback == runtime:
             raise
         log.warning("runtime %s unavailable (%s): running the %s exports instead", runtime, err, fallback)
         return fallback
+
+
+def test_soundscapes(test_dir: Path) -> list[Path]:
+    """The audio files of `test_dir`, sorted; [] when it is missing or empty (a Kaggle notebook when it is
+    saved: the hidden test files appear only at scoring). One file per stem (a row id names the stem):
+    see `one_file_per_stem`."""
+    log = logging.getLogger("kernel")
+    files = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if test_dir.is_dir() else []
+    if not files:
+        log.warning("%s: %s: writing the sample submission's rows with the fallback", test_dir,
+                    "no audio files" if test_dir.is_dir() else "not found")
+    files, skipped = one_file_per_stem(files, AUDIO_SUFFIXES)
+    for problem in skipped:
+        log.warning(problem)
+    return files
+
+
+def model_runtimes(runtime: str, fallback: str | None, dirs: list[Path], specs: list[dict]) -> list[str | None]:
+    """Per model, the runtime whose export files are intact: `runtime`, else `fallback`, else None (the
+    model is dropped). Each bad file is logged by name."""
+    log = logging.getLogger("kernel")
+    kinds: list[str | None] = []
+    for d, spec in zip(dirs, specs, strict=True):
+        kind = None
+        for candidate in dict.fromkeys(k for k in (runtime, fallback) if k):
+            problem = export_problem(candidate, d, spec.get("files"))
+            if problem is None:
+                kind = candidate
+                break
+            log.warning("%s: %s", problem, f"trying its {fallback} export" if candidate != fallback and fallback
+                        else "model dropped")
+        kinds.append(kind)
+    return kinds
+
+
+def predict_members(cfg: dict, weights_dir: Path, files: list[Path]) -> tuple[list[str], np.ndarray, list[str]]:
+    """(row ids, blended and post-processed probabilities in the ensemble's class order, problems) of the
+    test files. Members whose every model is dropped (a corrupt export) leave the blend, whose weights
+    renormalise over the rest; with no model left this raises."""
+    log = logging.getLogger("kernel")
+    inference = cfg["inference"]
+    threads = int(inference.get("threads") or os.cpu_count() or 1)
+    runtime = choose_runtime(cfg, weights_dir)
+    owners, dirs = zip(*[(i, weights_dir / "models" / member["run"] / f"fold{fold}")
+                         for i, member in enumerate(cfg["members"]) for fold in member["folds"]], strict=True)
+    specs = [json.loads((d / "model.json").read_text()) for d in dirs]
+    kinds = model_runtimes(runtime, cfg.get("fallback_runtime"), list(dirs), specs)
+    keep = [k for k, kind in enumerate(kinds) if kind]
+    members = sorted({owners[k] for k in keep})
+    if not members:
+        raise RuntimeError(f"no model of {weights_dir} could be loaded (see the log): rebuild the kernel")
+    for i, member in enumerate(cfg["members"]):
+        if i not in members:
+            log.warning("member %s dropped: blending the other %d", member["run"], len(members))
+    # Models that cut the audio alike share one decoding pass (and, with a split runtime, one mel per
+    # front end): their predictions come back side by side and are split per model.
+    ids, model_preds, problems = predict_model_groups(
+        files, [(specs[k]["sample_rate"], specs[k]["window_s"]) for k in keep],
+        lambda js: load_models([kinds[keep[j]] for j in js], [dirs[keep[j]] for j in js],
+                               [specs[keep[j]].get("frontend_id") or str(dirs[keep[j]]) for j in js], threads),
+        len(cfg["classes"]), inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"],
+        inference["fallback_duration_s"])
+    preds = mean_by_owner(model_preds, [members.index(owners[k]) for k in keep], len(members))
+    weights = [cfg["members"][i]["weight"] for i in members]
+    probs = combine_members(preds, weights, cfg["blend"], cfg["power"], ids, inference["postprocess"],
+                            np.asarray(cfg["fallback"], np.float32))
+    log.info("%d model(s) of %d member(s): %d windows each", len(keep), len(members), len(ids))
+    return ids, probs, problems
 
 
 def run_kernel() -> Path:
@@ -58,32 +128,15 @@ def run_kernel() -> Path:
     comp_dir, weights_dir, working = kaggle_paths()
     cfg = json.loads((weights_dir / "ensemble.json").read_text())
     classes = cfg["classes"]
-    fallback = np.asarray(cfg["fallback"], np.float32)
-    inference = cfg["inference"]
-    threads = int(inference.get("threads") or os.cpu_count() or 1)
-    test_dir = comp_dir / "test_soundscapes"
-    files = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if test_dir.is_dir() else []
     sample_rows, sample_classes = read_sample_submission(comp_dir / "sample_submission.csv")
     if sample_classes != classes:
         log.warning("sample_submission.csv classes differ from the ensemble's: columns follow the sample")
-    runtime = choose_runtime(cfg, weights_dir)
-    # Models that cut the audio alike share one decoding pass (and, with a split runtime, one mel per
-    # front end): their predictions come back side by side and are split per model.
-    owners, dirs = zip(*[(i, weights_dir / "models" / member["run"] / f"fold{fold}")
-                         for i, member in enumerate(cfg["members"]) for fold in member["folds"]], strict=True)
-    specs = [json.loads((d / "model.json").read_text()) for d in dirs]
-    ids, model_preds, problems = predict_model_groups(
-        files, [(spec["sample_rate"], spec["window_s"]) for spec in specs],
-        lambda ks: load_models(runtime, [dirs[k] for k in ks],
-                               [specs[k].get("frontend_id") or str(dirs[k]) for k in ks], threads),
-        len(classes), inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"],
-        inference["fallback_duration_s"])
-    log.info("%d model(s): %d windows each, %.0f s elapsed", len(dirs), len(ids), time.time() - started)
-    preds = mean_by_owner(model_preds, list(owners), len(cfg["members"]))
+    files = test_soundscapes(comp_dir / "test_soundscapes")
+    ids, probs, problems = predict_members(cfg, weights_dir, files) if files else \
+        ([], np.zeros((0, len(classes)), np.float32), [])
     for p in problems:
         log.warning(p)
-    weights = [m["weight"] for m in cfg["members"]]
-    probs = combine_members(preds, weights, cfg["blend"], cfg["power"], ids, inference["postprocess"], fallback)
+    fallback = np.asarray(cfg["fallback"], np.float32)
     probs = _reorder_columns(probs, classes, sample_classes, fallback)
     rows = expected_rows(ids, sample_rows)
     probs, align_problems = align(ids, probs, rows, _reorder_columns(fallback[None], classes, sample_classes,
@@ -92,9 +145,7 @@ def run_kernel() -> Path:
         log.warning(p)
     out = working / "submission.csv"
     write_submission(out, rows, sample_classes, probs)
-    audio_s = len(ids) * specs[0]["window_s"] if ids else 0.0
-    log.info("wrote %s: %d rows, %d files, %.1f s wall for ~%.0f s of audio", out, len(rows), len(files),
-             time.time() - started, audio_s)
+    log.info("wrote %s: %d rows, %d files, %.1f s wall", out, len(rows), len(files), time.time() - started)
     return out
 
 
@@ -108,19 +159,53 @@ def _reorder_columns(probs: np.ndarray, classes: list[str], target: list[str], f
     return out
 
 
+def fallback_rows(weights_dir: Path, files: list[Path], classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """(row ids, one row of values in `classes` order) of the crash fallback: every file's windows at the
+    ensemble's window length for `fallback_duration_s`, at the ensemble's class prior. Raises (OSError,
+    ValueError, KeyError, ...) when ensemble.json or every model.json cannot be read."""
+    cfg = json.loads((weights_dir / "ensemble.json").read_text())
+    specs = []
+    for member in cfg["members"]:
+        for fold in member["folds"]:
+            try:
+                specs.append(json.loads((weights_dir / "models" / member["run"] / f"fold{fold}" /
+                                         "model.json").read_text()))
+            except (OSError, ValueError):
+                continue
+    spec = specs[0]
+    count = n_windows(round(float(cfg["inference"]["fallback_duration_s"]) * spec["sample_rate"]),
+                      round(spec["window_s"] * spec["sample_rate"]))
+    ids = [r for f in files for r in row_ids(f.stem, count, spec["window_s"])]
+    prior = np.asarray(cfg["fallback"], np.float32)
+    return ids, _reorder_columns(prior[None], cfg["classes"], classes, prior)[0]
+
+
+def write_fallback_submission() -> Path:
+    """The submission of a crashed kernel: `fallback_rows`, or the sample submission's rows at
+    UNREADABLE_ENSEMBLE_VALUE when ensemble.json (or every model.json) cannot be read. Returns its path."""
+    log = logging.getLogger("kernel")
+    comp_dir, weights_dir, working = kaggle_paths()
+    sample_rows, classes = read_sample_submission(comp_dir / "sample_submission.csv")
+    files = test_soundscapes(comp_dir / "test_soundscapes")
+    try:
+        ids, values = fallback_rows(weights_dir, files, classes)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        log.warning("%s unreadable (%s: %s): the sample submission's rows at %s", weights_dir / "ensemble.json",
+                    type(exc).__name__, exc, UNREADABLE_ENSEMBLE_VALUE)
+        ids, values = [], np.full(len(classes), UNREADABLE_ENSEMBLE_VALUE, np.float32)
+    rows = expected_rows(ids, sample_rows)
+    out = working / "submission.csv"
+    write_submission(out, rows, classes, np.tile(values, (len(rows), 1)))
+    return out
+
+
 def main() -> None:
     """Run the kernel; on any unexpected error still write a complete fallback submission."""
     try:
         run_kernel()
     except Exception as exc:  # a crashed kernel scores nothing: always leave a valid file behind
         logging.getLogger("kernel").exception("kernel failed (%s): writing the fallback submission", type(exc).__name__)
-        comp_dir, _, working = kaggle_paths()
-        sample_rows, classes = read_sample_submission(comp_dir / "sample_submission.csv")
-        test_dir = comp_dir / "test_soundscapes"
-        files = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if test_dir.is_dir() else []
-        ids = [f"{f.stem}_{5 * (i + 1)}" for f in files for i in range(12)]
-        rows = expected_rows(ids, sample_rows)
-        write_submission(working / "submission.csv", rows, classes, np.full((len(rows), len(classes)), 0.5, np.float32))
+        write_fallback_submission()
         print("kernel failed: fallback submission written", file=sys.stderr)
 
 

@@ -6,6 +6,7 @@ the model on its device, so training, the exports and the Kaggle kernel use one 
 """
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 
@@ -107,7 +108,7 @@ class BirdModel(nn.Module):
                     f"model.pretrained=true needs model.weights=PATH to a local checkpoint of {model_cfg.backbone} "
                     f"(got {model_cfg.weights!r}); nothing is downloaded at run time")
             kwargs["pretrained_cfg_overlay"] = {"file": str(model_cfg.weights)}
-        self.backbone = timm.create_model(str(model_cfg.backbone), **kwargs)
+        self.backbone = timm.create_model(_timm_name(str(model_cfg.backbone)), **kwargs)
         head = HEAD_ALIASES.get(str(model_cfg.head), str(model_cfg.head))
         if head not in HEADS:
             raise ValueError(f"model.head={model_cfg.head!r}: use one of {sorted(HEADS)}")
@@ -146,6 +147,16 @@ class MelProbabilityModel(nn.Module):
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model.forward_mel(mel))
+
+
+def _timm_name(name: str) -> str:
+    """`name` if timm knows it, else a ValueError listing the closest timm names."""
+    if timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    raise ValueError(f"model.backbone={name!r} is not a timm model"
+                     + (f"; closest: {', '.join(close)}" if close else "")
+                     + f" (timm.list_models('{name.split('_')[0]}*') lists that family)")
 
 
 def build_model(model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int) -> BirdModel:

@@ -7,8 +7,10 @@ Cache layout (`data.cache_dir`):
     recordings.parquet          filename, n_samples, ok, problem
     chunks.parquet              filename, chunk, start_s, end_s, energy_db, silent, labels, group, rating
     bad_files.csv               filename, problem (every recording that was skipped)
-    manifest.json               what the cache was built from (root, sample rate, chunking)
-Resumable: each .npy is written under a temporary name and renamed, so a rerun skips what is done.
+    manifest.json               what the cache was built from (root, counts) and made with (`settings`:
+                                see `cache_settings`; a rerun or a run with other settings is an error)
+Resumable: each .npy is written under a temporary name and renamed, so a rerun skips what is done
+(and removes the temporaries a killed run left).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import hydra
 import numpy as np
@@ -29,9 +31,41 @@ from src import config as _config  # noqa: F401  (registers the root_tag resolve
 from src.audio import AudioError, load_audio, to_int16
 from src.chunks import chunk_energy_db, chunk_starts, silent_mask
 from src.competition import load_competition
-from src.io import atomic_write
+from src.io import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
+
+
+class CacheSettingsError(ValueError):
+    """A cache made with other settings than the command's; the message names each one and the fix."""
+
+
+def cache_settings(cfg: DictConfig) -> dict[str, dict[str, object]]:
+    """What a cache is made with, by config key. `decode`: what the cached arrays depend on (a rerun into
+    the cache must match it, or two kinds of arrays would mix); `index`: what chunks.parquet depends on
+    (a rerun rebuilds it; training must match both). Record any new setting of prepare here."""
+    return {"decode": {"audio.sample_rate": int(cfg.audio.sample_rate),
+                       "prepare.min_duration_s": float(cfg.prepare.min_duration_s)},
+            "index": {"prepare.chunk_s": float(cfg.prepare.chunk_s), "prepare.overlap_s": float(cfg.prepare.overlap_s),
+                      "prepare.preemphasis": float(cfg.prepare.preemphasis),
+                      "prepare.silence.abs_db": float(cfg.prepare.silence.abs_db),
+                      "prepare.silence.rel_db": float(cfg.prepare.silence.rel_db)}}
+
+
+def settings_differences(cfg: DictConfig, sections: tuple[str, ...] = ("decode", "index")) -> list[str]:
+    """`key=<cache's> (now <cfg's>)` for every setting of `sections` where `cfg` differs from what the cache
+    at `data.cache_dir` recorded (settings it did not record are not compared); [] without a manifest."""
+    path = Path(cfg.data.cache_dir) / "manifest.json"
+    if not path.exists():
+        return []
+    manifest = json.loads(path.read_text())
+    recorded = manifest.get("settings") or {  # caches made before the settings were recorded
+        "decode": {"audio.sample_rate": manifest.get("sample_rate")},
+        "index": {"prepare.chunk_s": manifest.get("chunk_s"), "prepare.overlap_s": manifest.get("overlap_s")}}
+    wanted = cache_settings(cfg)
+    return [f"{key}={recorded[section][key]} (now {value})" for section in sections
+            for key, value in wanted[section].items()
+            if recorded.get(section, {}).get(key) is not None and recorded[section][key] != value]
 
 
 @dataclass(frozen=True)
@@ -123,13 +157,15 @@ def class_report(meta: pl.DataFrame, chunks: pl.DataFrame, classes: list[str]) -
 def prepare(cfg: DictConfig) -> dict:
     """Build (or finish) the cache and chunk index for `cfg.data`; returns a summary dict."""
     comp = load_competition(cfg.data.root, cfg.data.layout)
-    cache_dir = Path(cfg.data.cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = open_cache(cfg)
     sr = int(cfg.audio.sample_rate)
     meta = comp.meta
+    unsafe = {p: f"{p}: filename {f!r} leaves train_audio/ (an absolute path or '..'): fix that row of the "
+                 "metadata (filenames are relative to train_audio/)" for f, p in zip(meta["filename"], meta["path"])
+              if _escapes(f)}
     jobs = [CacheJob(p, str(cache_path(cache_dir, f)), sr, float(cfg.prepare.min_duration_s))
-            for f, p in zip(meta["filename"], meta["path"])]
-    results = cache_files(jobs, int(cfg.prepare.workers), "decode")
+            for f, p in zip(meta["filename"], meta["path"]) if p not in unsafe]
+    results = cache_files(jobs, int(cfg.prepare.workers), "decode") | {p: (0, why) for p, why in unsafe.items()}
     by_path = dict(zip(meta["path"], meta["filename"]))
     n_samples = {by_path[src]: n for src, (n, problem) in results.items() if problem is None}
     bad = [(by_path[src], problem) for src, (n, problem) in results.items() if problem is not None]
@@ -157,7 +193,8 @@ def prepare(cfg: DictConfig) -> dict:
         pl.DataFrame({"filename": [b[0] for b in bad], "problem": [b[1] for b in bad]},
                      schema={"filename": pl.Utf8, "problem": pl.Utf8}).write_csv(tmp)
     manifest = {"root": str(Path(cfg.data.root).resolve()), "layout": cfg.data.layout, "sample_rate": sr,
-                "chunk_s": cfg.prepare.chunk_s, "overlap_s": cfg.prepare.overlap_s, "classes": comp.classes,
+                "chunk_s": cfg.prepare.chunk_s, "overlap_s": cfg.prepare.overlap_s, "settings": cache_settings(cfg),
+                "classes": comp.classes,
                 "recordings": len(meta), "bad": len(bad), "chunks": chunks.height,
                 "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems}
     with atomic_write(cache_dir / "manifest.json") as tmp:
@@ -174,6 +211,41 @@ def prepare(cfg: DictConfig) -> dict:
           f"{len(sres)} soundscapes, {chunks.height} chunks, silent fraction {silent_frac:.1%}, "
           f"{len(bad)} bad file(s){' -> ' + str(cache_dir / 'bad_files.csv') if bad else ''}")
     return manifest | {"silent_fraction": silent_frac, "bad_files": bad}
+
+
+def open_cache(cfg: DictConfig) -> Path:
+    """`data.cache_dir`, created, with the temporaries of killed runs removed; CacheSettingsError if its
+    arrays were made with other decode settings. A new cache records its settings before any array."""
+    cache_dir = Path(cfg.data.cache_dir)
+    differences = settings_differences(cfg, ("decode",))
+    if differences:
+        raise CacheSettingsError(f"{cache_dir / 'manifest.json'}: this cache was made with {', '.join(differences)}, "
+                                 "so its arrays cannot be reused: pass a new data.cache_dir=PATH, or delete "
+                                 f"{cache_dir} to prepare it again with these settings")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stale_temporaries(cache_dir):
+        log.info("removed %s, left by a killed run", tmp)
+    if not (cache_dir / "manifest.json").exists():
+        with atomic_write(cache_dir / "manifest.json") as tmp:
+            Path(tmp).write_text(json.dumps({"settings": cache_settings(cfg)}, indent=1))
+    return cache_dir
+
+
+def check_cache_settings(cfg: DictConfig) -> None:
+    """CacheSettingsError naming every setting where `cfg` differs from what its cache was made with
+    (training on it would silently use other audio or chunks than configured)."""
+    differences = settings_differences(cfg)
+    if differences:
+        raise CacheSettingsError(
+            f"{Path(cfg.data.cache_dir) / 'manifest.json'}: the cache was prepared with {', '.join(differences)}: "
+            "prepare one with these settings (python -m src.prepare with the same overrides and a new "
+            "data.cache_dir=PATH, passed here too), or drop the overrides to use this cache")
+
+
+def _escapes(filename: str) -> bool:
+    """True for a metadata filename that would read or write outside train_audio/ and the cache."""
+    path = PurePosixPath(filename.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or PureWindowsPath(filename).is_absolute()
 
 
 def _write_parquet(df: pl.DataFrame, path: Path) -> None:

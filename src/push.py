@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
+PLACEHOLDER_USER = "your-kaggle-username"  # what `src.kernel build` writes when it knows no Kaggle user
 KERNEL_KEYS = ("id", "title", "code_file", "language", "kernel_type", "dataset_sources", "competition_sources")
 DATASET_KEYS = ("id", "title", "licenses")
 # kaggle's CLI prints these and still exits 0, so the output is checked as well as the exit code.
@@ -69,10 +70,12 @@ def push(kernel_root: str | Path, dry_run: bool = False,
                 validate_with_kaggle_cli(kernel_dir)
         except PushError as err:
             log.warning("%s", err)
+        username = None
         try:
-            _credentials()
+            username = _credentials()
         except PushError as err:
             log.warning("%s (needed for the real push)", err)
+        _owner_check(dataset_dir, kernel_dir, username or os.environ.get("KAGGLE_USERNAME"))
         print(f"# dry run, nothing is sent to Kaggle; `datasets create` becomes "
               f"`{shlex.join(version)}` if {dataset_id} already exists")
         print(shlex.join(create))
@@ -83,15 +86,24 @@ def push(kernel_root: str | Path, dry_run: bool = False,
         raise PushError("the kernel is not ready to push:\n  " + "\n  ".join(problems))
     username = _credentials()
     validate_with_kaggle_cli(kernel_dir)
-    owner = dataset_id.split("/")[0]
-    if username and username != owner:
-        log.warning("%s is owned by %r but the credentials are %r's: the upload fails unless %r may write "
-                    "there", dataset_id, owner, username, username)
+    _owner_check(dataset_dir, kernel_dir, username)
     calls = [version if _dataset_exists(dataset_id) else create, kernel_push]
     _run_checked(calls[0])
     _wait_until_ready(dataset_id, then=kernel_push)
     _run_checked(calls[1])
     return calls
+
+
+def _owner_check(dataset_dir: Path, kernel_dir: Path, username: str | None) -> None:
+    """Warn when the kernel's or dataset's id belongs to another user than the credentials' (KAGGLE_USERNAME
+    or kaggle.json): Kaggle refuses the upload unless that user may write there."""
+    ids = [_read_json(folder / name).get("id") for folder, name in ((dataset_dir, DATASET_METADATA),
+                                                                    (kernel_dir, KERNEL_METADATA))]
+    others = sorted({i for i in ids if _is_ref(i) and i.split("/")[0] not in (username, PLACEHOLDER_USER)})
+    if username and others:
+        log.warning("%s belong(s) to another user than the credentials' %r: the upload fails unless %r may write "
+                    "there; rebuild with `python -m src.kernel build ensemble=<name> user=%s`", ", ".join(others),
+                    username, username, username)
 
 
 def validate_with_kaggle_cli(kernel_dir: str | Path) -> None:
@@ -237,6 +249,11 @@ def _metadata_problems(kernel_root: Path) -> list[str]:
                                           and isinstance(licenses[0], dict) and licenses[0].get("name")):
             problems.append(f'{dataset_file}: "licenses" must be exactly one {{"name": ...}}, '
                             f'e.g. [{{"name": "CC0-1.0"}}]')
+    for path, data in ((kernel_file, kernel), (dataset_file, dataset)):
+        if data is not None and _is_ref(data.get("id")) and data["id"].split("/")[0] == PLACEHOLDER_USER:
+            problems.append(f'{path}: "id" {data["id"]!r} carries the placeholder user {PLACEHOLDER_USER!r}: '
+                            "rebuild with `python -m src.kernel build ensemble=<name> user=<your Kaggle username>` "
+                            "(or set KAGGLE_USERNAME before building)")
     if kernel is not None and dataset is not None and _is_ref(dataset.get("id")):
         sources = kernel.get("dataset_sources") or []
         if dataset["id"] not in sources:
@@ -338,12 +355,20 @@ def _run_checked(cmd: list[str]) -> None:
 
 
 def _dataset_exists(dataset_id: str) -> bool:
-    """Whether `kaggle datasets status <id>` finds the dataset (exit 0); PushError if Kaggle refuses the login."""
+    """Whether `kaggle datasets status <id>` finds the dataset (exit 0) or Kaggle answers 404 (False).
+    Any other failure (the network, a refused login) is a PushError: guessing "absent" would run
+    `datasets create` on a dataset that may exist."""
     code, output = _run(["kaggle", "datasets", "status", dataset_id], echo=False)
-    if code and re.search(r"\b401\b|Unauthorized", output):
+    if code == 0:
+        return True
+    if re.search(r"\b401\b|Unauthorized", output):
         raise PushError(f"Kaggle refused the credentials while looking up {dataset_id}: check KAGGLE_USERNAME/"
                         f"KAGGLE_KEY or kaggle.json in {_config_dir()}")
-    return code == 0
+    if re.search(r"\b404\b|Not Found", output):
+        return False
+    detail = (output.strip().splitlines() or ["no output"])[-1].strip()
+    raise PushError(f"`kaggle datasets status {dataset_id}` failed (exit code {code}: {detail}), so whether the "
+                    "dataset exists is unknown: nothing was uploaded; check the network and push again")
 
 
 def _wait_until_ready(dataset_id: str, then: list[str], timeout_s: float = 1800, poll_s: float = 15) -> None:

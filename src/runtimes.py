@@ -10,6 +10,7 @@ Every runtime maps a (B, samples) float32 waveform batch to (B, classes) probabi
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import subprocess
@@ -28,15 +29,19 @@ RUNTIME_FILES: dict[str, tuple[str, ...]] = {"torchscript": ("model.ts",),
 RUNTIME_MODULES = {"torchscript": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
 
 
-def ensure_module(module: str, wheels_dir: str | Path, target: str | Path) -> None:
-    """Make `module` importable: if `import` fails, pip-install the wheels of `wheels_dir` offline
-    (`--no-index --no-deps`) into `target` and put `target` on sys.path."""
+def ensure_module(module: str, wheels_dir: str | Path, target: str | Path, names: list[str] | None = None) -> None:
+    """Make `module` importable: if `import` fails, pip-install the wheels `names` of `wheels_dir` (None:
+    every wheel there) offline (`--no-index --no-deps`) into `target` and put `target` on sys.path."""
     try:
         importlib.import_module(module)
         return
     except ImportError:
         pass
-    wheels = sorted(Path(wheels_dir).glob("*.whl"))
+    wheels = sorted(Path(wheels_dir).glob("*.whl")) if names is None else [Path(wheels_dir) / n for n in names]
+    missing = [w for w in wheels if not w.is_file()]
+    if missing:
+        raise ImportError(f"`{module}` is not installed and {', '.join(map(str, missing))} is missing: rebuild the "
+                          "kernel (python -m src.kernel build ...) or use runtime=torchscript, which needs none")
     if not wheels:
         raise ImportError(f"`{module}` is not installed and {wheels_dir} has no wheels: rebuild the kernel "
                           "(python -m src.kernel build ...) or use runtime=torchscript, which needs none")
@@ -48,21 +53,45 @@ def ensure_module(module: str, wheels_dir: str | Path, target: str | Path) -> No
     importlib.import_module(module)
 
 
-def ensure_runtime(kind: str, wheels_dir: str | Path, target: str | Path) -> None:
+def ensure_runtime(kind: str, wheels_dir: str | Path, target: str | Path, names: list[str] | None = None) -> None:
     """The runtime's package importable; Kaggle's image has torch but neither onnxruntime nor
-    openvino, so `src.kernel build` ships their wheels in the weights dataset."""
+    openvino, so `src.kernel build` ships their wheels (`names`, see `ensure_module`) in the weights dataset."""
     if kind not in RUNTIME_MODULES:
         raise ValueError(f"runtime {kind!r}: use one of {sorted(RUNTIME_MODULES)}")
-    ensure_module(RUNTIME_MODULES[kind], wheels_dir, target)
+    ensure_module(RUNTIME_MODULES[kind], wheels_dir, target, names)
 
 
-def load_models(kind: str, model_dirs: list[Path], frontend_ids: list[str] | None = None,
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file (read in blocks): `src.kernel build` records it per export file in model.json."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_problem(kind: str, model_dir: str | Path, digests: dict[str, str] | None) -> str | None:
+    """Why the `kind` export in `model_dir` cannot run (a file missing, or truncated / corrupt: its sha256
+    differs from `digests`, the build's), naming the file; None when it is intact."""
+    for name in RUNTIME_FILES[kind]:
+        path = Path(model_dir) / name
+        if not path.is_file():
+            return f"{path}: missing"
+        if (digests or {}).get(name) and file_digest(path) != digests[name]:
+            return f"{path}: truncated or corrupt ({path.stat().st_size} bytes, sha256 differs from the build's)"
+    return None
+
+
+def load_models(kind: str | list[str], model_dirs: list[Path], frontend_ids: list[str] | None = None,
                 threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """One predict function for several exported models on the same windows: (B, samples) ->
     (B, sum of the models' classes), the models' columns side by side in `model_dirs` order.
 
-    With a split runtime (onnx / openvino), models whose `frontend_ids` are equal (same audio config,
-    see `src.kernel`) share one front-end pass: an ensemble computes each mel once, not once a model."""
+    `kind` is the runtime of all models or a list, one per model (a model whose export is corrupt runs
+    its fallback export). With a split runtime (onnx / openvino), models whose `frontend_ids` are equal
+    (same audio config, see `src.kernel`) share one front-end pass: an ensemble computes each mel once."""
+    if not isinstance(kind, str):
+        return _load_mixed(kind, model_dirs, frontend_ids, threads)
     if kind == "torchscript" or frontend_ids is None:
         predicts = [load_runtime(kind, d, threads) for d in model_dirs]
         return lambda batch: np.concatenate([p(batch) for p in predicts], axis=1)
@@ -76,6 +105,23 @@ def load_models(kind: str, model_dirs: list[Path], frontend_ids: list[str] | Non
     def predict(batch: np.ndarray) -> np.ndarray:
         mels = {fid: front(batch) for fid, front in fronts.items()}
         return np.concatenate([b(mels[fid]) for fid, b in zip(frontend_ids, backbones, strict=True)], axis=1)
+
+    return predict
+
+
+def _load_mixed(kinds: list[str], model_dirs: list[Path], frontend_ids: list[str] | None,
+                threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """`load_models` once per runtime of `kinds`, the models' columns put back in `model_dirs` order."""
+    groups: dict[str, list[int]] = {}
+    for j, kind in enumerate(kinds):
+        groups.setdefault(kind, []).append(j)
+    parts = [load_models(kind, [model_dirs[j] for j in js], None if frontend_ids is None else
+                         [frontend_ids[j] for j in js], threads) for kind, js in groups.items()]
+    order = np.argsort([j for js in groups.values() for j in js])
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = np.concatenate([p(batch) for p in parts], axis=1)
+        return out.reshape(len(out), len(kinds), -1)[:, order].reshape(len(out), -1)
 
     return predict
 
@@ -99,7 +145,10 @@ def load_torchscript(path: Path, threads: int) -> Callable[[np.ndarray], np.ndar
         torch.set_num_threads(threads)
     with warnings.catch_warnings():  # TorchScript's loader is deprecated in favour of torch.export, still supported
         warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated")
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        try:
+            module = torch.jit.load(str(path), map_location="cpu").eval()
+        except RuntimeError as exc:  # torch's message does not name the file
+            raise RuntimeError(f"{path}: cannot load ({exc}); rebuild the kernel") from exc
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -27,6 +27,18 @@ def row_ids(stem: str, count: int, window_s: float) -> list[str]:
     return [f"{stem}_{round((i + 1) * window_s)}" for i in range(count)]
 
 
+def one_file_per_stem(files: list[Path], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """(files with one per stem, sorted; a message per file left out). Row ids name the stem, so x.ogg and
+    x.flac would give the same rows twice: the first suffix in `suffixes` order is kept."""
+    rank = {s: i for i, s in enumerate(suffixes)}
+    kept: dict[str, Path] = {}
+    for path in sorted(files, key=lambda p: (p.stem, rank.get(p.suffix.lower(), len(rank)), p.name)):
+        kept.setdefault(path.stem, path)
+    skipped = [f"{p}: same stem as {kept[p.stem].name} (row ids name the stem): skipped"
+               for p in sorted(files) if kept[p.stem] != p]
+    return sorted(kept.values()), skipped
+
+
 def cut_windows(y: np.ndarray, window: int, context: int = 0, shift: int = 0, count: int | None = None) -> np.ndarray:
     """(count, window + 2*context) array: window i covers [i*window + shift - context, (i+1)*window + shift + context),
     zero-padded outside the recording."""

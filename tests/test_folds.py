@@ -138,3 +138,26 @@ def test_xc45():
     multi = meta.group_by("primary_label").len().filter(pl.col("len") >= 2)["primary_label"]
     spread = meta.join(folds, on="filename").filter(pl.col("primary_label").is_in(multi.implode()))
     assert spread.group_by("primary_label").agg(pl.col("fold").n_unique())["fold"].min() >= 2
+
+
+def test_metadata_without_author_warns_that_folds_group_by_filename(tmp_path, caplog):
+    """A train.csv without `author` (issue 10, item 7): the folds are still written, with a loud warning that
+    names the file, says they fall back to grouping by filename, and how to fix or accept it."""
+    from conftest import compose_config, make_tiny_competition
+
+    from src.folds import write_folds
+
+    root = make_tiny_competition(tmp_path / "comp", n_classes=2, per_class=3, seconds=1.0)
+    meta = pl.read_csv(root / "train.csv").drop("author")
+    meta.write_csv(root / "train.csv")
+    cfg = compose_config(f"data.root={root}", f"folds.dir={tmp_path / 'folds'}", "folds.n=2")
+    with caplog.at_level(logging.WARNING, logger="src.folds"):
+        write_folds(cfg, report=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(str(root / "train.csv") in w and "grouping by filename" in w and "folds.group=filename" in w
+               for w in warnings), warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="src.folds"):
+        write_folds(compose_config(f"data.root={root}", f"folds.dir={tmp_path / 'folds'}", "folds.n=2",
+                                   "folds.group=filename"), report=False)
+    assert not [r for r in caplog.records if "grouping by filename" in r.getMessage()]

@@ -145,8 +145,9 @@ def offline_command(script) -> tuple[list[str], str]:
     return [sys.executable, "-I", "-c", block_src + patch_net + check_net + run, str(script)], "patched sockets"
 
 
-def run_script_alone(root, comp, tmp_path) -> subprocess.CompletedProcess:
-    """The kernel script as Kaggle runs it: its own folder as cwd, /kaggle/input and /kaggle/working via env."""
+def run_script_alone(root, comp, tmp_path, crashed: bool = False) -> subprocess.CompletedProcess:
+    """The kernel script as Kaggle runs it: its own folder as cwd, /kaggle/input and /kaggle/working via env.
+    It must exit 0, and have fallen back to the crash submission exactly when `crashed`."""
     input_dir, working = tmp_path / "input", tmp_path / "working"
     input_dir.mkdir()
     working.mkdir()
@@ -158,7 +159,7 @@ def run_script_alone(root, comp, tmp_path) -> subprocess.CompletedProcess:
     cmd, how = offline_command(script)
     proc = subprocess.run(cmd, cwd=working, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, f"({how}) {proc.stderr[-3000:]}"
-    assert "kernel failed" not in proc.stderr, proc.stderr[-3000:]
+    assert ("kernel failed" in proc.stderr) == crashed, proc.stderr[-3000:]
     assert "unavailable" not in proc.stderr and "installing" not in proc.stderr  # the onnx runtime itself ran
     return proc
 
@@ -182,6 +183,125 @@ def test_script_alone_offline_without_src_writes_every_row(built, tiny_pipeline,
     config = json.loads((root / "dataset" / "ensemble.json").read_text())
     fallback = np.tile(np.asarray(config["fallback"], np.float32), (12, 1))  # 60 s of fallback rows
     np.testing.assert_allclose(values[~good], fallback, atol=1e-5)
+
+
+def copy_kernel(root, dest, **ensemble_changes):
+    """A copy of the built kernel to break, with `ensemble.json` keys replaced."""
+    dest = shutil.copytree(root, dest)
+    path = dest / "dataset" / "ensemble.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | ensemble_changes))
+    return dest
+
+
+def fallback_of(root) -> np.ndarray:
+    return np.asarray(json.loads((root / "dataset" / "ensemble.json").read_text())["fallback"], np.float32)
+
+
+@pytest.mark.parametrize("state", ["empty", "missing"])
+def test_no_test_soundscapes_gives_the_sample_rows_with_the_fallback(built, tiny_pipeline, tmp_path, state):
+    """Kaggle's state when a notebook is saved (issue 10, item 1): no test file, yet a valid submission with
+    the sample's rows, at the ensemble's fallback, and exit 0 without the crash path."""
+    root, _ = built
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    shutil.rmtree(comp / "test_soundscapes")
+    if state == "empty":
+        (comp / "test_soundscapes").mkdir()
+    proc = run_script_alone(root, comp, tmp_path)
+    assert "test_soundscapes" in proc.stderr and ("no audio files" if state == "empty" else "not found") in proc.stderr
+    out = tmp_path / "working" / "submission.csv"
+    validate_file(out, comp / "sample_submission.csv")
+    ids, values = read_submission(out)
+    assert ids == read_sample_submission(comp / "sample_submission.csv")[0]
+    np.testing.assert_allclose(values, np.tile(fallback_of(root), (len(ids), 1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("broken", ["backbone.onnx", "frontend.ts"])
+def test_a_truncated_export_runs_the_torchscript_fallback_of_that_model(built, tiny_pipeline, tmp_path, broken):
+    """Half of one member's onnx-runtime file (issue 10, item 2): that model runs its TorchScript export, the
+    log names the file, and the submission is the ensemble's as if nothing had happened."""
+    root, ens_dir = built
+    kernel_root = copy_kernel(root, tmp_path / "kernel")
+    path = kernel_root / "dataset" / "models" / "tiny_b" / "fold0" / broken
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    proc = run_script_alone(kernel_root, comp, tmp_path)
+    assert f"{path.relative_to(kernel_root / 'dataset')}: truncated or corrupt" in proc.stderr
+    assert "trying its torchscript export" in proc.stderr and "dropped" not in proc.stderr
+    assert_same_submission(tmp_path / "working" / "submission.csv", ens_dir / "submission.csv")
+
+
+def test_a_member_without_an_intact_export_is_dropped_and_the_rest_blends(built, tiny_pipeline, tmp_path):
+    """Every export of tiny_b truncated: tiny_b leaves the blend (its weight renormalised away) and the
+    submission is that of a kernel whose ensemble is tiny_a alone, not the fallback."""
+    root, _ = built
+    config = json.loads((root / "dataset" / "ensemble.json").read_text())
+    alone = copy_kernel(root, tmp_path / "alone", members=[m for m in config["members"] if m["run"] == "tiny_a"])
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_script_alone(alone, comp, tmp_path / "a")
+    kernel_root = copy_kernel(root, tmp_path / "kernel")
+    for name in ("frontend.ts", "backbone.onnx", "model.ts"):
+        path = kernel_root / "dataset" / "models" / "tiny_b" / "fold0" / name
+        path.write_bytes(path.read_bytes()[:100])
+    proc = run_script_alone(kernel_root, comp, tmp_path / "b")
+    assert "model.ts: truncated or corrupt" in proc.stderr and "member tiny_b dropped" in proc.stderr
+    assert_same_submission(tmp_path / "b" / "working" / "submission.csv", tmp_path / "a" / "working" / "submission.csv")
+    _, values = read_submission(tmp_path / "b" / "working" / "submission.csv")
+    assert np.abs(values - fallback_of(root)).max() > 0.01
+
+
+def test_two_files_of_one_stem_give_one_set_of_rows(built, tiny_pipeline, tmp_path):
+    """soundscape_000.ogg and soundscape_000.flac (issue 10, item 5): the .ogg is predicted, the .flac logged."""
+    import soundfile as sf
+
+    root, ens_dir = built
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    y, sr = sf.read(comp / "test_soundscapes" / "soundscape_000.ogg", dtype="float32")
+    sf.write(comp / "test_soundscapes" / "soundscape_000.flac", y[::-1].copy(), sr)
+    proc = run_script_alone(root, comp, tmp_path)
+    assert "soundscape_000.flac: same stem as soundscape_000.ogg" in proc.stderr
+    validate_file(tmp_path / "working" / "submission.csv", comp / "sample_submission.csv")
+    assert_same_submission(tmp_path / "working" / "submission.csv", ens_dir / "submission.csv")
+
+
+def hidden_test_sample(comp) -> list[str]:
+    """Make the sample submission an example row of another soundscape (as on Kaggle's hidden test set)."""
+    _, classes = read_sample_submission(comp / "sample_submission.csv")
+    (comp / "sample_submission.csv").write_text("row_id," + ",".join(classes) + "\nexample_5," +
+                                                ",".join(["0"] * len(classes)) + "\n")
+    return ["example_5"]
+
+
+def test_crash_fallback_uses_the_ensemble_window_duration_and_prior(built, tiny_pipeline, tmp_path):
+    """The crash fallback (issue 14, item 4): each test file's rows at the models' window length for the
+    ensemble's fallback_duration_s, valued at its class prior, not 12 x 5 s at 0.5."""
+    root, _ = built
+    config = json.loads((root / "dataset" / "ensemble.json").read_text())
+    kernel_root = copy_kernel(root, tmp_path / "kernel", runtime="tflite",  # an unknown runtime: the kernel crashes
+                              inference=config["inference"] | {"fallback_duration_s": 30.0})
+    for spec_path in (kernel_root / "dataset" / "models").rglob("model.json"):
+        spec_path.write_text(json.dumps(json.loads(spec_path.read_text()) | {"window_s": 10.0}))
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    hidden_test_sample(comp)
+    run_script_alone(kernel_root, comp, tmp_path, crashed=True)
+    ids, values = read_submission(tmp_path / "working" / "submission.csv")
+    assert ids == [f"soundscape_00{i}_{end}" for i in (0, 1) for end in (10, 20, 30)]
+    np.testing.assert_allclose(values, np.tile(fallback_of(root), (6, 1)), atol=1e-5)
+
+
+def test_crash_fallback_without_a_readable_ensemble_json(built, tiny_pipeline, tmp_path):
+    """ensemble.json itself unreadable: the crash fallback still writes the sample's rows, at 0.5."""
+    root, _ = built
+    kernel_root = copy_kernel(root, tmp_path / "kernel")
+    (kernel_root / "dataset" / "ensemble.json").write_text('{"classes": [')
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    rows = hidden_test_sample(comp)
+    proc = run_script_alone(kernel_root, comp, tmp_path, crashed=True)
+    assert "ensemble.json unreadable" in proc.stderr
+    ids, values = read_submission(tmp_path / "working" / "submission.csv")
+    assert ids == rows and values.shape == (1, len(read_sample_submission(comp / "sample_submission.csv")[1]))
+    np.testing.assert_allclose(values, 0.5)
 
 
 def test_run_without_input_says_what_to_pass(built):

@@ -33,3 +33,15 @@ def test_other_powers_use_torchaudio():
     front = MelFrontend(audio_cfg(power=1.0))
     wave = torch.randn(2, 16000)
     assert torch.equal(front.power_mel(wave), front.mel(wave))
+
+
+def test_unknown_backbone_names_the_closest_timm_models():
+    """`model.backbone=efficientnet_b99` (issue 10, item 7): not timm's bare `Unknown model`, but the key,
+    and the closest names timm has."""
+    from src.models import build_model
+
+    model_cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / "effnet_b0.yaml")
+    model_cfg.backbone = "efficientnet_b99"
+    with pytest.raises(ValueError, match=r"model\.backbone='efficientnet_b99' is not a timm model; closest: "
+                                         r"efficientnet_b\d"):
+        build_model(model_cfg, audio_cfg(), 3)

@@ -156,6 +156,61 @@ def test_rerun_redoes_only_what_is_missing(tiny_competition, tmp_path, monkeypat
     assert len(np.load(files["bird2/XC202"])) == int(7.0 * SR)
 
 
+def test_rerun_removes_the_temporaries_of_a_killed_run(tiny_competition, tmp_path):
+    """A SIGKILLed prepare leaves `.X.npy.<pid>.tmp` behind (issue 10, item 6): the next run removes those
+    whose process is gone, and keeps a live process's."""
+    import os
+    import subprocess
+
+    cache = tmp_path / "cache"
+    cfg = prepare_config(tiny_competition, cache)
+    prep.prepare(cfg)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [cache / "audio" / "bird1" / f".XC101.npy.{dead.pid}.tmp", cache / f".chunks.parquet.{dead.pid}.tmp"]
+    live = cache / "audio" / "bird1" / f".XC102.npy.{os.getpid()}.tmp"
+    for path in (*stale, live):
+        path.write_bytes(b"")
+    prep.prepare(cfg)
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_filenames_that_leave_the_cache_are_bad_rows(tiny_competition, tmp_path):
+    """`../../evil/x.ogg` or an absolute filename in train.csv (issue 10, item 3): a bad row with a clear
+    message, and nothing written (or overwritten) outside the cache."""
+    cache = tmp_path / "cache"
+    add_recording(tiny_competition, "../../evil/x.ogg", "bird0", tone(3.0, 800))
+    absolute = tmp_path / "elsewhere" / "y.ogg"
+    absolute.parent.mkdir()
+    add_recording(tiny_competition, str(absolute), "bird1", tone(3.0, 900))
+    victim = tmp_path / "evil" / "x.npy"  # where the cache path of ../../evil/x.ogg points
+    victim.write_bytes(b"not ours")
+    result = prep.prepare(prepare_config(tiny_competition, cache))
+    assert victim.read_bytes() == b"not ours" and not absolute.with_suffix(".npy").exists()
+    bad = dict(result["bad_files"])
+    assert "leaves train_audio/" in bad["../../evil/x.ogg"] and "leaves train_audio/" in bad[str(absolute)]
+    assert result["bad"] == 2 and result["recordings"] == 11
+    assert len(list((cache / "audio").rglob("*.npy"))) == 9 and not list(tmp_path.glob("*/*.npy"))
+
+
+def test_a_cache_made_with_other_settings_is_an_error(tiny_competition, tmp_path):
+    """A 32 kHz cache (issue 10, item 4): preparing into it at 16 kHz is an error naming the setting and the
+    fix, and so is training on it with another rate or other chunking; rechunking by prepare itself is fine."""
+    cache = tmp_path / "cache"
+    prep.prepare(prepare_config(tiny_competition, cache))
+    settings = json.loads((cache / "manifest.json").read_text())["settings"]
+    assert settings["decode"]["audio.sample_rate"] == SR and settings["index"]["prepare.overlap_s"] == 1.0
+    with pytest.raises(prep.CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\).*data\.cache_dir="):
+        prep.prepare(prepare_config(tiny_competition, cache, "audio.sample_rate=16000"))
+    assert json.loads((cache / "manifest.json").read_text())["settings"] == settings
+    with pytest.raises(prep.CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\).*src\.prepare"):
+        prep.check_cache_settings(prepare_config(tiny_competition, cache, "audio.sample_rate=16000"))
+    prep.prepare(prepare_config(tiny_competition, cache, "prepare.overlap_s=2.0"))  # rebuilds the index
+    with pytest.raises(prep.CacheSettingsError, match=r"prepare\.overlap_s=2\.0 \(now 1\.0\)"):
+        prep.check_cache_settings(prepare_config(tiny_competition, cache))
+    prep.check_cache_settings(prepare_config(tiny_competition, cache, "prepare.overlap_s=2.0"))
+
+
 # --- metadata problems reach prepare ---------------------------------------------------------------
 
 def test_prepare_reports_unknown_labels_and_duplicates(tiny_competition, tmp_path):

@@ -179,3 +179,44 @@ def test_real_mode_stops_at_first_failure(tmp_path, fake_kaggle):
     with pytest.raises(PushError, match="Dataset creation error"):
         push(make_kernel(tmp_path))
     assert ["kernels", "push"] not in [c[1:3] for c in fake_kaggle["calls"]]
+
+
+def test_placeholder_user_is_flagged_in_the_dry_run_and_stops_the_push(tmp_path, caplog, monkeypatch):
+    """A kernel built without a Kaggle user carries `your-kaggle-username` (issue 10, item 8)."""
+    kernel_root = make_kernel(tmp_path, id="your-kaggle-username/birdclef-2025-demo",
+                              dataset_sources=["your-kaggle-username/birdclef-demo-weights"])
+    dataset_meta = kernel_root / "dataset" / "dataset-metadata.json"
+    dataset_meta.write_text(json.dumps(DATASET_META | {"id": "your-kaggle-username/birdclef-demo-weights"}))
+    with caplog.at_level(logging.WARNING, logger="src.push"):
+        push(kernel_root, dry_run=True)
+    placeholder = [r.getMessage() for r in caplog.records if "placeholder user" in r.getMessage()]
+    assert len(placeholder) == 2 and "user=<your Kaggle username>" in placeholder[0]
+    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    with pytest.raises(PushError, match="placeholder user"):
+        push(kernel_root)
+
+
+def test_dry_run_warns_when_the_ids_are_not_kaggle_usernames(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    monkeypatch.setattr(push_module, "validate_with_kaggle_cli", lambda kernel_dir: None)
+    with caplog.at_level(logging.WARNING, logger="src.push"):
+        push(make_kernel(tmp_path), dry_run=True)
+    assert "tester/birdclef-2025-demo, tester/birdclef-demo-weights belong(s) to another user than the " \
+           "credentials' 'someone'" in caplog.text and "user=someone" in caplog.text
+
+
+def test_a_network_failure_looking_up_the_dataset_stops_before_create(tmp_path, fake_kaggle, monkeypatch):
+    """`datasets status` failing on the network is not "the dataset is absent": no `datasets create`."""
+    calls = []
+
+    def offline(cmd, echo=True):
+        calls.append(cmd)
+        return 1, "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='www.kaggle.com'): Max retries\n"
+
+    monkeypatch.setattr(push_module, "_run", offline)
+    with pytest.raises(PushError, match=r"datasets status tester/birdclef-demo-weights` failed .*ConnectionError.*"
+                                        r"nothing was uploaded"):
+        push(make_kernel(tmp_path))
+    assert [c[1:3] for c in calls] == [["datasets", "status"]]

@@ -100,7 +100,7 @@ def test_kernel_falls_back_when_the_runtime_does_not_install(tmp_path, monkeypat
 
     from src import kernel_main
 
-    def broken(kind, wheels_dir, target):
+    def broken(kind, wheels_dir, target, names=None):
         raise subprocess.CalledProcessError(1, ["pip", "install"])  # e.g. a wheel for another Python
 
     monkeypatch.setattr(kernel_main, "ensure_runtime", broken)

@@ -282,3 +282,21 @@ def test_postprocess_smooths_then_applies_the_prior():
     s = smooth(p, cfg["smoothing"])
     np.testing.assert_allclose(postprocess(p, cfg), 0.5 * s + 0.5 * s * s.max(axis=0, keepdims=True), rtol=1e-6)
     np.testing.assert_array_equal(postprocess(p, {"smoothing": None, "file_prior": None}), p)
+
+
+def test_a_directory_named_like_audio_is_reported_as_a_directory(tmp_path):
+    """`x.ogg` that is a folder (issue 10, item 7): "a directory, not an audio file", not "file not found"."""
+    from src.audio import AudioError
+
+    (tmp_path / "x.ogg").mkdir()
+    with pytest.raises(AudioError, match=r"x\.ogg: a directory, not an audio file"):
+        load_audio(tmp_path / "x.ogg", SR)
+
+
+def test_one_file_per_stem_prefers_the_first_suffix_and_names_the_others():
+    from src.soundscape import one_file_per_stem
+
+    files = [Path("t/b.wav"), Path("t/a.flac"), Path("t/a.ogg"), Path("t/a.OGG.wav"), Path("t/c.flac")]
+    kept, skipped = one_file_per_stem(files, (".ogg", ".mp3", ".wav", ".flac"))
+    assert kept == [Path("t/a.OGG.wav"), Path("t/a.ogg"), Path("t/b.wav"), Path("t/c.flac")]
+    assert skipped == ["t/a.flac: same stem as a.ogg (row ids name the stem): skipped"]

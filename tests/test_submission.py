@@ -87,6 +87,26 @@ def test_validator_catches_a_whole_missing_soundscape_given_the_test_rows(tmp_pa
         validate_file(path, sample, test_rows=ROWS)
 
 
+def test_validator_rejects_duplicate_row_ids_even_as_the_predicted_rows(tmp_path, sample):
+    """x.ogg and x.flac side by side predicted twice: the rows are not the sample's, so the expected rows are
+    the predicted ones, duplicates included; the validator must still refuse them (issue 10, item 5)."""
+    rows = ["hidden_1_5", "hidden_1_10", "hidden_1_5", "hidden_1_10"]
+    path = submission(tmp_path, rows, GOOD[:2] * 2)
+    with pytest.raises(SubmissionError, match=r"2 duplicate\(s\) among the row ids .*'hidden_1_10', 'hidden_1_5'"):
+        validate_file(path, sample)
+
+
+def test_zero_rows_are_checked_without_crashing(tmp_path, sample):
+    """No test soundscape: the submission has the sample's rows (issue 10, item 1), and the check of an empty
+    value array is a clear mismatch, not numpy's zero-size reduction error."""
+    assert expected_rows([], ROWS) == ROWS
+    out = tmp_path / "empty.csv"
+    write_submission(out, [], CLASSES, np.zeros((0, 3), np.float32))
+    assert out.read_text().splitlines() == ["row_id," + ",".join(CLASSES)]
+    with pytest.raises(SubmissionError, match=r"missing \['soundscape_a_10'"):
+        validate_file(out, sample)
+
+
 # --- which rows, and filling them --------------------------------------------------------------------
 
 def test_expected_rows_are_the_sample_rows_when_they_describe_the_test_files():
