@@ -35,6 +35,7 @@ from src.io import atomic_write
 from src.metrics import macro_auc, padded_cmap, per_class_auc, primary_one_hot
 from src.metrics import select as select_metric
 from src.models import BirdModel, build_model
+from src.prepare import check_cache_settings
 from src.samplers import build_sampler
 
 log = logging.getLogger(__name__)
@@ -72,20 +73,21 @@ def load_chunk_index(cfg: DictConfig) -> tuple[pl.DataFrame, list[str]]:
     index, manifest = cache / "chunks.parquet", cache / "manifest.json"
     if not index.exists() or not manifest.exists():
         raise FileNotFoundError(f"{index} not found: run `python -m src.prepare data={cfg.data.name} "
-                                f"data.root={cfg.data.root}` first")
+                                f"data.root={cfg.data.root} data.cache_dir={cfg.data.cache_dir}` first")
+    check_cache_settings(cfg)
     return pl.read_parquet(index), json.loads(manifest.read_text())["classes"]
 
 
 def split_fold(chunks: pl.DataFrame, cfg: DictConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Train chunks (other folds) and validation chunks (this fold), both without silent chunks by default."""
+    if isinstance(cfg.fold, bool) or not isinstance(cfg.fold, int) or not 0 <= cfg.fold < cfg.folds.n:
+        raise ValueError(f"fold={cfg.fold!r}: pass a fold number 0..{cfg.folds.n - 1} (folds.n={cfg.folds.n})")
     path = folds_path(cfg)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python -m src.folds data={cfg.data.name} "
                                 f"data.root={cfg.data.root} folds.n={cfg.folds.n}` first")
     recordings = chunks.select("filename").unique()
     folds = load_folds(path, recordings)
-    if not 0 <= cfg.fold < cfg.folds.n:
-        raise ValueError(f"fold={cfg.fold} is outside 0..{cfg.folds.n - 1} (folds.n={cfg.folds.n})")
     chunks = chunks.join(folds, on="filename", how="inner")
     keep = pl.lit(True) if cfg.sampler.include_silent else ~pl.col("silent")
     train = chunks.filter((pl.col("fold") != cfg.fold) & keep)

@@ -41,6 +41,27 @@ def test_ensure_module_installs_the_shipped_wheel_offline(tmp_path, monkeypatch)
     sys.modules.pop(name)
 
 
+def test_only_the_wheels_ensemble_json_names_are_installed(tmp_path, monkeypatch):
+    """The kernel installs the pinned wheels ensemble.json names, not every *.whl in the folder (issue 10,
+    item 8); a named wheel that is missing says so."""
+    from src import kernel_main
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wanted = make_wheel(wheels, "birdclef_probe_wanted", "0.1", "")
+    make_wheel(wheels, "birdclef_probe_stray", "0.1", "")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    ensure_module("birdclef_probe_wanted", wheels, tmp_path / "site", names=[wanted.name])
+    assert (tmp_path / "site" / "birdclef_probe_wanted").is_dir() and not (tmp_path / "site" / "birdclef_probe_stray").exists()
+    sys.modules.pop("birdclef_probe_wanted")
+    with pytest.raises(ImportError, match=r"other-1\.0-py3-none-any\.whl is missing"):
+        ensure_module("birdclef_probe_other", wheels, tmp_path / "site2", names=["other-1.0-py3-none-any.whl"])
+    seen = {}
+    monkeypatch.setattr(kernel_main, "ensure_runtime", lambda kind, folder, target, names=None: seen.update(names=names))
+    kernel_main.choose_runtime({"runtime": "onnx", "wheels": [wanted.name]}, tmp_path)
+    assert seen["names"] == [wanted.name]
+
+
 def test_ensure_module_without_wheels_says_how_to_fix(tmp_path):
     with pytest.raises(ImportError, match="runtime=torchscript"):
         ensure_module("birdclef_missing_module", tmp_path, tmp_path / "site")
@@ -109,5 +130,5 @@ def test_kernel_falls_back_when_the_runtime_does_not_install(tmp_path, monkeypat
     assert any("runtime onnx unavailable" in r.getMessage() for r in caplog.records)
     with pytest.raises(subprocess.CalledProcessError):
         kernel_main.choose_runtime({"runtime": "onnx", "fallback_runtime": None}, tmp_path)
-    monkeypatch.setattr(kernel_main, "ensure_runtime", lambda *a: None)
+    monkeypatch.setattr(kernel_main, "ensure_runtime", lambda *a, **k: None)
     assert kernel_main.choose_runtime(cfg, tmp_path) == "onnx"

@@ -89,3 +89,21 @@ def test_ddp_two_processes_gloo(tiny_pipeline):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n_val_chunks"] == pl.read_parquet(run / "oof.parquet").height
     assert proc.stdout.count("best epoch") == 1  # rank 0 alone reports and writes
+
+
+def test_train_stops_early_with_messages_that_say_what_to_do(tiny_competition, tmp_path):
+    """Before any work (issue 10, items 4 and 7): a missing cache names the data.cache_dir given, `fold=abc`
+    says to pass a fold number, and a cache prepared at another sample rate names the setting."""
+    from conftest import prepare_config
+
+    from src.prepare import CacheSettingsError, prepare
+
+    missing = tmp_path / "no_cache_here"
+    with pytest.raises(FileNotFoundError, match=f"data.cache_dir={missing}"):
+        train_mod.train(prepare_config(tiny_competition, missing, "train.report=false"))
+    cache = tmp_path / "cache"
+    prepare(prepare_config(tiny_competition, cache))
+    with pytest.raises(ValueError, match=r"fold='abc': pass a fold number 0\.\.4"):
+        train_mod.train(prepare_config(tiny_competition, cache, "fold=abc"))
+    with pytest.raises(CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\)"):
+        train_mod.train(prepare_config(tiny_competition, cache, "audio.sample_rate=16000"))
