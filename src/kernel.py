@@ -229,8 +229,9 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
     projected = wall / max(audio_min, 1e-9) * cfg.kaggle_files * (os.cpu_count() or 1) / cfg.kaggle_cores / 60
     print(f"kernel ran in {wall:.1f} s for {len(files)} soundscapes ({audio_min:.1f} min of audio) on "
           f"{os.cpu_count()} cores; submission valid -> {out}")
-    print(f"projected for {cfg.kaggle_files} one-minute soundscapes on {cfg.kaggle_cores} Kaggle cores: "
-          f"{projected:.1f} min (limit {cfg.kaggle_limit_min} min; includes start-up, so an upper bound)")
+    if audio_min > 0:  # no test audio (Kaggle's saved-notebook state): nothing to project from
+        print(f"projected for {cfg.kaggle_files} one-minute soundscapes on {cfg.kaggle_cores} Kaggle cores: "
+              f"{projected:.1f} min (limit {cfg.kaggle_limit_min} min; includes start-up, so an upper bound)")
     return out
 
 

@@ -67,14 +67,14 @@ def test_soundscapes(test_dir: Path) -> list[Path]:
     return files
 
 
-def model_runtimes(runtime: str, fallback: str | None, dirs: list[Path], specs: list[dict]) -> list[str | None]:
+def model_runtimes(runtime: str, fallback: str | None, dirs: list[Path], specs: list[dict | None]) -> list[str | None]:
     """Per model, the runtime whose export files are intact: `runtime`, else `fallback`, else None (the
-    model is dropped). Each bad file is logged by name."""
+    model is dropped, as is one without a readable model.json). Each bad file is logged by name."""
     log = logging.getLogger("kernel")
     kinds: list[str | None] = []
     for d, spec in zip(dirs, specs, strict=True):
         kind = None
-        for candidate in dict.fromkeys(k for k in (runtime, fallback) if k):
+        for candidate in dict.fromkeys(k for k in (runtime, fallback) if k) if spec is not None else ():
             problem = export_problem(candidate, d, spec.get("files"))
             if problem is None:
                 kind = candidate
@@ -83,6 +83,15 @@ def model_runtimes(runtime: str, fallback: str | None, dirs: list[Path], specs: 
                         else "model dropped")
         kinds.append(kind)
     return kinds
+
+
+def read_model_spec(model_dir: Path) -> dict | None:
+    """The model's model.json (audio key, front-end id, file digests); None, logged, if it cannot be read."""
+    try:
+        return json.loads((model_dir / "model.json").read_text())
+    except (OSError, ValueError) as exc:
+        logging.getLogger("kernel").warning("%s: unreadable (%s): model dropped", model_dir / "model.json", exc)
+        return None
 
 
 def predict_members(cfg: dict, weights_dir: Path, files: list[Path]) -> tuple[list[str], np.ndarray, list[str]]:
@@ -95,7 +104,7 @@ def predict_members(cfg: dict, weights_dir: Path, files: list[Path]) -> tuple[li
     runtime = choose_runtime(cfg, weights_dir)
     owners, dirs = zip(*[(i, weights_dir / "models" / member["run"] / f"fold{fold}")
                          for i, member in enumerate(cfg["members"]) for fold in member["folds"]], strict=True)
-    specs = [json.loads((d / "model.json").read_text()) for d in dirs]
+    specs = [read_model_spec(d) for d in dirs]
     kinds = model_runtimes(runtime, cfg.get("fallback_runtime"), list(dirs), specs)
     keep = [k for k, kind in enumerate(kinds) if kind]
     members = sorted({owners[k] for k in keep})
@@ -164,15 +173,9 @@ def fallback_rows(weights_dir: Path, files: list[Path], classes: list[str]) -> t
     ensemble's window length for `fallback_duration_s`, at the ensemble's class prior. Raises (OSError,
     ValueError, KeyError, ...) when ensemble.json or every model.json cannot be read."""
     cfg = json.loads((weights_dir / "ensemble.json").read_text())
-    specs = []
-    for member in cfg["members"]:
-        for fold in member["folds"]:
-            try:
-                specs.append(json.loads((weights_dir / "models" / member["run"] / f"fold{fold}" /
-                                         "model.json").read_text()))
-            except (OSError, ValueError):
-                continue
-    spec = specs[0]
+    specs = [read_model_spec(weights_dir / "models" / member["run"] / f"fold{fold}")
+             for member in cfg["members"] for fold in member["folds"]]
+    spec = next(s for s in specs if s is not None)
     count = n_windows(round(float(cfg["inference"]["fallback_duration_s"]) * spec["sample_rate"]),
                       round(spec["window_s"] * spec["sample_rate"]))
     ids = [r for f in files for r in row_ids(f.stem, count, spec["window_s"])]
@@ -189,7 +192,7 @@ def write_fallback_submission() -> Path:
     files = test_soundscapes(comp_dir / "test_soundscapes")
     try:
         ids, values = fallback_rows(weights_dir, files, classes)
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, StopIteration) as exc:
         log.warning("%s unreadable (%s: %s): the sample submission's rows at %s", weights_dir / "ensemble.json",
                     type(exc).__name__, exc, UNREADABLE_ENSEMBLE_VALUE)
         ids, values = [], np.full(len(classes), UNREADABLE_ENSEMBLE_VALUE, np.float32)
