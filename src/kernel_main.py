@@ -52,7 +52,7 @@ def choose_runtime(cfg: dict, weights_dir: Path) -> str:
         return fallback
 
 
-def test_soundscapes(test_dir: Path) -> list[Path]:
+def list_test_soundscapes(test_dir: Path) -> list[Path]:
     """The audio files of `test_dir`, sorted; [] when it is missing or empty (a Kaggle notebook when it is
     saved: the hidden test files appear only at scoring). One file per stem (a row id names the stem):
     see `one_file_per_stem`."""
@@ -140,7 +140,7 @@ def run_kernel() -> Path:
     sample_rows, sample_classes = read_sample_submission(comp_dir / "sample_submission.csv")
     if sample_classes != classes:
         log.warning("sample_submission.csv classes differ from the ensemble's: columns follow the sample")
-    files = test_soundscapes(comp_dir / "test_soundscapes")
+    files = list_test_soundscapes(comp_dir / "test_soundscapes")
     ids, probs, problems = predict_members(cfg, weights_dir, files) if files else \
         ([], np.zeros((0, len(classes)), np.float32), [])
     for p in problems:
@@ -189,7 +189,7 @@ def write_fallback_submission() -> Path:
     log = logging.getLogger("kernel")
     comp_dir, weights_dir, working = kaggle_paths()
     sample_rows, classes = read_sample_submission(comp_dir / "sample_submission.csv")
-    files = test_soundscapes(comp_dir / "test_soundscapes")
+    files = list_test_soundscapes(comp_dir / "test_soundscapes")
     try:
         ids, values = fallback_rows(weights_dir, files, classes)
     except (OSError, ValueError, KeyError, IndexError, TypeError, StopIteration) as exc:
