@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,10 @@ def test_resume_after_crash_mid_epoch_matches_uninterrupted(tiny_pipeline, monke
 def test_ddp_two_processes_gloo(tiny_pipeline):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "src.train", *tiny_pipeline.overrides,
+    with socket.socket() as sock:  # a free port: another torchrun on this machine may hold a fixed one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [torchrun, "--nproc_per_node=2", f"--master_port={port}", "-m", "src.train", *tiny_pipeline.overrides,
            "exp=ddp", "train.epochs=1", "train.threads=1"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
