@@ -81,8 +81,10 @@ def _by_names(source: dict, target: dict, drop: tuple[str, ...]) -> tuple[dict |
     return {k: source[k] for k in _learnt(target)}, "names"
 
 
-def _by_order(source: dict, target: dict, tail: int) -> tuple[dict | None, str]:
+def _by_order(source: dict, target: dict, tail: int, file: Path) -> tuple[dict | None, str]:
     """Source tensors renamed in order onto the target's (the file may end with `tail` more: its classifier)."""
+    if file.suffix == ".safetensors":
+        return None, "by order: a .safetensors file keeps no tensor order (it sorts them): map the original torch file"
     src, tgt = _learnt(source), _learnt(target)
     if len(src) not in (len(tgt), len(tgt) + tail):
         expected = f"{len(tgt)}" + (f" or {len(tgt) + tail} with a classifier" if tail else "")
@@ -117,7 +119,7 @@ def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     drop = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier or ()))
     has_head = any(k.startswith(drop) for k in target) if drop else True
     tries = {"names": lambda: _by_names(source, target, () if has_head else drop),
-             "order": lambda: _by_order(source, target, 0 if has_head else 2)}
+             "order": lambda: _by_order(source, target, 0 if has_head else 2, Path(file))}
     state, reasons = None, []
     for how in (("names", "order") if key_map == "auto" else (key_map,)):
         state, why = tries[how]()
@@ -133,9 +135,8 @@ def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
                          "model.backbone to the architecture the checkpoint was trained as, or model.weights_key_map"
                          "=order for another library's names in timm's order, or convert it with "
                          "`python -m src.weights src=... backbone=...`")
-    counters = {k: v for k, v in target.items() if k.endswith(COUNTER)}
-    log.info("%s: %d tensors mapped onto %s by %s (+%d BatchNorm counters)", file, len(state), arch, how, len(counters))
-    return {**counters, **state}
+    log.info("%s: %d tensors mapped onto %s by %s (+ BatchNorm counters)", file, len(state), arch, how)
+    return {k: state.get(k, v) for k, v in target.items()}  # in the model's order, counters from the model
 
 
 def load_pretrained(backbone: nn.Module, path: str | Path, key_map: str = "auto") -> nn.Module:
