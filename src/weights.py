@@ -57,7 +57,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     file = checkpoint_file(path)
     try:
         state = timm.models.load_state_dict(str(file), weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- any unreadable file gets the same message with its name
+    except Exception as exc:  # any unreadable file gets the same message, with its name
         raise ValueError(f"{file}: cannot be read as a safetensors or torch weights file ({exc}); "
                          "is it complete, and a state dict rather than a pickled model?") from exc
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -110,7 +110,7 @@ def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     """The checkpoint `source` as a state dict for `target` (a model's state_dict), every shape verified.
 
     key_map: 'names' (same names; the file's `classifier` tensors dropped), 'order' (another library's
-    names, same tensors in the same order, the file's 2 trailing classifier tensors dropped when the model
+    names, same tensors in the same order, the file's trailing classifier weight + bias dropped when the model
     has no classifier), 'auto' (names, else order). BatchNorm counters are taken from the model. Raises a
     ValueError naming the file, the first mismatching keys and the fix.
     """
@@ -119,7 +119,7 @@ def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     drop = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier or ()))
     has_head = any(k.startswith(drop) for k in target) if drop else True
     tries = {"names": lambda: _by_names(source, target, () if has_head else drop),
-             "order": lambda: _by_order(source, target, 0 if has_head else 2, Path(file))}
+             "order": lambda: _by_order(source, target, 0 if has_head else 2 * len(drop), Path(file))}
     state, reasons = None, []
     for how in (("names", "order") if key_map == "auto" else (key_map,)):
         state, why = tries[how]()
@@ -159,7 +159,7 @@ def packaged_file(backbone: str, packaged: DictConfig) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"package {entry.package} is not installed: `pip install -e '.[pretrained]'` "
                                 f"(or `make setup`), or pass src=PATH")
-    return Path(list(spec.submodule_search_locations)[0]) / str(entry.file)
+    return Path(next(iter(spec.submodule_search_locations))) / str(entry.file)
 
 
 def convert(src: str | Path, dst: str | Path, backbone: str, key_map: str = "auto") -> int:
