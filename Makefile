@@ -11,7 +11,7 @@ setup: .venv/.installed
 	@if [ -z "$(UV)" ]; then python3 -m pip install -q uv; fi
 	@UV=$$(command -v uv || echo "python3 -m uv"); \
 	  [ -x .venv/bin/python ] || $$UV venv -q .venv --python 3.11; \
-	  VIRTUAL_ENV=$(CURDIR)/.venv $$UV pip install -q -e '.[dev]'
+	  VIRTUAL_ENV=$(CURDIR)/.venv $$UV pip install -q -e '.[dev,pretrained]'
 	@touch $@
 
 demo: setup

@@ -28,7 +28,7 @@ def load_fold_model(run_fold_dir: str | Path) -> tuple[ProbabilityModel, dict]:
     """The fold's best.pt as an eval-mode waveform -> probability model, and its saved config."""
     run_fold_dir = Path(run_fold_dir)
     cfg = load_run_config(run_fold_dir)
-    model = build_model(cfg.model, cfg.audio, len(cfg.classes))
+    model = build_model(cfg.model, cfg.audio, len(cfg.classes), init_weights=False)
     load_weights(model, run_fold_dir / "best.pt")
     return ProbabilityModel(model).eval(), cfg
 

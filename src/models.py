@@ -16,6 +16,8 @@ import torchaudio
 from omegaconf import DictConfig
 from torch import nn
 
+from src.weights import load_pretrained
+
 log = logging.getLogger(__name__)
 
 
@@ -96,19 +98,19 @@ HEAD_ALIASES = {"linear": "pooled"}  # the pooled head's name in run configs sav
 class BirdModel(nn.Module):
     """waveform (B, samples) at audio.sample_rate -> clip logits (B, n_classes)."""
 
-    def __init__(self, model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int):
+    def __init__(self, model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int, init_weights: bool = True):
         super().__init__()
         in_chans = int(model_cfg.in_chans)
         self.frontend = MelFrontend(audio_cfg, in_chans)
-        kwargs = {"pretrained": bool(model_cfg.pretrained), "in_chans": in_chans, "num_classes": 0, "global_pool": "",
-                  "drop_path_rate": float(model_cfg.drop_path_rate)}
-        if model_cfg.pretrained:
-            if not model_cfg.weights or not Path(model_cfg.weights).exists():
+        self.backbone = timm.create_model(_timm_name(str(model_cfg.backbone)), pretrained=False, in_chans=in_chans,
+                                          num_classes=0, global_pool="",
+                                          drop_path_rate=float(model_cfg.drop_path_rate))
+        if model_cfg.pretrained and init_weights:
+            if not model_cfg.weights:
                 raise FileNotFoundError(
                     f"model.pretrained=true needs model.weights=PATH to a local checkpoint of {model_cfg.backbone} "
-                    f"(got {model_cfg.weights!r}); nothing is downloaded at run time")
-            kwargs["pretrained_cfg_overlay"] = {"file": str(model_cfg.weights)}
-        self.backbone = timm.create_model(_timm_name(str(model_cfg.backbone)), **kwargs)
+                    "(`python -m src.weights` converts one); nothing is downloaded at run time")
+            load_pretrained(self.backbone, model_cfg.weights, str(model_cfg.get("weights_key_map", "auto")))
         head = HEAD_ALIASES.get(str(model_cfg.head), str(model_cfg.head))
         if head not in HEADS:
             raise ValueError(f"model.head={model_cfg.head!r}: use one of {sorted(HEADS)}")
@@ -159,9 +161,10 @@ def _timm_name(name: str) -> str:
                      + f" (timm.list_models('{name.split('_')[0]}*') lists that family)")
 
 
-def build_model(model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int) -> BirdModel:
-    """Any timm backbone by name with the mel front end and the configured head."""
-    return BirdModel(model_cfg, audio_cfg, n_classes)
+def build_model(model_cfg: DictConfig, audio_cfg: DictConfig, n_classes: int, init_weights: bool = True) -> BirdModel:
+    """Any timm backbone by name with the mel front end and the configured head; its pretrained weights
+    (model.pretrained, model.weights) are loaded unless `init_weights` is False (a trained checkpoint follows)."""
+    return BirdModel(model_cfg, audio_cfg, n_classes, init_weights)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:

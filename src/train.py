@@ -496,7 +496,7 @@ def finish(run: Run) -> dict:
     """Reload best.pt, write oof.parquet, metrics.json and the report."""
     cfg, classes, val_df = run.cfg, run.classes, run.val_df
     duration = time.time() - run.started
-    model = build_model(cfg.model, cfg.audio, len(classes)).to(run.device)
+    model = build_model(cfg.model, cfg.audio, len(classes), init_weights=False).to(run.device)
     model.load_state_dict(torch.load(run.run_dir / "best.pt", map_location=run.device, weights_only=True)["model"])
     probs = predict(model, run.val_ds, list(range(len(run.val_ds))), int(cfg.train.val_batch_size), run.device,
                     run.dtype, "oof")
