@@ -4,7 +4,9 @@
 
     train.csv, taxonomy.csv, sample_submission.csv, solution.csv
     train_audio/<label>/<XC|iNat><id>.ogg      5-30 s recordings (plus very short ones)
-    train_soundscapes/train_soundscape_XXX.ogg  unlabelled 60 s noise beds
+    train_soundscapes/train_soundscape_XXX.ogg  unlabelled 60 s soundscapes, most with calls of 1-3 species
+    train_soundscapes_truth.csv                 their per-window truth (solution layout), for measuring
+                                                pseudo-labels only: nothing trains on it
     test_soundscapes/soundscape_XXX.ogg         60 s, 1-3 species; truth in solution.csv
 
 Every species has its own call shape in its own frequency band, so a small log-mel CNN can learn them.
@@ -46,6 +48,7 @@ TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common
 
 # Independent random streams: adding a file of one kind never reshuffles the others.
 _PLAN, _REC, _AMBIENT, _TEST = 0, 1, 2, 3
+TRUTH_CSV = "train_soundscapes_truth.csv"  # the unlabelled soundscapes' truth, beside solution.csv
 
 
 @dataclass(frozen=True)
@@ -402,40 +405,55 @@ def _plan_recordings(rng: np.random.Generator, species: list[Species], cfg: Any)
     return rows, jobs
 
 
-def _plan_soundscapes(rng: np.random.Generator, n_species: int, cfg: Any) -> tuple[list[dict], list[dict]]:
-    """Render jobs for the unlabelled train soundscapes and the test soundscapes."""
-    sr = int(cfg["sample_rate"])
-    n = round(float(cfg["soundscape_s"]) * sr)
-    ambient = []
+def _deal(rng: np.random.Generator, pool: list[int], k: int, n_species: int) -> list[int]:
+    """k different species dealt from reshuffled decks (`pool`), so every species comes up in turn."""
+    chosen: list[int] = []
+    while len(chosen) < min(k, n_species):
+        j = next((j for j, s in enumerate(pool) if s not in chosen), None)
+        if j is None:
+            pool += [int(x) for x in rng.permutation(n_species)]
+            continue
+        chosen.append(pool.pop(j))
+    return chosen
+
+
+def _plan_train_soundscapes(n_species: int, cfg: Any) -> list[dict]:
+    """Render jobs for the unlabelled train soundscapes: most hold calls of a few species, the rest ambience only.
+
+    Planned from their own random stream, so their number never reshuffles the rest of the competition.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), _PLAN, _AMBIENT]))
+    n = round(float(cfg["soundscape_s"]) * int(cfg["sample_rate"]))
     n_amb = int(cfg["n_train_soundscapes"])
+    pool: list[int] = []
+    jobs = []
     for i in range(n_amb):
-        tracks = []
+        chosen = []
         if rng.random() < float(cfg["train_soundscape_call_prob"]):
-            tracks.append({"species": int(rng.integers(n_species)), "mode": "bouts",
-                           "n_bouts": _irange(rng, cfg["train_soundscape_bouts"]),
-                           "snr_db": rng.uniform(*cfg["train_soundscape_snr_db"])})
-        ambient.append({"path": f"train_soundscapes/train_soundscape_{i:0{_width(n_amb)}d}.ogg", "n": n,
-                        "seed": [int(cfg["seed"]), _AMBIENT, i], "peak_dbfs": rng.uniform(*cfg["peak_dbfs"]),
-                        "tracks": tracks})
+            chosen = _deal(rng, pool, _irange(rng, cfg["train_soundscape_species"]), n_species)
+        tracks = [{"species": s, "mode": "bouts", "n_bouts": _irange(rng, cfg["train_soundscape_bouts"]),
+                   "snr_db": rng.uniform(*cfg["train_soundscape_snr_db"])} for s in chosen]
+        jobs.append({"path": f"train_soundscapes/train_soundscape_{i:0{_width(n_amb)}d}.ogg", "n": n,
+                     "seed": [int(cfg["seed"]), _AMBIENT, i], "peak_dbfs": rng.uniform(*cfg["peak_dbfs"]),
+                     "tracks": tracks})
+    return jobs
+
+
+def _plan_test_soundscapes(rng: np.random.Generator, n_species: int, cfg: Any) -> list[dict]:
+    """Render jobs for the test soundscapes (1-3 species each; truth in solution.csv)."""
+    n = round(float(cfg["soundscape_s"]) * int(cfg["sample_rate"]))
     test = []
     n_test = int(cfg["n_test_soundscapes"])
     pool: list[int] = []
     for i in range(n_test):
         # species are dealt from reshuffled decks, so as many species as possible get test positives
-        k = min(_irange(rng, cfg["test_species"]), n_species)
-        chosen: list[int] = []
-        while len(chosen) < k:
-            j = next((j for j, s in enumerate(pool) if s not in chosen), None)
-            if j is None:
-                pool += [int(x) for x in rng.permutation(n_species)]
-                continue
-            chosen.append(pool.pop(j))
+        chosen = _deal(rng, pool, _irange(rng, cfg["test_species"]), n_species)
         tracks = [{"species": s, "mode": "bouts", "n_bouts": _irange(rng, cfg["test_bouts_per_species"]),
                    "snr_db": rng.uniform(*cfg["test_snr_db"])} for s in chosen]
         test.append({"path": f"test_soundscapes/soundscape_{i:0{_width(n_test)}d}.ogg", "n": n,
                      "seed": [int(cfg["seed"]), _TEST, i], "peak_dbfs": rng.uniform(*cfg["peak_dbfs"]),
                      "tracks": tracks})
-    return ambient, test
+    return test
 
 
 def _width(n: int) -> int:
@@ -485,7 +503,8 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
     plain = OmegaConf.to_container(cfg, resolve=True)
     rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), _PLAN]))
     rows, rec_jobs = _plan_recordings(rng, species, plain)
-    amb_jobs, test_jobs = _plan_soundscapes(rng, len(species), plain)
+    amb_jobs = _plan_train_soundscapes(len(species), plain)
+    test_jobs = _plan_test_soundscapes(rng, len(species), plain)
     jobs = rec_jobs + amb_jobs + test_jobs
     for i, job in enumerate(jobs):
         job["id"] = i
@@ -525,13 +544,17 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
     row_ids, sol = _solution(test_jobs, results, species, cfg)
     pl.DataFrame({"row_id": row_ids, **{c: sol[:, j] for c, j in zip(cols, col_idx)}}).write_csv(
         root / "solution.csv")
+    # the unlabelled soundscapes' truth, for measuring pseudo-labels only: no stage trains on it
+    amb_ids, amb_sol = _solution(amb_jobs, results, species, cfg)
+    pl.DataFrame({"row_id": amb_ids, **{c: amb_sol[:, j] for c, j in zip(cols, col_idx)}},
+                 schema={"row_id": pl.Utf8, **{c: pl.Int64 for c in cols}}).write_csv(root / TRUTH_CSV)
     pl.DataFrame({"row_id": row_ids, **{c: np.full(len(row_ids), 1.0 / len(cols)) for c in cols}}).write_csv(
         root / "sample_submission.csv")
 
     sr = int(cfg.sample_rate)
     secs = [sum(j["n"] for j in js) / sr for js in (rec_jobs, amb_jobs, test_jobs)]
     return (f"{len(species)} species, {len(rec_jobs)} train recordings ({secs[0]:.0f} s), "
-            f"{len(amb_jobs)} train soundscapes ({secs[1]:.0f} s), {len(test_jobs)} test soundscapes "
+            f"{len(amb_jobs)} train soundscapes ({secs[1]:.0f} s, {int(amb_sol.sum())} positive labels), {len(test_jobs)} test soundscapes "
             f"({secs[2]:.0f} s, {len(row_ids)} windows, {int(sol.sum())} positive labels)")
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.synth import TAXONOMY_COLUMNS, TRAIN_COLUMNS, make_competition
 
 ROOT = Path(__file__).resolve().parents[1]
-CSVS = ("train.csv", "taxonomy.csv", "sample_submission.csv", "solution.csv")
+CSVS = ("train.csv", "taxonomy.csv", "sample_submission.csv", "solution.csv", "train_soundscapes_truth.csv")
 
 
 def small_cfg(**over) -> DictConfig:
@@ -128,3 +128,23 @@ def test_cli_replaces_only_a_competition(tmp_path):
     assert not (out / "stale.txt").exists() and not out.with_name("comp.tmp").exists()
     assert tuple(pl.read_csv(out / "train.csv").columns) == TRAIN_COLUMNS
     assert pl.read_csv(out / "train.csv").height == 2 and (out / "test_soundscapes").is_dir()
+
+
+def test_train_soundscapes_hold_calls_with_truth(tmp_path):
+    """The unlabelled soundscapes hold calls, and their truth (solution layout) says where."""
+    out = make_competition(tmp_path / "comp", small_cfg(n_train_soundscapes=3, train_soundscape_call_prob=1.0,
+                                                        n_test_soundscapes=0, recordings_per_species=[1, 1]))
+    truth = pl.read_csv(out / "train_soundscapes_truth.csv")
+    stems = [p.stem for p in sorted((out / "train_soundscapes").glob("*.ogg"))]
+    assert truth.columns == pl.read_csv(out / "sample_submission.csv").columns
+    assert truth["row_id"].to_list() == [f"{s}_{t}" for s in stems for t in range(5, 61, 5)]
+    y = truth.drop("row_id").to_numpy()
+    assert set(np.unique(y)) <= {0, 1}
+    per_file = y.reshape(len(stems), 12, -1).sum(axis=(1, 2))
+    assert (per_file > 0).all()  # call_prob 1: every soundscape holds calls
+    # a positive window is louder (above the bed) than the same file's negative windows, on average
+    audio, sr = sf.read(out / "train_soundscapes" / f"{stems[0]}.ogg", dtype="float32")
+    hp = np.diff(audio, append=0.0).reshape(12, -1).std(axis=1)
+    pos = y.reshape(len(stems), 12, -1)[0].sum(axis=1) > 0
+    if pos.any() and (~pos).any():
+        assert hp[pos].mean() > hp[~pos].mean()
