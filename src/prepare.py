@@ -3,7 +3,8 @@
 
 Cache layout (`data.cache_dir`):
     audio/<filename>.npy        int16 mono at audio.sample_rate, one per training recording
-    soundscapes/<stem>.npy      unlabelled soundscapes (background noise), same format
+    soundscapes/<stem>.npy      every unlabelled soundscape (pseudo-labelling, background noise), same format
+    soundscapes.parquet         filename, window, start_s, end_s, energy_db, silent: their 5 s windows
     recordings.parquet          filename, n_samples, ok, problem
     chunks.parquet              filename, chunk, start_s, end_s, energy_db, silent, labels, group, rating
     bad_files.csv               filename, problem (every recording that was skipped)
@@ -154,6 +155,64 @@ def class_report(meta: pl.DataFrame, chunks: pl.DataFrame, classes: list[str]) -
     return table.fill_null(0).sort("kept")
 
 
+SOUNDSCAPE_INDEX = "soundscapes.parquet"
+_WINDOW_SCHEMA = {"filename": pl.Utf8, "window": pl.Int32, "start_s": pl.Float64, "end_s": pl.Float64,
+                  "energy_db": pl.Float32, "silent": pl.Boolean}
+
+
+def soundscape_windows(filename: str, y: np.ndarray, cfg: DictConfig) -> pl.DataFrame:
+    """Consecutive `audio.window_s` windows of one cached soundscape (the last partial one padded, as the
+    submission scores it), with the chunks' energy score and silent flag."""
+    sr = int(cfg.audio.sample_rate)
+    window = round(float(cfg.audio.window_s) * sr)
+    starts = np.arange(-(-len(y) // window), dtype=np.int64) * window
+    energy = chunk_energy_db(y, starts, window, cfg.prepare.preemphasis)
+    return pl.DataFrame({"filename": [filename] * len(starts), "window": np.arange(len(starts)),
+                         "start_s": starts / sr, "end_s": np.minimum(starts + window, len(y)) / sr,
+                         "energy_db": energy,
+                         "silent": silent_mask(energy, cfg.prepare.silence.abs_db, cfg.prepare.silence.rel_db)},
+                        schema=_WINDOW_SCHEMA)
+
+
+def prepare_soundscapes(files: list[Path], cache_dir: Path, cfg: DictConfig) -> tuple[pl.DataFrame, list[tuple]]:
+    """Cache every unlabelled soundscape and write `<cache_dir>/soundscapes.parquet`, their window index.
+
+    A soundscape that is corrupt, empty, shorter than `prepare.soundscape_min_s` or silent (every window below
+    `prepare.silence.abs_db`) is skipped and returned in the bad list as (filename, problem).
+    Returns (window index, bad list).
+    """
+    sr = int(cfg.audio.sample_rate)
+    jobs = [CacheJob(str(p), str(cache_path(cache_dir, p.name, "soundscapes")), sr,
+                     float(cfg.prepare.soundscape_min_s)) for p in files]
+    results = cache_files(jobs, int(cfg.prepare.workers), "soundscapes") if jobs else {}
+    frames, bad = [], []
+    for job in jobs:
+        name = Path(job.source).name
+        problem = results[job.source][1]
+        if problem is None:
+            table = soundscape_windows(name, load_cached(Path(job.target)), cfg)
+            if (table["energy_db"] < float(cfg.prepare.silence.abs_db)).all():
+                problem = (f"{job.source}: silent soundscape (every window below prepare.silence.abs_db="
+                           f"{cfg.prepare.silence.abs_db} dBFS): nothing to pseudo-label, skipped")
+            else:
+                frames.append(table)
+        if problem is not None:
+            log.warning("skipped %s", problem)
+            bad.append((name, problem))
+    windows = pl.concat(frames) if frames else pl.DataFrame(schema=_WINDOW_SCHEMA)
+    _write_parquet(windows, cache_dir / SOUNDSCAPE_INDEX)
+    return windows, bad
+
+
+def load_soundscape_index(cache_dir: str | Path) -> pl.DataFrame:
+    """The unlabelled soundscapes' window index, with a clear error if prepare has not written it."""
+    path = Path(cache_dir) / SOUNDSCAPE_INDEX
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python -m src.prepare data=...` (it caches and indexes "
+                                "every unlabelled soundscape)")
+    return pl.read_parquet(path)
+
+
 def prepare(cfg: DictConfig) -> dict:
     """Build (or finish) the cache and chunk index for `cfg.data`; returns a summary dict."""
     comp = load_competition(cfg.data.root, cfg.data.layout)
@@ -174,12 +233,11 @@ def prepare(cfg: DictConfig) -> dict:
     good = meta.filter(pl.col("filename").is_in(list(n_samples)))
     chunks = build_chunk_index(good, n_samples, cache_dir, cfg)
 
-    soundscapes = comp.soundscape_files()
     limit = cfg.prepare.soundscapes
-    soundscapes = soundscapes if limit is None else soundscapes[: int(limit)]
-    sjobs = [CacheJob(str(p), str(cache_path(cache_dir, p.name, "soundscapes")), sr, 0.0) for p in soundscapes]
-    sres = cache_files(sjobs, int(cfg.prepare.workers), "soundscapes") if sjobs else {}
-    bad += [(Path(src).name, problem) for src, (n, problem) in sres.items() if problem is not None]
+    soundscapes = comp.soundscape_files() if limit is None else comp.soundscape_files()[: int(limit)]
+    windows, sbad = prepare_soundscapes(soundscapes, cache_dir, cfg)
+    sres = windows["filename"].unique().to_list()
+    bad += sbad
 
     recordings = pl.DataFrame({
         "filename": meta["filename"],
@@ -196,7 +254,8 @@ def prepare(cfg: DictConfig) -> dict:
                 "chunk_s": cfg.prepare.chunk_s, "overlap_s": cfg.prepare.overlap_s, "settings": cache_settings(cfg),
                 "classes": comp.classes,
                 "recordings": len(meta), "bad": len(bad), "chunks": chunks.height,
-                "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems}
+                "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems,
+                "soundscapes": len(sres), "soundscape_windows": windows.height}
     with atomic_write(cache_dir / "manifest.json") as tmp:
         Path(tmp).write_text(json.dumps(manifest, indent=1))
 

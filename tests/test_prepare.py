@@ -314,3 +314,39 @@ def test_prepare_xc45(tmp_path):
     assert chunks["filename"].n_unique() == 66 and chunks.height == result["chunks"]
     assert 0.0 <= result["silent_fraction"] < 0.5
     assert result["silent_fraction"] == pytest.approx(chunks["silent"].mean())
+
+
+# --- unlabelled soundscapes ------------------------------------------------------------------------
+
+def test_soundscape_index_skips_and_lists_bad_soundscapes(tiny_competition, tmp_path):
+    """Every unlabelled soundscape is cached and indexed in 5 s windows; bad ones are listed, the rest go on."""
+    sdir = tiny_competition / "train_soundscapes"
+    sf.write(sdir / "good.ogg", tone(12.0, 2000, noise=0.05, seed=3), SR)  # 2 full windows + a 2 s tail
+    sf.write(sdir / "good2.wav", tone(10.0, 3000, noise=0.05, seed=4), SR)
+    (sdir / "corrupt.ogg").write_bytes(np.random.default_rng(0).bytes(4000))
+    (sdir / "empty.ogg").write_bytes(b"")
+    sf.write(sdir / "short.ogg", tone(2.0, 2000), SR)
+    sf.write(sdir / "quiet.wav", np.full(6 * SR, 1e-5, np.float32), SR, subtype="FLOAT")
+    cache = tmp_path / "cache"
+    result = prep.prepare(prepare_config(tiny_competition, cache))
+
+    windows = prep.load_soundscape_index(cache)
+    assert windows.columns == ["filename", "window", "start_s", "end_s", "energy_db", "silent"]
+    assert sorted(windows["filename"].unique()) == ["good.ogg", "good2.wav"]
+    good = windows.filter(pl.col("filename") == "good.ogg").sort("window")
+    assert good["window"].to_list() == [0, 1, 2]
+    assert good["start_s"].to_list() == [0.0, 5.0, 10.0] and good["end_s"].to_list() == [5.0, 10.0, 12.0]
+    y = np.load(cache / "soundscapes" / "good.npy")
+    np.testing.assert_allclose(good["energy_db"].to_numpy(),
+                               reference_energy_db(y, np.array([0, 5 * SR, 10 * SR]), 5 * SR, 0.97), atol=1e-3)
+    bad = dict(pl.read_csv(cache / "bad_files.csv").iter_rows())
+    expect = {"corrupt.ogg": "cannot decode", "empty.ogg": "empty file", "short.ogg": "too short",
+              "quiet.wav": "silent soundscape"}
+    for name, what in expect.items():
+        assert what in bad[name] and name in bad[name], (name, bad.get(name))
+    assert result["soundscapes"] == 2 and result["soundscape_windows"] == windows.height == 5
+
+
+def test_soundscape_index_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="src.prepare"):
+        prep.load_soundscape_index(tmp_path)
