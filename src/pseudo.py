@@ -1,0 +1,233 @@
+"""`python -m src.pseudo teacher=<ensemble | run | birdnet | perch>`: soft pseudo-labels for every unlabelled
+soundscape window.
+
+The teacher (an ensemble's members, weights, blend and post-processing, or one run of any kind, loaded with
+`src.export.eager_runtime`) predicts every window of prepare's soundscape index, each file decoded once and
+windows batched across files. The probabilities are transformed (smoothing over neighbouring windows,
+temperature, power, threshold) and written as a parquet (`filename, window, start_s, end_s, <class>...`) with
+a sidecar `<file>.json` (teacher, round, classes, competition, transform). When the windows' truth is known
+(the demo's `train_soundscapes_truth.csv`), the macro ROC-AUC of the pseudo-labels against it is printed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import polars as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from src import config as _config  # noqa: F401  (registers the root_tag resolver)
+from src.competition import load_competition
+from src.ensemble import fold_dirs, predict_members
+from src.export import eager_runtime
+from src.io import atomic_write
+from src.metrics import macro_auc
+from src.prepare import load_soundscape_index
+from src.soundscape import combine_members, postprocess_rows, row_ids
+
+log = logging.getLogger(__name__)
+KEYS = ["filename", "window", "start_s", "end_s"]
+
+
+class PseudoLabelError(ValueError):
+    """A pseudo-label file or teacher that cannot be used; the message names it and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------- teacher
+
+def resolve_teacher(name: str, runs_dir: Path, ensembles_dir: Path, inference: DictConfig) -> dict:
+    """The teacher `name` as {members: [{run, fold_dirs, weight}], blend, power, inference, kind}.
+
+    An ensemble (`ensembles/<name>/ensemble.yaml`) brings its members, weights, blend and inference settings;
+    otherwise a run (`runs/<name>/fold*/`, e.g. the teacher runs `birdnet`, `perch`) is a one-member teacher
+    with the given `inference` settings.
+    """
+    if not name:
+        raise PseudoLabelError("no teacher: python -m src.pseudo teacher=<ensemble or run name>")
+    spec = Path(ensembles_dir) / str(name) / "ensemble.yaml"
+    if spec.exists():
+        ens = OmegaConf.load(spec)
+        ens_runs = Path(ens.get("runs_dir", runs_dir))
+        members = [{"run": m.run, "weight": float(m.weight),
+                    "fold_dirs": [str(ens_runs / m.run / f"fold{k}") for k in m.folds]} for m in ens.members]
+        return {"kind": "ensemble", "name": str(name), "members": members, "blend": str(ens.blend),
+                "power": float(ens.power), "inference": ens.inference}
+    if not (Path(runs_dir) / str(name)).is_dir():
+        raise PseudoLabelError(f"teacher {name!r}: neither {spec} nor a run folder {Path(runs_dir) / str(name)}/ "
+                               "exists: build it (`python -m src.ensemble`, `python -m src.train`, or the teacher "
+                               "run, e.g. `python -m src.probe teacher=birdnet`) or check the name")
+    dirs = [str(d) for d in fold_dirs(Path(runs_dir), str(name))]
+    return {"kind": "run", "name": str(name), "members": [{"run": str(name), "weight": 1.0, "fold_dirs": dirs}],
+            "blend": "mean", "power": 1.0, "inference": inference}
+
+
+def teacher_classes(teacher: dict) -> list[str]:
+    """The class list every fold of the teacher was trained on (they must agree)."""
+    classes = None
+    for d in (d for m in teacher["members"] for d in m["fold_dirs"]):
+        fold_classes = list(OmegaConf.load(Path(d) / "config.yaml").classes)
+        if classes is not None and fold_classes != classes:
+            raise PseudoLabelError(f"{d}: its classes differ from the teacher's other folds'")
+        classes = fold_classes
+    return classes
+
+
+def predict_windows(teacher: dict, files: list[Path], n_classes: int, threads: int) -> tuple[list[str], np.ndarray]:
+    """The teacher's blended, post-processed probabilities of every 5 s window of `files` (row_ids, (N, C))."""
+    cfg = OmegaConf.create({"ensemble": OmegaConf.to_container(teacher["inference"], resolve=True)})
+    if threads:
+        torch.set_num_threads(threads)
+    ids, preds, problems = predict_members(teacher["members"], files, cfg, n_classes,
+                                           lambda d: eager_runtime(d, threads))
+    for p in problems:
+        log.warning(p)
+    post = OmegaConf.to_container(cfg.ensemble.postprocess, resolve=True) or {}
+    probs = combine_members(preds, [m["weight"] for m in teacher["members"]], teacher["blend"], teacher["power"],
+                            ids, post, np.zeros(n_classes, np.float32))
+    return ids, probs
+
+
+# -------------------------------------------------------------------------------------------- transforms
+
+def class_thresholds(threshold, classes: list[str]) -> np.ndarray:
+    """Per-class thresholds from one number or a mapping {default: t, <class>: t}."""
+    if isinstance(threshold, int | float):
+        return np.full(len(classes), float(threshold), np.float32)
+    table = dict(threshold)
+    unknown = set(table) - set(classes) - {"default"}
+    if unknown:
+        raise PseudoLabelError(f"pseudo.transform.threshold names unknown classes {sorted(unknown)[:5]}")
+    return np.array([float(table.get(c, table.get("default", 0.0))) for c in classes], np.float32)
+
+
+def transform(probs: np.ndarray, ids: list[str], classes: list[str], tcfg) -> np.ndarray:
+    """Smoothing over neighbouring windows, then temperature, power and threshold (labels below it zeroed)."""
+    out = postprocess_rows(ids, probs, {"smoothing": tcfg.get("smoothing")}) if tcfg.get("smoothing") else probs
+    out = np.clip(out.astype(np.float64), 1e-7, 1 - 1e-7)
+    temperature = float(tcfg.get("temperature", 1.0))
+    if temperature <= 0:
+        raise PseudoLabelError(f"pseudo.transform.temperature={temperature}: must be > 0")
+    if temperature != 1.0:
+        logit = np.log(out) - np.log1p(-out)
+        out = 1 / (1 + np.exp(-logit / temperature))
+    out = out ** float(tcfg.get("power", 1.0))
+    out[out < class_thresholds(tcfg.get("threshold", 0.0), classes)] = 0.0
+    return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- file checks
+
+def sidecar(path: str | Path) -> Path:
+    return Path(str(path) + ".json")
+
+
+def load_pseudo(path: str | Path, classes: list[str], competition: str) -> tuple[pl.DataFrame, dict]:
+    """A pseudo-label parquet and its sidecar, checked against the class list and competition of the caller."""
+    path = Path(path)
+    if not path.exists() or not sidecar(path).exists():
+        raise PseudoLabelError(f"{path}: pseudo-label file or its sidecar {sidecar(path).name} not found: write "
+                               "it with `python -m src.pseudo teacher=...`")
+    meta = json.loads(sidecar(path).read_text())
+    if meta.get("competition") != competition:
+        raise PseudoLabelError(f"{path}: pseudo-labels of competition {meta.get('competition')!r}, not "
+                               f"{competition!r}: pseudo-label this competition's soundscapes")
+    if meta.get("classes") != list(classes):
+        raise PseudoLabelError(f"{path}: its class list ({len(meta.get('classes') or [])} classes) differs from "
+                               f"this competition's ({len(classes)}, sample_submission order): pseudo-label again")
+    table = pl.read_parquet(path)
+    missing = [c for c in KEYS + list(classes) if c not in table.columns]
+    if missing:
+        raise PseudoLabelError(f"{path}: missing columns {missing[:5]}: not a src.pseudo file")
+    return table, meta
+
+
+# ------------------------------------------------------------------------------------------------ truth
+
+def truth_auc(truth_csv: Path | None, ids: list[str], probs: np.ndarray, classes: list[str]) -> float | None:
+    """Macro ROC-AUC of window probabilities against a solution-like truth CSV (None when unknown)."""
+    if truth_csv is None or not truth_csv.exists():
+        return None
+    truth = pl.read_csv(truth_csv)
+    pred = pl.DataFrame({"row_id": ids, **{c: probs[:, i] for i, c in enumerate(classes)}})
+    both = truth.select("row_id", *classes).join(pred, on="row_id", how="inner", suffix="_p")
+    if both.height == 0:
+        return None
+    try:
+        return macro_auc(both.select(classes).to_numpy(), both.select([f"{c}_p" for c in classes]).to_numpy())
+    except ValueError:  # no class with both positives and negatives
+        return None
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+def _window_ids(index: pl.DataFrame, window_s: float) -> list[str]:
+    stems = [Path(f).stem for f in index["filename"].to_list()]
+    return [f"{s}_{round((w + 1) * window_s)}" for s, w in zip(stems, index["window"].to_list())]
+
+
+def pseudo_label(cfg: DictConfig) -> dict:
+    """Predict, transform and write the pseudo-labels of `cfg.pseudo`; returns the sidecar's content."""
+    pcfg = cfg.pseudo
+    comp = load_competition(cfg.data.root, cfg.data.layout)
+    teacher = resolve_teacher(pcfg.teacher, Path(cfg.runs_dir), Path(cfg.ensembles_dir), cfg.ensemble)
+    classes = teacher_classes(teacher)
+    if classes != comp.classes:
+        raise PseudoLabelError(f"teacher {pcfg.teacher!r}: its classes differ from {comp.sample_submission}'s "
+                               "(trained on another competition?)")
+    index = load_soundscape_index(cfg.data.cache_dir).sort("filename", "window")
+    if index.height == 0:
+        raise PseudoLabelError(f"{Path(cfg.data.cache_dir) / 'soundscapes.parquet'}: no unlabelled window "
+                               f"(no good soundscape in {comp.soundscape_dir})")
+    files = [comp.soundscape_dir / f for f in index["filename"].unique(maintain_order=True).to_list()]
+    ids, raw = predict_windows(teacher, files, len(classes), int(cfg.threads))
+    window_s = float(cfg.audio.window_s)  # prepare cut the index's windows with it
+    pos = {r: i for i, r in enumerate(ids)}
+    want = _window_ids(index, window_s)
+    if any(r not in pos for r in want):
+        raise PseudoLabelError(f"teacher {pcfg.teacher!r} cuts windows other than the index's {window_s:g} s ones")
+    rows = np.array([pos[r] for r in want])
+    raw = raw[rows]
+    probs = transform(raw, want, classes, pcfg.transform)
+    truth = Path(pcfg.truth) if pcfg.truth else None
+    meta = {"teacher": str(pcfg.teacher), "teacher_kind": teacher["kind"], "round": int(pcfg.round),
+            "members": [m["run"] for m in teacher["members"]], "classes": classes,
+            "competition": str(cfg.data.competition), "data": str(cfg.data.name), "windows": len(want),
+            "transform": OmegaConf.to_container(pcfg.transform, resolve=True),
+            "teacher_auc": truth_auc(truth, want, raw, classes), "pseudo_auc": truth_auc(truth, want, probs, classes)}
+    write_pseudo(Path(pcfg.out), index.select(KEYS), probs, meta)
+    return meta
+
+
+def write_pseudo(out: Path, keys: pl.DataFrame, probs: np.ndarray, meta: dict) -> None:
+    """The parquet and its sidecar, each written to a temporary name and renamed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = keys.with_columns([pl.Series(c, probs[:, i], dtype=pl.Float32) for i, c in enumerate(meta["classes"])])
+    with atomic_write(out) as tmp:
+        table.write_parquet(tmp)
+    with atomic_write(sidecar(out)) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=1))
+    mass = probs.sum(axis=1)
+    print(f"wrote {out}: {len(probs)} windows from teacher {meta['teacher']} (round {meta['round']}), "
+          f"mean label mass {mass.mean():.3f}, {np.mean(mass > 0):.0%} windows with a label")
+    if meta["pseudo_auc"] is not None:
+        print(f"pseudo-label macro ROC-AUC against the truth: {meta['pseudo_auc']:.4f} "
+              f"(teacher before the transform {meta['teacher_auc']:.4f})")
+
+
+@hydra.main(config_path="../configs", config_name="pseudo", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        pseudo_label(cfg)
+    except (PseudoLabelError, FileNotFoundError) as exc:
+        sys.exit(f"src.pseudo: {exc}")
+
+
+if __name__ == "__main__":
+    # here `teacher=<name>` names the teacher run or ensemble, not src.teacher's config group
+    sys.argv = [f"pseudo.{a}" if a.startswith("teacher=") else a for a in sys.argv]
+    main()
