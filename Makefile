@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo selftrain-demo test lint bench clean
 
 setup: .venv/.installed
 
@@ -26,6 +26,16 @@ demo: setup
 	  compare=ensembles/demo/submission.csv
 	$(PY) -m src.leaderboard
 
+# Self-training on the demo: a teacher (round 0), one round of pseudo-labels + a student, each round's CV,
+# the pseudo-label AUC against the synth truth and each round's demo test score (experiment=demo_st).
+selftrain-demo: setup
+	$(PY) -m src.synth
+	$(PY) -m src.folds data=demo experiment=demo
+	$(PY) -m src.prepare data=demo
+	$(PY) -m src.train data=demo experiment=demo_st model=mobilenetv3_small exp=st_r0 fold=0
+	$(PY) -m src.selftrain data=demo rounds=1 round0=st_r0 name=demo_st
+	$(PY) -m src.leaderboard
+
 test: setup
 	$(PY) -m pytest tests
 
@@ -38,4 +48,4 @@ bench: setup
 	$(PY) bench/inference.py
 
 clean:
-	rm -rf runs ensembles cache data/demo kernels/demo leaderboard.md leaderboard.csv
+	rm -rf runs ensembles cache pseudo data/demo kernels/demo leaderboard.md leaderboard.csv

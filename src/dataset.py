@@ -71,3 +71,79 @@ class ChunkDataset(Dataset):
             wave = self.wave_augment(wave)
         return torch.from_numpy(np.ascontiguousarray(wave, np.float32)), self.targets[row], self.masks[row], \
             self.weights[row]
+
+
+class PseudoWindowDataset(ChunkDataset):
+    """Pseudo-labelled windows of the cached unlabelled soundscapes (`src.pseudo` files) with soft targets.
+
+    Indexed like ChunkDataset; returns (wave, soft target (C,), loss mask of ones (C,), `weight`).
+    """
+
+    def __init__(self, table: pl.DataFrame, cache_dir: Path, classes: list[str], sample_rate: int, window_s: float,
+                 weight: float = 1.0, jitter_s: float = 0.0, wave_augment: Callable | None = None):
+        self.chunks = table
+        self.cache_dir = Path(cache_dir)
+        self.window = round(window_s * sample_rate)
+        self.jitter = round(jitter_s * sample_rate)
+        self.wave_augment = wave_augment
+        self.filenames = table["filename"].to_list()
+        self.starts = (table["start_s"].to_numpy() * sample_rate).round().astype(np.int64)
+        self.targets = torch.from_numpy(table.select(classes).to_numpy().astype(np.float32))
+        self.masks = torch.ones_like(self.targets)
+        self.weights = torch.full((table.height,), float(weight))
+        self._audio = {}
+
+    def _recording(self, filename: str) -> np.ndarray:
+        if filename not in self._audio:
+            self._audio[filename] = load_cached(cache_path(self.cache_dir, filename, "soundscapes"))
+        return self._audio[filename]
+
+
+class PseudoBatches:
+    """Labelled batches joined, step by step, by batches of pseudo-labelled windows.
+
+    `mode="batch"`: the pseudo windows are appended to the batch (the clip loader is built with the smaller
+    batch size). `mode="mixup"`: each clip is mixed, with probability `p`, with one pseudo window: wave
+    lam * clip + (1 - lam) * window, lam ~ Beta(alpha, alpha), labels combined by `label` (max or weighted);
+    the clip keeps its loss mask and weight. Iterates like the clip loader: (wave, target, mask, weight).
+    """
+
+    def __init__(self, clips, pseudo, mode: str, p: float = 1.0, alpha: float = 0.5, label: str = "max",
+                 ):
+        if mode not in ("batch", "mixup"):
+            raise ValueError(f"pseudo.mode={mode!r}: use batch or mixup")
+        if label not in ("max", "weighted"):
+            raise ValueError(f"pseudo.mixup.label={label!r}: use max or weighted")
+        self.clips, self.pseudo, self.mode = clips, pseudo, mode
+        self.p, self.alpha, self.label = float(p), float(alpha), label
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self):
+        # the windows' epoch follows the clips' (so a resumed run repeats it); mixing draws come from torch's
+        # global RNG, which training reseeds every epoch
+        self.pseudo.sampler.set_epoch(getattr(self.clips.sampler, "epoch", 0))
+        windows = iter(self.pseudo)
+        for clip in self.clips:
+            extra = next(windows, None)
+            if extra is None:  # the pseudo sampler's epoch ran out: start it again
+                windows = iter(self.pseudo)
+                extra = next(windows)
+            yield self._join(clip, extra)
+
+    def _join(self, clip, extra):
+        if self.mode == "batch":
+            return tuple(torch.cat([a, b]) for a, b in zip(clip, extra, strict=True))
+        wave, target, mask, weight = clip
+        n = min(len(wave), len(extra[0]))
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((n,)) if self.alpha > 0 else torch.ones(n)
+        lam = torch.where(torch.rand(n) < self.p, lam, torch.ones(n))
+        wave, target = wave.clone(), target.clone()
+        wave[:n] = lam[:, None] * wave[:n] + (1 - lam[:, None]) * extra[0][:n]
+        mixed = lam < 1
+        other = extra[1][:n]
+        combined = torch.maximum(target[:n], other) if self.label == "max" else \
+            lam[:, None] * target[:n] + (1 - lam[:, None]) * other
+        target[:n] = torch.where(mixed[:, None], combined, target[:n])
+        return wave, target, mask, weight

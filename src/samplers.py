@@ -83,3 +83,20 @@ def build_sampler(cfg, labels: np.ndarray, seed: int, rank: int = 0, world: int 
     if cfg.kind == "shuffle":
         return ShuffleSampler(labels, seed, rank, world)
     raise ValueError(f"sampler.kind={cfg.kind!r}: use balanced, weighted or shuffle")
+
+
+class MassSampler(_EpochSampler):
+    """`epoch_size` pseudo-labelled windows drawn with replacement, p ~ (label mass + floor)^power
+    (power 0 = uniform): windows the teacher found calls in come up more often than empty ambience."""
+
+    def __init__(self, mass: np.ndarray, power: float, floor: float, epoch_size: int, seed: int, rank: int = 0,
+                 world: int = 1):
+        super().__init__(mass, seed, rank, world)
+        w = (np.asarray(mass, np.float64) + float(floor)) ** float(power)
+        if not np.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError("pseudo.sampler: the window weights are not positive: raise pseudo.sampler.floor")
+        self.p = w / w.sum()
+        self.epoch_size = int(epoch_size)
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(len(self.p), self.epoch_size, replace=True, p=self.p)

@@ -29,14 +29,14 @@ from tqdm import tqdm
 
 from src import config as cfglib
 from src.augment import BatchAugment, NoiseBank, build_wave_augment
-from src.dataset import ChunkDataset
+from src.dataset import ChunkDataset, PseudoBatches, PseudoWindowDataset
 from src.folds import folds_path, load_folds
 from src.io import atomic_write
 from src.metrics import macro_auc, padded_cmap, per_class_auc, primary_one_hot
 from src.metrics import select as select_metric
 from src.models import BirdModel, build_model
-from src.prepare import check_cache_settings
-from src.samplers import build_sampler
+from src.prepare import check_cache_settings, load_soundscape_index
+from src.samplers import MassSampler, build_sampler
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,9 @@ def train(cfg: DictConfig) -> dict:
 
 
 def start_run(cfg: DictConfig) -> Run:
-    """Distributed set-up, device, threads and seed; the run's name and folder; this fold's train/val chunks."""
+    """Distributed set-up, device, threads and seed; the run's name and folder; this fold's train/val chunks
+    (and the noisy student's config, `pseudo.noisy_student`)."""
+    cfg = noisy_student(cfg)
     d = setup_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     device = pick_device(cfg, d)
     if device.type == "cpu" and cfg.train.threads:
@@ -270,7 +272,8 @@ def start_run(cfg: DictConfig) -> Run:
 
 
 def build_train_data(run: Run) -> tuple[Dataset, Sampler, DataLoader]:
-    """The training dataset (labelled chunks, wave augs, background noise), its sampler and loader.
+    """The training dataset (labelled chunks, wave augs, background noise), its sampler and loader (joined by
+    pseudo-labelled soundscape windows with `pseudo.path`).
 
     The one place that decides what a training batch is drawn from.
     """
@@ -283,10 +286,64 @@ def build_train_data(run: Run) -> tuple[Dataset, Sampler, DataLoader]:
     dataset = ChunkDataset(run.train_df, cache, run.classes, sr, window, cfg.labels.secondary, jitter, wave_aug,
                            cfg.labels.rating_weight)
     sampler = build_sampler(cfg.sampler, run.train_df["primary_label"].to_numpy(), cfg.seed, d.rank, d.world)
-    loader = DataLoader(dataset, batch_size=int(cfg.train.batch_size), sampler=sampler, drop_last=True,
-                        num_workers=int(cfg.train.num_workers), pin_memory=run.device.type == "cuda",
+    loader = DataLoader(dataset, batch_size=int(cfg.train.batch_size) - pseudo_batch_size(cfg), sampler=sampler,
+                        drop_last=True, num_workers=int(cfg.train.num_workers), pin_memory=run.device.type == "cuda",
                         persistent_workers=int(cfg.train.num_workers) > 0)
-    return dataset, sampler, loader
+    return dataset, sampler, with_pseudo(run, loader, wave_aug)
+
+
+def noisy_student(cfg: DictConfig) -> DictConfig:
+    """With `pseudo.noisy_student`, the config with `pseudo.noise` merged in (drop path, dropout, stronger augs)."""
+    if not cfg.pseudo.noisy_student:
+        return cfg
+    merged = OmegaConf.merge(cfg, cfg.pseudo.noise)
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def pseudo_batch_size(cfg: DictConfig) -> int:
+    """Pseudo-labelled windows per batch in batch mode (0 when off or in mixup mode)."""
+    if not cfg.pseudo.path or cfg.pseudo.mode != "batch":
+        return 0
+    k = round(float(cfg.pseudo.ratio) * int(cfg.train.batch_size))
+    if not 0 < k < int(cfg.train.batch_size):
+        raise ValueError(f"pseudo.ratio={cfg.pseudo.ratio} leaves no clip or no pseudo window in a batch of "
+                         f"{cfg.train.batch_size}: use a ratio strictly between 0 and 1")
+    return k
+
+
+def load_pseudo_windows(cfg: DictConfig, classes: list[str]) -> pl.DataFrame:
+    """The checked pseudo-label table of `pseudo.path`, without the windows prepare marked silent (by default)."""
+    from src.pseudo import load_pseudo
+
+    table, meta = load_pseudo(cfg.pseudo.path, classes, str(cfg.data.competition))
+    if not cfg.pseudo.include_silent:
+        index = load_soundscape_index(cfg.data.cache_dir).select("filename", "window", "silent")
+        table = table.join(index, on=["filename", "window"], how="inner").filter(~pl.col("silent")).drop("silent")
+    if table.height == 0:
+        raise ValueError(f"{cfg.pseudo.path}: no pseudo-labelled window left (all silent or not in this cache)")
+    print(f"pseudo-labels {cfg.pseudo.path}: {table.height} windows from teacher {meta['teacher']} "
+          f"(round {meta['round']}), mode {cfg.pseudo.mode}")
+    return table
+
+
+def with_pseudo(run: Run, clips: DataLoader, wave_aug) -> DataLoader:
+    """The clip loader joined by pseudo-labelled soundscape windows (`pseudo.*`; training only, never validated
+    on), or the clip loader itself when `pseudo.path` is unset."""
+    cfg, d = run.cfg, run.dist
+    if not cfg.pseudo.path:
+        return clips
+    table = load_pseudo_windows(cfg, run.classes)
+    ds = PseudoWindowDataset(table, Path(cfg.data.cache_dir), run.classes, int(cfg.audio.sample_rate),
+                             float(cfg.audio.window_s), float(cfg.pseudo.weight), wave_augment=wave_aug)
+    k = pseudo_batch_size(cfg) or int(cfg.train.batch_size)
+    mass = table.select(run.classes).to_numpy().sum(axis=1)
+    sampler = MassSampler(mass, float(cfg.pseudo.sampler.power), float(cfg.pseudo.sampler.floor),
+                          len(clips) * k * d.world, int(cfg.seed) + 1, d.rank, d.world)
+    windows = DataLoader(ds, batch_size=k, sampler=sampler, drop_last=True, num_workers=int(cfg.train.num_workers),
+                         pin_memory=run.device.type == "cuda")
+    mix = cfg.pseudo.mixup
+    return PseudoBatches(clips, windows, str(cfg.pseudo.mode), float(mix.p), float(mix.alpha), str(mix.label))
 
 
 def count_epoch_steps(run: Run) -> int:

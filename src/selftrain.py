@@ -1,0 +1,189 @@
+"""`python -m src.selftrain rounds=N round0=<ensemble or run>`: noisy-student self-training on the unlabelled
+soundscapes.
+
+Round 0 is the given ensemble or run (copied, or ensembled alone, as `<name>_r0`). Round k: `src.pseudo`
+labels every unlabelled window with `<name>_r<k-1>`, each student trains on the clips plus those labels
+(`src.train pseudo.path=...`, or an embedding probe), and `src.ensemble` blends the students as `<name>_r<k>`.
+Every round is an ensemble folder, so a leaderboard row; the round with the best CV (`select`: the soundscape
+CV when every round has one, else the nested OOF score, never a test score) is copied to `ensembles/<name>/`
+with `selftrain.json`, the table of rounds (CV, pseudo-label AUC when the truth is known, test score when a
+solution exists, time).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from src import config as cfglib
+from src.io import atomic_write
+
+log = logging.getLogger(__name__)
+# student command -> (config name, "module:function", the key naming its run, the key taking the pseudo-labels)
+COMMANDS = {"train": ("train", "src.train:train", "exp", "pseudo.path"),
+            "probe": ("teacher", "src.probe:train_probe", "probe.exp", "probe.pseudo")}
+
+
+def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
+    """A stage's config as its command line would compose it (inside or outside a running Hydra app)."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=overrides)
+    with initialize_config_dir(config_dir=cfglib.CONFIG_DIR, version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def _call(target: str, cfg: DictConfig):
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)(cfg)
+
+
+def _ensemble_yaml(cfg: DictConfig, name: str) -> Path:
+    return Path(cfg.ensembles_dir) / name / "ensemble.yaml"
+
+
+def _dirs(cfg: DictConfig) -> list[str]:
+    return list(cfg.stage_overrides) + [f"runs_dir={cfg.runs_dir}"]
+
+
+def round_zero(cfg: DictConfig) -> None:
+    """`<name>_r0`: a copy of the round-0 ensemble, or an ensemble of the round-0 run alone."""
+    out = Path(cfg.ensembles_dir) / f"{cfg.name}_r0"
+    if cfg.resume and (out / "ensemble.yaml").exists():
+        return
+    source = _ensemble_yaml(cfg, str(cfg.round0))
+    if source.exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source.parent, tmp)
+        summary = OmegaConf.load(tmp / "ensemble.yaml")
+        summary.name = out.name
+        OmegaConf.save(summary, tmp / "ensemble.yaml")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        return
+    if not (Path(cfg.runs_dir) / str(cfg.round0)).is_dir():
+        raise FileNotFoundError(f"round0={cfg.round0!r}: neither {source} nor {Path(cfg.runs_dir) / str(cfg.round0)}/ "
+                                "exists: give an ensemble or a run (e.g. birdnet, a probe run, a CNN run)")
+    run_ensemble(cfg, [str(cfg.round0)], out.name)
+
+
+def run_ensemble(cfg: DictConfig, runs: list[str], name: str) -> None:
+    from src.ensemble import run
+
+    run(compose_stage("ensemble", [*_dirs(cfg), f"ensembles_dir={cfg.ensembles_dir}", f"runs=[{','.join(runs)}]",
+                                   f"name={name}", *cfg.ensemble_overrides]))
+
+
+def pseudo_round(cfg: DictConfig, k: int) -> Path:
+    """Round k's pseudo-labels, from round k-1's ensemble; returns the parquet."""
+    from src.pseudo import pseudo_label
+
+    teacher = f"{cfg.name}_r{k - 1}"
+    out = Path(cfg.pseudo_dir) / str(cfg.data.name) / f"{teacher}.parquet"
+    if not (cfg.resume and out.exists()):
+        pseudo_label(compose_stage("pseudo", [*_dirs(cfg), f"ensembles_dir={cfg.ensembles_dir}",
+                                              f"pseudo.teacher={teacher}", f"pseudo.round={k - 1}",
+                                              f"pseudo.out={out}", *cfg.pseudo_overrides]))
+    return out
+
+
+def train_students(cfg: DictConfig, k: int, labels: Path) -> list[str]:
+    """Every student of round k on every fold; returns their run names."""
+    exps = []
+    for student in cfg.students:
+        config_name, target, exp_key, pseudo_key = COMMANDS[str(student.get("command", "train"))]
+        exp = f"{student.exp}_r{k}"
+        for fold in cfg.folds:
+            if cfg.resume and (Path(cfg.runs_dir) / exp / f"fold{fold}" / "metrics.json").exists():
+                continue
+            extra = list(cfg.train_overrides) if config_name == "train" else []
+            _call(target, compose_stage(config_name, [*_dirs(cfg), *student.overrides, *extra, f"{exp_key}={exp}",
+                                                      f"fold={fold}", f"{pseudo_key}={labels}"]))
+        exps.append(exp)
+    return exps
+
+
+def round_record(cfg: DictConfig, k: int, seconds: float, labels: Path | None) -> dict:
+    """One row of the rounds table, read from the round's ensemble.yaml and its pseudo-labels' sidecar."""
+    summary = OmegaConf.to_container(OmegaConf.load(_ensemble_yaml(cfg, f"{cfg.name}_r{k}")))
+    meta = json.loads(Path(f"{labels}.json").read_text()) if labels else {}
+    return {"round": k, "ensemble": f"{cfg.name}_r{k}", "members": [m["run"] for m in summary["members"]],
+            "oof_score": summary.get("oof_score"), "soundscape_auc": summary.get("soundscape_auc"),
+            "test_score": summary.get("test_score"), "pseudo_auc": meta.get("pseudo_auc"),
+            "seconds": round(seconds, 1)}
+
+
+def best_round(rounds: list[dict], select: str) -> tuple[int, str]:
+    """The round with the highest CV and which CV decided (soundscape_auc when every round has it)."""
+    key = select
+    if select == "auto":
+        key = "soundscape_auc" if all(r.get("soundscape_auc") is not None for r in rounds) else "oof_score"
+    if key not in ("soundscape_auc", "oof_score") or any(r.get(key) is None for r in rounds):
+        raise ValueError(f"select={select}: {key} is not known for every round (use auto or oof_score)")
+    return max(rounds, key=lambda r: r[key])["round"], key
+
+
+def selftrain(cfg: DictConfig) -> dict:
+    """Run round 0 and `cfg.rounds` rounds of self-training; returns the summary written to selftrain.json."""
+    if not cfg.round0:
+        raise ValueError("round0=<ensemble or run>: the teacher of round 1 (e.g. round0=birdnet)")
+    t0 = time.time()
+    round_zero(cfg)
+    rounds = [round_record(cfg, 0, time.time() - t0, None)]
+    for k in range(1, int(cfg.rounds) + 1):
+        t0 = time.time()
+        labels = pseudo_round(cfg, k)
+        exps = train_students(cfg, k, labels)
+        if not (cfg.resume and _ensemble_yaml(cfg, f"{cfg.name}_r{k}").exists()):
+            run_ensemble(cfg, exps, f"{cfg.name}_r{k}")
+        rounds.append(round_record(cfg, k, time.time() - t0, labels))
+        print_rounds(rounds)
+    best, key = best_round(rounds, str(cfg.select))
+    summary = {"name": str(cfg.name), "round0": str(cfg.round0), "best_round": best, "selected_by": key,
+               "rounds": rounds}
+    keep_best(cfg, best, summary)
+    print_rounds(rounds)
+    print(f"best round by {key}: {best} -> {Path(cfg.ensembles_dir) / str(cfg.name)}")
+    return summary
+
+
+def keep_best(cfg: DictConfig, best: int, summary: dict) -> None:
+    """`ensembles/<name>/` becomes a copy of the chosen round (renamed into place), with selftrain.json."""
+    out = Path(cfg.ensembles_dir) / str(cfg.name)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(Path(cfg.ensembles_dir) / f"{cfg.name}_r{best}", tmp)
+    with atomic_write(tmp / "selftrain.json") as part:
+        Path(part).write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def print_rounds(rounds: list[dict]) -> None:
+    def num(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    print("round  ensemble                 oof_score  soundscape_auc  pseudo_auc  test_score  minutes")
+    for r in rounds:
+        print(f"{r['round']:5d}  {r['ensemble']:<24} {num(r['oof_score']):>9}  {num(r['soundscape_auc']):>14}  "
+              f"{num(r['pseudo_auc']):>10}  {num(r['test_score']):>10}  {r['seconds'] / 60:7.1f}")
+
+
+@hydra.main(config_path="../configs", config_name="selftrain", version_base=None)
+def main(cfg: DictConfig) -> None:
+    # the data choice of this command line reaches every stage
+    given = [o for o in HydraConfig.get().overrides.task if o.startswith("data")]
+    selftrain(OmegaConf.merge(cfg, {"stage_overrides": [*given, *cfg.stage_overrides]}))
+
+
+if __name__ == "__main__":
+    main()
