@@ -28,7 +28,7 @@ from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import macro_auc
 from src.prepare import load_soundscape_index
-from src.soundscape import combine_members, postprocess_rows, row_ids
+from src.soundscape import combine_members, postprocess_rows
 
 log = logging.getLogger(__name__)
 KEYS = ["filename", "window", "start_s", "end_s"]

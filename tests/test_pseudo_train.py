@@ -34,7 +34,7 @@ def test_batch_mode_appends_pseudo_windows():
     windows = _Loader([_batch(2, 5)], MassSampler(np.ones(2), 0, 0, 2, 0))
     joined = list(PseudoBatches(clips, windows, "batch"))
     assert len(joined) == 3  # the windows' loader restarts when it runs out
-    wave, target, mask, weight = joined[0]
+    wave, target, _, _ = joined[0]
     assert wave.shape == (8, 10) and (wave[:6] == 1).all() and (wave[6:] == 5).all()
     assert torch.allclose(target[6:], torch.full((2, 3), 0.5))
 
@@ -43,7 +43,7 @@ def test_mixup_mode_mixes_waves_and_combines_labels():
     torch.manual_seed(0)
     clips = _Loader([_batch(4, 1)], MassSampler(np.ones(1), 0, 0, 1, 0))
     windows = _Loader([_batch(4, 5)], MassSampler(np.ones(1), 0, 0, 1, 0))
-    wave, target, mask, weight = next(iter(PseudoBatches(clips, windows, "mixup", p=1.0, alpha=2.0, label="max")))
+    wave, target, _, _ = next(iter(PseudoBatches(clips, windows, "mixup", p=1.0, alpha=2.0, label="max")))
     assert wave.shape == (4, 10) and ((wave > 1) & (wave < 5)).all()  # every clip mixed
     assert torch.allclose(target, torch.full((4, 3), 0.5))  # max(0.1, 0.5)
     wave, target, _, _ = next(iter(PseudoBatches(clips, windows, "mixup", p=1.0, alpha=2.0, label="weighted")))

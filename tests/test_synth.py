@@ -143,7 +143,7 @@ def test_train_soundscapes_hold_calls_with_truth(tmp_path):
     per_file = y.reshape(len(stems), 12, -1).sum(axis=(1, 2))
     assert (per_file > 0).all()  # call_prob 1: every soundscape holds calls
     # a positive window is louder (above the bed) than the same file's negative windows, on average
-    audio, sr = sf.read(out / "train_soundscapes" / f"{stems[0]}.ogg", dtype="float32")
+    audio, _ = sf.read(out / "train_soundscapes" / f"{stems[0]}.ogg", dtype="float32")
     hp = np.diff(audio, append=0.0).reshape(12, -1).std(axis=1)
     pos = y.reshape(len(stems), 12, -1)[0].sum(axis=1) > 0
     if pos.any() and (~pos).any():
