@@ -50,7 +50,8 @@ def cache_settings(cfg: DictConfig) -> dict[str, dict[str, object]]:
             "index": {"prepare.chunk_s": float(cfg.prepare.chunk_s), "prepare.overlap_s": float(cfg.prepare.overlap_s),
                       "prepare.preemphasis": float(cfg.prepare.preemphasis),
                       "prepare.silence.abs_db": float(cfg.prepare.silence.abs_db),
-                      "prepare.silence.rel_db": float(cfg.prepare.silence.rel_db)}}
+                      "prepare.silence.rel_db": float(cfg.prepare.silence.rel_db),
+                      "prepare.soundscape_min_s": float(cfg.prepare.soundscape_min_s)}}
 
 
 def settings_differences(cfg: DictConfig, sections: tuple[str, ...] = ("decode", "index")) -> list[str]:
