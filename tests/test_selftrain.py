@@ -21,7 +21,7 @@ def selftrain_config(pipe, tmp_path, *extra):
     data = [o for o in pipe.overrides if o.startswith("data.")]
     train = [o for o in pipe.overrides if o.startswith(("experiment=", "folds.", "prepare."))]
     student = f"{{exp: tiny_st, command: train, overrides: {_q([*train, 'train.epochs=1'])}}}"
-    return compose_named("selftrain", f"runs_dir={pipe.runs_dir}", f"ensembles_dir={tmp_path / 'ensembles'}",
+    return compose_named("selftrain", *data, f"runs_dir={pipe.runs_dir}", f"ensembles_dir={tmp_path / 'ensembles'}",
                          f"pseudo_dir={tmp_path / 'pseudo'}", "name=tiny", "round0=tiny_a",
                          f"stage_overrides={_q(data)}", f"students=[{student}]",
                          f"ensemble_overrides={_q(['ensemble.fit.restarts=1', 'threads=1'])}",
