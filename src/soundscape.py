@@ -141,6 +141,32 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
     return ids, (np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)), problems
 
 
+def check_windows(audio_keys: list[tuple[int, float]], names: list[str] | None = None) -> None:
+    """Raise if the models cut different window lengths: their rows (`<stem>_<end second>`) would not be the
+    same windows, so they cannot be blended row by row. Sample rates may differ."""
+    windows = sorted({float(w) for _, w in audio_keys})
+    if len(windows) > 1:
+        names = names or [f"model {k}" for k in range(len(audio_keys))]
+        detail = ", ".join(f"{n}: {w} s" for n, (_, w) in zip(names, audio_keys, strict=True))
+        raise ValueError(f"the models cut windows of {windows} s ({detail}): a blend needs one audio.window_s "
+                         "(the submission's window); retrain or leave out the members that differ")
+
+
+def align_rows(ref_ids: list[str], ids: list[str], probs: np.ndarray) -> np.ndarray:
+    """`probs` (rows `ids`) reordered to `ref_ids`. A row the group lacks (a file a few samples shorter at its
+    sample rate) takes the same file's last row; rows `ref_ids` lacks are dropped."""
+    if ids == ref_ids:
+        return probs
+    index = {r: i for i, r in enumerate(ids)}
+    last: dict[str, int] = {}
+    for i, r in enumerate(ids):
+        last[r.rsplit("_", 1)[0]] = i
+    pick = [index.get(r, last.get(r.rsplit("_", 1)[0], -1)) for r in ref_ids]
+    out = probs[np.maximum(pick, 0)].copy()
+    out[np.asarray(pick) < 0] = np.nan  # no row of that file at all: treated as undecodable
+    return out
+
+
 def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
                          load_group: Callable[[list[int]], Callable[[np.ndarray], np.ndarray]], n_classes: int,
                          context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,), batch_size: int = 64,
@@ -151,21 +177,28 @@ def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
     Models with the same `audio_keys` entry (sample_rate, window_s) form a group; `load_group(indices)`
     gives its predict, with those models' probabilities side by side: (B, samples) -> (B, len(indices)
     * n_classes). Undecodable files get NaN rows (the caller's fallback replaces them after blending).
-    Returns (row_ids, each model's (rows, n_classes) probabilities in model order, problems)."""
+    Every model must cut the same window length (`check_windows`); each group's rows are aligned to the
+    first group's row ids (`align_rows`). Returns (row_ids, each model's (rows, n_classes) probabilities
+    in model order, problems, each listed once)."""
+    check_windows(audio_keys)
     groups: dict[tuple[int, float], list[int]] = {}
     for k, key in enumerate(audio_keys):
         groups.setdefault(key, []).append(k)
     out: dict[int, np.ndarray] = {}
-    ids: list[str] = []
+    ref_ids: list[str] | None = None
     problems: list[str] = []
     for (sample_rate, window_s), indices in groups.items():
         width = n_classes * len(indices)
-        ids, probs, problems = predict_soundscapes(files, load_group(indices), width, sample_rate, window_s, context_s,
-                                                   shifts_s, batch_size, np.full(width, np.nan, np.float32),
-                                                   fallback_duration_s, progress)
+        ids, probs, group_problems = predict_soundscapes(files, load_group(indices), width, sample_rate, window_s,
+                                                         context_s, shifts_s, batch_size,
+                                                         np.full(width, np.nan, np.float32), fallback_duration_s,
+                                                         progress)
+        ref_ids = ids if ref_ids is None else ref_ids
+        probs = align_rows(ref_ids, ids, probs)
+        problems += [p for p in group_problems if p not in problems]
         for j, i in enumerate(indices):
             out[i] = probs[:, j * n_classes:(j + 1) * n_classes]
-    return ids, [out[i] for i in range(len(audio_keys))], problems
+    return ref_ids or [], [out[i] for i in range(len(audio_keys))], problems
 
 
 def mean_by_owner(preds: list[np.ndarray], owners: list[int], n_owners: int) -> list[np.ndarray]:

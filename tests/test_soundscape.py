@@ -178,6 +178,32 @@ def test_model_groups_decode_once_per_group_and_split_columns(tmp_path, monkeypa
         np.testing.assert_allclose(preds[k], alone, rtol=1e-6)
 
 
+def test_model_groups_refuse_different_window_lengths(tmp_path):
+    """Regression: a 5 s and a 2.5 s model gave the 2.5 s model's row ids with the 5 s model's rows, silently."""
+    from src import soundscape
+
+    files = [write_float_wav(tmp_path / "f0.wav", staircase(12))]
+    with pytest.raises(ValueError, match=r"windows of \[2.5, 5.0\] s"):
+        soundscape.predict_model_groups(files, [(SR, 5.0), (SR, 2.5)],
+                                        lambda ks: lambda b: np.concatenate([window_features(b)] * len(ks), axis=1), 2)
+
+
+def test_model_groups_align_rows_when_a_sample_rate_gives_fewer_windows(tmp_path):
+    """Regression: 5.001 s of audio is 2 windows at 1000 Hz but 1 at 200 Hz (1000 samples after resampling);
+    the groups' rows are aligned to the first group's ids (the short group repeats its last row), not cut off."""
+    from src import soundscape
+
+    files = [write_float_wav(tmp_path / "a.wav", np.full(5001, 0.5, np.float32)),
+             write_float_wav(tmp_path / "b.wav", staircase(10))]
+    ids, preds, problems = soundscape.predict_model_groups(
+        files, [(SR, 5.0), (SR // 5, 5.0)], lambda ks: lambda b: np.concatenate([window_features(b)] * len(ks), axis=1),
+        2)
+    assert ids == ["a_5", "a_10", "b_5", "b_10"] and problems == []
+    assert [len(p) for p in preds] == [4, 4]
+    _, slow, _ = predict_soundscapes(files, window_features, 2, SR // 5, 5.0)  # a_5, b_5, b_10
+    np.testing.assert_allclose(preds[1], slow[[0, 0, 1, 2]], rtol=1e-6)
+
+
 def test_no_files_gives_no_rows():
     ids, probs, problems = predict_soundscapes([], window_features, 2, SR, 5.0)
     assert ids == [] and probs.shape == (0, 2) and problems == []
