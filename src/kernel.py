@@ -1,7 +1,9 @@
 """`python -m src.kernel build|run|push`: the self-contained Kaggle inference kernel.
 
-build ensemble=<name>   exports every member fold and writes kernels/<name>/{kernel,dataset}/
-run kernels/<name> input=DIR [competition_root=PATH]
+build ensemble=<name>   exports every member model and writes kernels/<name>/{kernel,dataset}/
+plan ensemble=<name> [budget_min=90 margin=0.25]
+                        times each member as the kernel runs it and projects it to Kaggle's CPU kernel
+run kernels/<name> input=DIR [competition_root=PATH budget_min=X python=PATH|3.12]
                         runs the generated script here, offline, with DIR laid out like /kaggle/input
 push kernels/<name> [--dry-run]
                         uploads the weights dataset and pushes the kernel with the kaggle CLI
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR
 from src.runtimes import RUNTIME_FILES, file_digest
+from src.soundscape import check_windows
+
+log = logging.getLogger(__name__)
 
 KERNEL_MODULES = ["audio", "soundscape", "blend", "runtimes", "submission", "kernel_main"]
 SRC = Path(__file__).resolve().parent
@@ -81,41 +87,53 @@ def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     return np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
 
 
-def collect_wheels(cfg: DictConfig, dest: Path) -> list[str]:
-    """Copy the wheels the kernel needs for `cfg.runtime` (kernel.yaml `wheels`) into `dest`.
+def collect_wheels(cfg: DictConfig, dest: Path) -> dict[str, list[str]]:
+    """Copy the wheels the kernel needs for `cfg.runtime` (kernel.yaml `wheels`) into `dest`, for each of
+    Kaggle's Pythons (`kaggle_pythons`: the current image's and the previous one's).
 
     Each package is pinned to the version installed here (the one the exports were checked with)
-    and taken from `cfg.wheels_dir` if it has it, else `pip download`ed once (Kaggle's Python and
-    platform, binary only) into `cfg.wheel_cache`. Returns the wheel file names."""
+    and taken from `cfg.wheels_dir` if it has it, else `pip download`ed once (that Python and Kaggle's
+    platform, binary only) into `cfg.wheel_cache`. Returns {python version: its wheel file names}: the
+    kernel installs only those of the Python it runs on."""
+    packages = list(cfg.wheels.get(cfg.runtime) or [])
+    out: dict[str, list[str]] = {}
+    for python in map(str, cfg.kaggle_pythons):
+        out[python] = []
+        for package in packages:
+            wheel = _find_wheel(cfg, package, python)
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(wheel, dest / wheel.name)
+            out[python].append(wheel.name)
+    return out if packages else {}
+
+
+def _find_wheel(cfg: DictConfig, package: str, python: str) -> Path:
+    """The wheel of `package` (the installed version) for CPython `python` (or any Python), found or downloaded."""
     from importlib.metadata import version
 
-    packages = list(cfg.wheels.get(cfg.runtime) or [])
-    if not packages:
-        return []
-    dest.mkdir(parents=True, exist_ok=True)
-    names = []
-    for package in packages:
-        pinned = f"{package}=={version(package)}"
-        stem = f"{package.replace('-', '_')}-{version(package)}-"
-        found = [p for folder in (cfg.wheels_dir, cfg.wheel_cache) if folder
-                 for p in sorted(Path(folder).glob(f"{stem}*.whl"))]
-        if not found:
-            cache = Path(cfg.wheel_cache)
-            cache.mkdir(parents=True, exist_ok=True)
-            platforms = [arg for plat in cfg.kaggle_platforms for arg in ("--platform", str(plat))]
-            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--python-version", str(cfg.kaggle_python), *platforms, "-d", str(cache), pinned]
-            print(f"downloading {pinned} for the kernel (Python {cfg.kaggle_python}) into {cache}")
-            if subprocess.run(cmd, check=False).returncode != 0:
-                raise RuntimeError(f"`{' '.join(cmd)}` failed: put the wheel of {pinned} in a folder and pass "
-                                   f"wheels_dir=FOLDER, or build with runtime=torchscript (needs no wheel)")
-            found = sorted(cache.glob(f"{stem}*.whl"))
-        if not found:
-            raise FileNotFoundError(f"no {stem}*.whl in {cfg.wheels_dir or cfg.wheel_cache}: pass wheels_dir=FOLDER "
-                                    f"with the wheel of {pinned}")
-        shutil.copy2(found[0], dest / found[0].name)
-        names.append(found[0].name)
-    return names
+    pinned = f"{package}=={version(package)}"
+    stem = f"{package.replace('-', '_')}-{version(package)}-"
+    tags = (f"-cp{python.replace('.', '')}-", "-py3-none-", "-py2.py3-none-")
+
+    def find() -> list[Path]:
+        return [p for folder in (cfg.wheels_dir, cfg.wheel_cache) if folder
+                for p in sorted(Path(folder).glob(f"{stem}*.whl")) if any(t in p.name for t in tags)]
+
+    if not find():
+        cache = Path(cfg.wheel_cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        platforms = [arg for plat in cfg.kaggle_platforms for arg in ("--platform", str(plat))]
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--python-version", python, *platforms, "-d", str(cache), pinned]
+        print(f"downloading {pinned} for the kernel (Python {python}) into {cache}")
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: put the wheel of {pinned} for Python {python} in a folder "
+                               "and pass wheels_dir=FOLDER, or build with runtime=torchscript (needs no wheel)")
+    found = find()
+    if not found:
+        raise FileNotFoundError(f"no {stem}*.whl for Python {python} in {cfg.wheels_dir or cfg.wheel_cache}: pass "
+                                f"wheels_dir=FOLDER with the wheel of {pinned} (tag cp{python.replace('.', '')})")
+    return found[0]
 
 
 def frontend_id(run_cfg: DictConfig) -> str:
@@ -125,16 +143,49 @@ def frontend_id(run_cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build(cfg: DictConfig) -> Path:
-    """Export the ensemble's models and write kernels/<name>/; returns that folder."""
-    from src.export import export_fold
-
+def load_ensemble(cfg: DictConfig) -> dict:
+    """ensembles/<cfg.ensemble>/ensemble.yaml as a dict, with a clear error when it is missing."""
     if not cfg.ensemble:
-        raise ValueError("which ensemble? python -m src.kernel build ensemble=<name> (see ensembles/)")
+        raise ValueError("which ensemble? python -m src.kernel build|plan ensemble=<name> (see ensembles/)")
     ens_path = Path(cfg.ensembles_dir) / cfg.ensemble / "ensemble.yaml"
     if not ens_path.exists():
         raise FileNotFoundError(f"{ens_path} not found: run `python -m src.ensemble runs=[...] name={cfg.ensemble}` first")
-    ens = OmegaConf.to_container(OmegaConf.load(ens_path), resolve=True)
+    return OmegaConf.to_container(OmegaConf.load(ens_path), resolve=True)
+
+
+def member_models(member: dict) -> list[str]:
+    """A member's model folders under runs/<run>/: its `models` (full-data fits, `foldall`...) or `fold<k>`."""
+    return list(member.get("models") or [f"fold{f}" for f in member["folds"]])
+
+
+def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Export every member model to `dataset/models/<run>/<model>/` (+ model.json); returns each runtime's
+    max abs difference to the PyTorch model per `<run>/<model>`. Refuses members with different windows."""
+    from src.export import export_fold
+
+    runs_dir = Path(ens.get("runs_dir", "runs"))
+    models = [(m["run"], name) for m in ens["members"] for name in member_models(m)]
+    run_cfgs = {key: OmegaConf.load(runs_dir / key[0] / key[1] / "config.yaml") for key in models}
+    check_windows([(int(c.audio.sample_rate), float(c.audio.window_s)) for c in run_cfgs.values()],
+                  [f"{run}/{name}" for run, name in run_cfgs])
+    diffs: dict[str, dict[str, float]] = {r: {} for r in runtimes}
+    for (run, name), run_cfg in run_cfgs.items():
+        fold_dir, out = runs_dir / run / name, dataset / "models" / run / name
+        fold_diffs = export_fold(fold_dir, out, runtimes, check_waves(fold_dir, int(cfg.check_windows)), float(cfg.tol))
+        for r in runtimes:
+            diffs[r][f"{run}/{name}"] = fold_diffs[r]
+        # the kernel checks each file against its digest and runs the fallback export of a corrupt one
+        files = {f: file_digest(out / f) for r in runtimes for f in RUNTIME_FILES[r]}
+        (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
+                                                    "window_s": float(run_cfg.audio.window_s),
+                                                    "backbone": str(run_cfg.model.backbone),
+                                                    "frontend_id": frontend_id(run_cfg), "files": files}))
+    return diffs
+
+
+def build(cfg: DictConfig) -> Path:
+    """Export the ensemble's models and write kernels/<name>/; returns that folder."""
+    ens = load_ensemble(cfg)
     root = Path(cfg.kernels_dir) / cfg.ensemble
     slug = cfg.slug or f"birdclef-{cfg.ensemble}".lower().replace("_", "-")
     user = kaggle_user(cfg)
@@ -143,28 +194,20 @@ def build(cfg: DictConfig) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     dataset, kernel = staging / "dataset", staging / "kernel"
     runtimes = list(dict.fromkeys(r for r in (cfg.runtime, cfg.fallback_runtime) if r))
-    diffs: dict[str, dict[str, float]] = {r: {} for r in runtimes}
-    for member in ens["members"]:
-        for fold in member["folds"]:
-            fold_dir = Path(ens.get("runs_dir", "runs")) / member["run"] / f"fold{fold}"
-            out = dataset / "models" / member["run"] / f"fold{fold}"
-            fold_diffs = export_fold(fold_dir, out, runtimes, check_waves(fold_dir, int(cfg.check_windows)),
-                                     float(cfg.tol))
-            for r in runtimes:
-                diffs[r][f"{member['run']}/fold{fold}"] = fold_diffs[r]
-            run_cfg = OmegaConf.load(fold_dir / "config.yaml")
-            # the kernel checks each file against its digest and runs the fallback export of a corrupt one
-            files = {name: file_digest(out / name) for r in runtimes for name in RUNTIME_FILES[r]}
-            (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
-                                                        "window_s": float(run_cfg.audio.window_s),
-                                                        "backbone": str(run_cfg.model.backbone),
-                                                        "frontend_id": frontend_id(run_cfg), "files": files}))
+    diffs = export_members(ens, dataset, runtimes, cfg)
     inference = dict(ens["inference"])
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
     wheels = collect_wheels(cfg, dataset / "wheels")
+    budget_min, margin = _budget(cfg)
     config |= {"inference": inference, "runtime": cfg.runtime, "fallback_runtime": cfg.fallback_runtime,
-               "export_max_abs_diff": diffs, "wheels": wheels}
+               "export_max_abs_diff": diffs, "wheels": wheels, "budget_min": budget_min, "margin": margin}
+    if cfg.plan_on_build:
+        config["plan"] = measure_members(config, dataset, cfg)
+        if not print_plan(config["plan"], cfg, budget_min, margin)[-1]["fits"]:
+            log.warning("%s: the ensemble is projected over the %.0f min budget minus the %.0f%% margin on Kaggle; "
+                        "the kernel's time guard will drop the last members (see the plan above)", cfg.ensemble,
+                        budget_min, 100 * margin)
     (dataset / "ensemble.json").write_text(json.dumps(config, indent=1))
     (dataset / "dataset-metadata.json").write_text(json.dumps(
         {"title": f"{slug} weights"[:50], "id": f"{user}/{slug}-weights", "licenses": [{"name": "CC0-1.0"}]}, indent=1))
@@ -182,6 +225,109 @@ def build(cfg: DictConfig) -> Path:
     print(f"built {root}: {script} + {len(diffs[cfg.runtime])} model(s) for {' + '.join(runtimes)}, {size:.1f} MiB; "
           "export max abs diff " + "; ".join(f"{r} {k} {v:.1e}" for r in runtimes for k, v in diffs[r].items()))
     return root
+
+
+def _budget(cfg: DictConfig) -> tuple[float, float]:
+    """(budget minutes, margin fraction) for build and plan: the overrides, else Kaggle's limit and default_margin."""
+    budget = float(cfg.budget_min if cfg.budget_min is not None else cfg.kaggle_limit_min)
+    return budget, float(cfg.margin if cfg.margin is not None else cfg.default_margin)
+
+
+# --- plan: per-member time on Kaggle ------------------------------------------------------------------------
+
+def plan(cfg: DictConfig) -> list[dict]:
+    """Export the ensemble's models (to a temporary folder), time each member as the kernel runs it, print the
+    projected Kaggle table; returns its rows."""
+    ens = load_ensemble(cfg)
+    config = {k: ens[k] for k in ("members", "classes", "inference")}
+    with tempfile.TemporaryDirectory(prefix="kernel_plan_") as tmp:
+        export_members(ens, Path(tmp), [plan_runtime(cfg)], cfg)
+        rows = measure_members(config, Path(tmp), cfg)
+    return print_plan(rows, cfg, *_budget(cfg))
+
+
+def plan_runtime(cfg: DictConfig) -> str:
+    """The runtime the kernel would run here: `runtime` if its package imports, else `fallback_runtime`."""
+    import importlib
+
+    from src.runtimes import RUNTIME_MODULES
+
+    try:
+        importlib.import_module(RUNTIME_MODULES[cfg.runtime])
+        return str(cfg.runtime)
+    except ImportError:
+        log.warning("%s is not installed here: timing the %s exports", RUNTIME_MODULES[cfg.runtime], cfg.fallback_runtime)
+        return str(cfg.fallback_runtime)
+
+
+def plan_threads(cfg: DictConfig) -> int:
+    """Threads each member is timed with: `plan_threads`, or this machine's cores up to Kaggle's."""
+    return int(cfg.plan_threads) or min(os.cpu_count() or 1, int(cfg.kaggle_cores))
+
+
+def measure_members(config: dict, weights_dir: Path, cfg: DictConfig) -> list[dict]:
+    """Time each member of a kernel config (ensemble.json's `members`, `classes`, `inference`) with the
+    kernel's own member prediction (`kernel_main.predict_member`: decoding, front end, backbone, whatever
+    runtime kind the member's models use) on `plan_files` synthetic one-minute OGG soundscapes. Returns one
+    row per member: run, models, load_s (model loading), s_per_file (the rest, per soundscape)."""
+    from src import kernel_main
+
+    runtime = plan_runtime(cfg)
+    threads = plan_threads(cfg)
+    import torch
+
+    torch.set_num_threads(threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kernel_plan_audio_") as tmp:
+        files = _plan_soundscapes(Path(tmp), cfg)
+        for member, dirs in zip(config["members"], kernel_main.member_dirs(config, weights_dir), strict=True):
+            timings: dict[str, float] = {}
+            t0 = time.time()
+            specs = [json.loads((d / "model.json").read_text()) for d in dirs]
+            kernel_main.predict_member(files, [runtime] * len(dirs), dirs, specs, len(config["classes"]),
+                                       config["inference"], threads, timings)
+            load_s = timings.get("load_s", 0.0)
+            rows.append({"member": member["run"], "models": len(dirs), "runtime": runtime, "threads": threads,
+                         "load_s": round(load_s, 3), "s_per_file": (time.time() - t0 - load_s) / len(files)})
+    return rows
+
+
+def _plan_soundscapes(folder: Path, cfg: DictConfig) -> list[Path]:
+    """`plan_files` one-minute soundscapes of noise at Kaggle's test sample rate, OGG/Vorbis as on Kaggle."""
+    from src.synth import write_ogg
+
+    rng = np.random.default_rng(0)
+    sr, n = int(cfg.plan_sample_rate), round(float(cfg.plan_duration_s) * int(cfg.plan_sample_rate))
+    paths = [folder / f"plan_{i}.ogg" for i in range(int(cfg.plan_files))]
+    for path in paths:
+        write_ogg(path, 0.05 * rng.standard_normal(n).astype(np.float32), sr, block_s=10.0)
+    return paths
+
+
+def print_plan(rows: list[dict], cfg: DictConfig, budget_min: float, margin: float) -> list[dict]:
+    """Add the Kaggle projection to each row (projected_min, cumulative_min, fits) and print the table.
+
+    Projection: s_per_file x kaggle_files / speedup + load_s, where speedup = kaggle_speedup, or by default
+    kaggle_cores / the threads timed here (linear in cores: optimistic, which the margin absorbs)."""
+    threads = rows[0]["threads"] if rows else plan_threads(cfg)
+    speedup = float(cfg.kaggle_speedup or int(cfg.kaggle_cores) / threads)
+    limit = budget_min * (1 - margin)
+    total = 0.0
+    print(f"{'member':<28} {'models':>6} {'s/file here':>11} {'Kaggle min':>10} {'cumulative':>10}  fits")
+    for row in rows:
+        row["projected_min"] = (row["s_per_file"] * int(cfg.kaggle_files) / speedup + row["load_s"]) / 60
+        total += row["projected_min"]
+        row["cumulative_min"], row["fits"] = total, total <= limit
+        print(f"{row['member']:<28} {row['models']:>6} {row['s_per_file']:>11.3f} {row['projected_min']:>10.1f} "
+              f"{total:>10.1f}  {'yes' if row['fits'] else 'no'}")
+    fitting = sum(r["fits"] for r in rows)
+    print(f"{fitting} of {len(rows)} member(s) fit in {budget_min:.0f} min minus the {100 * margin:.0f}% margin "
+          f"({limit:.1f} min). Projection: seconds per one-minute soundscape timed here ({rows[0]['runtime'] if rows else '-'}, "
+          f"{threads} thread(s), {int(cfg.plan_files)} synthetic files) x {cfg.kaggle_files} files / speedup {speedup:.2f} "
+          f"({'kaggle_speedup' if cfg.kaggle_speedup else f'{cfg.kaggle_cores} Kaggle cores / {threads} thread(s), linear'})"
+          " + model loading; start-up and wheel install are left to the margin. No real Kaggle run is recorded to "
+          "compare with: set kaggle_speedup from one (its s/file vs this table's).")
+    return rows
 
 
 def run(cfg: DictConfig, kernel_root: Path) -> Path:
@@ -206,8 +352,13 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         script = shutil.copy(kernel_root / "kernel" / meta["code_file"], working)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "KAGGLE_"))}
         env |= {"KAGGLE_INPUT_DIR": str(input_dir.resolve()), "KAGGLE_WORKING_DIR": working, "PYTHONNOUSERSITE": "1"}
+        env |= {var: str(value) for var, value in (("BIRDCLEF_BUDGET_MIN", cfg.budget_min),
+                                                   ("BIRDCLEF_MARGIN", cfg.margin)) if value is not None}
+        python = find_python(str(cfg.python)) if cfg.python else sys.executable
+        if not python:
+            raise FileNotFoundError(f"python={cfg.python}: no such interpreter (a path, or a version `uv python find` knows)")
         started = time.time()
-        proc = subprocess.run([sys.executable, "-I", script], cwd=working, env=env, capture_output=True, text=True,
+        proc = subprocess.run([python, "-I", script], cwd=working, env=env, capture_output=True, text=True,
                               check=False)
         wall = time.time() - started
         sys.stderr.write(proc.stderr[-4000:])
@@ -223,6 +374,8 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         if diff > float(cfg.tol):
             raise RuntimeError(f"{out} differs from {cfg.compare} by {diff:.1e} > {cfg.tol}: rebuild the kernel "
                                "from this ensemble (python -m src.kernel build ensemble=...)")
+    for version in cfg.install_pythons or []:
+        check_install(kernel_root, str(version))
     import soundfile as sf
 
     audio_min = sum(_duration(sf, p) for p in files) / 60
@@ -233,6 +386,50 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         print(f"projected for {cfg.kaggle_files} one-minute soundscapes on {cfg.kaggle_cores} Kaggle cores: "
               f"{projected:.1f} min (limit {cfg.kaggle_limit_min} min; includes start-up, so an upper bound)")
     return out
+
+
+def find_python(spec: str) -> str | None:
+    """An interpreter: `spec` as a path, else `python<spec>` on PATH, else what `uv python find <spec>` finds
+    (installed or cached only: nothing is downloaded). None if there is none."""
+    if Path(spec).is_file():
+        return spec
+    if shutil.which(f"python{spec}"):
+        return shutil.which(f"python{spec}")
+    uv = shutil.which("uv")
+    if not uv:
+        return None
+    proc = subprocess.run([uv, "python", "find", "--no-python-downloads", spec], capture_output=True, text=True,
+                          check=False)
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def check_install(kernel_root: Path, version: str) -> bool:
+    """Install the kernel's shipped wheels for Python `version` under such an interpreter, offline (as the
+    kernel does on Kaggle) and import the runtime; prints what happened. False if it failed or was skipped."""
+    from src.runtimes import RUNTIME_MODULES
+
+    config = json.loads((kernel_root / "dataset" / "ensemble.json").read_text())
+    names = (config.get("wheels") or {}).get(version) if isinstance(config.get("wheels"), dict) else None
+    module = RUNTIME_MODULES[config["runtime"]]
+    if not names:
+        print(f"install check, Python {version}: {kernel_root} ships no {module} wheel for it (runtime "
+              f"{config['runtime']}; kaggle_pythons at build)")
+        return not config.get("wheels")
+    python = find_python(version)
+    if not python:
+        print(f"install check, Python {version}: SKIPPED, no such interpreter here (`uv python find {version}` found "
+              f"none; `uv python install {version}` needs the network once)")
+        return False
+    with tempfile.TemporaryDirectory(prefix="kernel_install_") as site:
+        install = subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--target",
+                                  site, *[str(kernel_root / "dataset" / "wheels" / n) for n in names]],
+                                 capture_output=True, text=True, check=False)
+        probe = subprocess.run([python, "-I", "-c", f"import sys; sys.path.insert(0, {site!r}); import {module}"],
+                               capture_output=True, text=True, check=False) if install.returncode == 0 else install
+    ok = probe.returncode == 0
+    detail = "installed and imported" if ok else (probe.stderr.strip().splitlines() or ["failed"])[-1]
+    print(f"install check, Python {version} ({python}): {', '.join(names)}: {detail}")
+    return ok
 
 
 def max_abs_difference(a: Path, b: Path) -> float:
@@ -269,16 +466,17 @@ def _config(overrides: list[str]) -> DictConfig:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: python -m src.kernel build ensemble=<name> | run kernels/<name> input=DIR "
-             "[competition_root=PATH] | push kernels/<name> [--dry-run]")
-    if not argv or argv[0] not in ("build", "run", "push"):
+    usage = ("usage: python -m src.kernel build ensemble=<name> | plan ensemble=<name> [budget_min=90 margin=0.25] | "
+             "run kernels/<name> input=DIR [competition_root=PATH budget_min=X python=3.12] | push kernels/<name> "
+             "[--dry-run]")
+    if not argv or argv[0] not in ("build", "plan", "run", "push"):
         sys.exit(usage)
     command, rest = argv[0], argv[1:]
     dry_run = "--dry-run" in rest
     positional = [a for a in rest if "=" not in a and not a.startswith("--")]
     cfg = _config([a for a in rest if "=" in a])
-    if command == "build":
-        build(cfg)
+    if command in ("build", "plan"):
+        (build if command == "build" else plan)(cfg)
         return
     if len(positional) != 1:
         sys.exit(usage)

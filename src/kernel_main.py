@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from src.runtimes import ensure_runtime, export_problem, load_models
-from src.soundscape import combine_members, mean_by_owner, n_windows, one_file_per_stem, predict_model_groups, row_ids
+from src.soundscape import align_rows, combine_members, n_windows, one_file_per_stem, predict_model_groups, row_ids
 from src.submission import align, expected_rows, read_sample_submission, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
@@ -43,13 +43,21 @@ def choose_runtime(cfg: dict, weights_dir: Path) -> str:
     try:
         # installed outside /kaggle/working, which Kaggle keeps as the kernel's output
         ensure_runtime(runtime, weights_dir / "wheels", Path(tempfile.gettempdir()) / "birdclef-site-packages",
-                       names=cfg.get("wheels") or [])
+                       python_wheels(cfg.get("wheels")))
         return runtime
     except (ImportError, OSError, subprocess.CalledProcessError) as err:
         if not fallback or fallback == runtime:
             raise
         log.warning("runtime %s unavailable (%s): running the %s exports instead", runtime, err, fallback)
         return fallback
+
+
+def python_wheels(wheels: dict | list | None) -> list[str] | None:
+    """The shipped wheels for this interpreter: ensemble.json's `wheels` maps a Python version ("3.12") to
+    its wheel files (none listed for this Python: []); a plain list (older kernels) is used as it is."""
+    if not isinstance(wheels, dict):
+        return wheels
+    return wheels.get(f"{sys.version_info.major}.{sys.version_info.minor}", [])
 
 
 def list_test_soundscapes(test_dir: Path) -> list[Path]:
@@ -94,16 +102,50 @@ def read_model_spec(model_dir: Path) -> dict | None:
         return None
 
 
-def predict_members(cfg: dict, weights_dir: Path, files: list[Path]) -> tuple[list[str], np.ndarray, list[str]]:
+def time_budget(cfg: dict) -> tuple[float, float]:
+    """(budget in minutes, safety margin as a fraction of it): `budget_min` / `margin` of ensemble.json (set
+    by `src.kernel build`; none: no guard), overridden by the environment variables BIRDCLEF_BUDGET_MIN /
+    BIRDCLEF_MARGIN (`python -m src.kernel run ... budget_min=X` sets them)."""
+    budget = float(os.environ.get("BIRDCLEF_BUDGET_MIN") or cfg.get("budget_min") or "inf")
+    margin = float(os.environ.get("BIRDCLEF_MARGIN") or cfg.get("margin") or 0.0)
+    return budget, margin
+
+
+def member_dirs(cfg: dict, weights_dir: Path) -> list[list[Path]]:
+    """Each member's exported model folders: `models/<run>/<model>` for its `models` (full-data fits,
+    e.g. `foldall`), else for its folds (`fold<k>`)."""
+    return [[weights_dir / "models" / m["run"] / name for name in (m.get("models") or [f"fold{f}" for f in m["folds"]])]
+            for m in cfg["members"]]
+
+
+def predict_member(files: list[Path], kinds: list[str], dirs: list[Path], specs: list[dict], n_classes: int,
+                   inference: dict, threads: int, timings: dict | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """One member's window probabilities (its models averaged, model k run with `kinds[k]`), the way the kernel
+    runs it: models that cut the audio alike share a decoding pass and, with a split runtime, a mel.
+    `timings["load_s"]` (if given) accumulates the time spent loading models. Returns (row_ids, probs, problems)."""
+    def load_group(js: list[int]):
+        t0 = time.time()
+        predict = load_models([kinds[j] for j in js], [dirs[j] for j in js],
+                              [specs[j].get("frontend_id") or str(dirs[j]) for j in js], threads)
+        if timings is not None:
+            timings["load_s"] = timings.get("load_s", 0.0) + time.time() - t0
+        return predict
+
+    ids, preds, problems = predict_model_groups(
+        files, [(spec["sample_rate"], spec["window_s"]) for spec in specs], load_group, n_classes,
+        inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"], inference["fallback_duration_s"])
+    return ids, np.mean(np.stack(preds), axis=0), problems
+
+
+def predict_members(cfg: dict, weights_dir: Path, files: list[Path],
+                    deadline: float = float("inf")) -> tuple[list[str], np.ndarray, list[str]]:
     """(row ids, blended and post-processed probabilities in the ensemble's class order, problems) of the
     test files. Members whose every model is dropped (a corrupt export) leave the blend, whose weights
-    renormalise over the rest; with no model left this raises."""
+    renormalise over the rest; with no model left this raises. The members run one at a time in ensemble
+    order under the time guard (`run_members`)."""
     log = logging.getLogger("kernel")
-    inference = cfg["inference"]
-    threads = int(inference.get("threads") or os.cpu_count() or 1)
     runtime = choose_runtime(cfg, weights_dir)
-    owners, dirs = zip(*[(i, weights_dir / "models" / member["run"] / f"fold{fold}")
-                         for i, member in enumerate(cfg["members"]) for fold in member["folds"]], strict=True)
+    owners, dirs = zip(*[(i, d) for i, ds in enumerate(member_dirs(cfg, weights_dir)) for d in ds], strict=True)
     specs = [read_model_spec(d) for d in dirs]
     kinds = model_runtimes(runtime, cfg.get("fallback_runtime"), list(dirs), specs)
     keep = [k for k, kind in enumerate(kinds) if kind]
@@ -113,20 +155,61 @@ def predict_members(cfg: dict, weights_dir: Path, files: list[Path]) -> tuple[li
     for i, member in enumerate(cfg["members"]):
         if i not in members:
             log.warning("member %s dropped: blending the other %d", member["run"], len(members))
-    # Models that cut the audio alike share one decoding pass (and, with a split runtime, one mel per
-    # front end): their predictions come back side by side and are split per model.
-    ids, model_preds, problems = predict_model_groups(
-        files, [(specs[k]["sample_rate"], specs[k]["window_s"]) for k in keep],
-        lambda js: load_models([kinds[keep[j]] for j in js], [dirs[keep[j]] for j in js],
-                               [specs[keep[j]].get("frontend_id") or str(dirs[keep[j]]) for j in js], threads),
-        len(cfg["classes"]), inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"],
-        inference["fallback_duration_s"])
-    preds = mean_by_owner(model_preds, [members.index(owners[k]) for k in keep], len(members))
-    weights = [cfg["members"][i]["weight"] for i in members]
-    probs = combine_members(preds, weights, cfg["blend"], cfg["power"], ids, inference["postprocess"],
+    models = {i: [k for k in keep if owners[k] == i] for i in members}
+    ids, preds, kept, problems = run_members(cfg, files, models, lambda ks: ([kinds[k] for k in ks],
+                                             [dirs[k] for k in ks], [specs[k] for k in ks]), deadline)
+    weights = [cfg["members"][i]["weight"] for i in kept]
+    weights = [w / sum(weights) for w in weights] if sum(weights) > 0 else [1 / len(kept)] * len(kept)
+    probs = combine_members(preds, weights, cfg["blend"], cfg["power"], ids, cfg["inference"]["postprocess"],
                             np.asarray(cfg["fallback"], np.float32))
-    log.info("%d model(s) of %d member(s): %d windows each", len(keep), len(members), len(ids))
+    log.info("%d of %d member(s) blended: %d windows each", len(kept), len(cfg["members"]), len(ids))
     return ids, probs, problems
+
+
+def run_members(cfg: dict, files: list[Path], models: dict[int, list[int]], parts, deadline: float
+                ) -> tuple[list[str], list[np.ndarray], list[int], list[str]]:
+    """Predict the members (`models`: member index -> its model indices; `parts(ks)` -> their kinds, dirs,
+    specs) one at a time in ensemble order under the time guard: a member is started only if it is projected
+    to finish before `deadline` (a time.time() value); the first always runs. A member's cost is projected from
+    `plan` (seconds per file measured at build) scaled by how the finished members compared with their plan,
+    or else from the seconds per model so far. Returns (row_ids, finished members' predictions, their indices,
+    problems)."""
+    log = logging.getLogger("kernel")
+    inference = cfg["inference"]
+    threads = int(inference.get("threads") or os.cpu_count() or 1)
+    planned = [float(p.get("s_per_file", 0.0)) for p in cfg.get("plan") or []]
+    n_models = [len(models.get(i, [])) for i in range(len(cfg["members"]))]
+    ids: list[str] = []
+    preds: list[np.ndarray] = []
+    kept: list[int] = []
+    spent: list[float] = []
+    problems: list[str] = []
+    for i, ks in models.items():
+        run = cfg["members"][i]["run"]
+        if kept:
+            projected = _projected_s(i, kept, spent, planned, n_models)
+            if time.time() + projected > deadline:
+                dropped = [cfg["members"][j]["run"] for j in models if j >= i]
+                log.warning("time guard: member %s projected at %.0f s, %.0f s left before the budget minus the "
+                            "margin: dropped %s; blending %d member(s)", run, projected, deadline - time.time(),
+                            ", ".join(dropped), len(kept))
+                break
+        t0 = time.time()
+        member_ids, pred, member_problems = predict_member(files, *parts(ks), len(cfg["classes"]), inference, threads)
+        spent.append(time.time() - t0)
+        ids = ids or member_ids
+        preds.append(align_rows(ids, member_ids, pred))
+        kept.append(i)
+        problems += [p for p in member_problems if p not in problems]
+        log.info("member %s: %d model(s), %d windows, %.1f s", run, len(ks), len(member_ids), spent[-1])
+    return ids, preds, kept, problems
+
+
+def _projected_s(i: int, done: list[int], spent: list[float], planned: list[float], n_models: list[int]) -> float:
+    """Seconds member i should take, from the finished members' times (see run_members)."""
+    if len(planned) == len(n_models) and all(planned[k] > 0 for k in done) and planned[i] > 0:
+        return planned[i] * sum(spent) / sum(planned[k] for k in done)
+    return sum(spent) / sum(n_models[k] for k in done) * n_models[i]
 
 
 def run_kernel() -> Path:
@@ -141,7 +224,9 @@ def run_kernel() -> Path:
     if sample_classes != classes:
         log.warning("sample_submission.csv classes differ from the ensemble's: columns follow the sample")
     files = list_test_soundscapes(comp_dir / "test_soundscapes")
-    ids, probs, problems = predict_members(cfg, weights_dir, files) if files else \
+    budget_min, margin = time_budget(cfg)
+    deadline = started + budget_min * 60 * (1 - margin)
+    ids, probs, problems = predict_members(cfg, weights_dir, files, deadline) if files else \
         ([], np.zeros((0, len(classes)), np.float32), [])
     for p in problems:
         log.warning(p)
@@ -154,7 +239,8 @@ def run_kernel() -> Path:
         log.warning(p)
     out = working / "submission.csv"
     write_submission(out, rows, sample_classes, probs)
-    log.info("wrote %s: %d rows, %d files, %.1f s wall", out, len(rows), len(files), time.time() - started)
+    log.info("wrote %s: %d rows, %d files, %.1f s wall (budget %.1f min - %.0f%%)", out, len(rows), len(files),
+             time.time() - started, budget_min, 100 * margin)
     return out
 
 
@@ -173,8 +259,7 @@ def fallback_rows(weights_dir: Path, files: list[Path], classes: list[str]) -> t
     ensemble's window length for `fallback_duration_s`, at the ensemble's class prior. Raises (OSError,
     ValueError, KeyError, ...) when ensemble.json or every model.json cannot be read."""
     cfg = json.loads((weights_dir / "ensemble.json").read_text())
-    specs = [read_model_spec(weights_dir / "models" / member["run"] / f"fold{fold}")
-             for member in cfg["members"] for fold in member["folds"]]
+    specs = [read_model_spec(d) for ds in member_dirs(cfg, weights_dir) for d in ds]
     spec = next(s for s in specs if s is not None)
     count = n_windows(round(float(cfg["inference"]["fallback_duration_s"]) * spec["sample_rate"]),
                       round(spec["window_s"] * spec["sample_rate"]))

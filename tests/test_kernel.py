@@ -42,7 +42,8 @@ def built(tiny_pipeline, tmp_path_factory):
                                "ensemble.blend=weighted", "ensemble.fit.restarts=1"))
     wheels = root / "wheels"
     wheels.mkdir()
-    (wheels / f"onnxruntime-{version('onnxruntime')}-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"stand-in")
+    for tag in ("cp312", "cp311"):  # Kaggle's current Python and the previous one (kernel.yaml kaggle_pythons)
+        (wheels / f"onnxruntime-{version('onnxruntime')}-{tag}-{tag}-manylinux_2_28_x86_64.whl").write_bytes(b"stand-in")
     kernel.main(["build", f"ensemble={NAME}", f"ensembles_dir={root / 'ensembles'}", f"kernels_dir={root / 'kernels'}",
                  "runtime=onnx", "fallback_runtime=torchscript", f"wheels_dir={wheels}", "user=tester",
                  "check_windows=4"])
@@ -82,7 +83,13 @@ def test_build_writes_kernel_and_dataset(built, tiny_pipeline):
     config = json.loads((dataset / "ensemble.json").read_text())
     assert config["runtime"] == "onnx" and config["fallback_runtime"] == "torchscript"
     assert config["blend"] == "weighted"
-    assert config["wheels"] == [p.name for p in (dataset / "wheels").iterdir()] and "onnxruntime" in config["wheels"][0]
+    assert sorted(config["wheels"]) == ["3.11", "3.12"]
+    for python, names in config["wheels"].items():  # one onnxruntime wheel per Python, tagged for it
+        assert len(names) == 1 and names[0].startswith("onnxruntime-") and f"-cp{python.replace('.', '')}-" in names[0]
+    assert sorted(n for names in config["wheels"].values() for n in names) == sorted(
+        p.name for p in (dataset / "wheels").iterdir())
+    assert config["budget_min"] == 90 and config["margin"] == 0.25
+    assert [p["member"] for p in config["plan"]] == ["tiny_a", "tiny_b"] and all(p["s_per_file"] > 0 for p in config["plan"])
     assert [m["run"] for m in config["members"]] == ["tiny_a", "tiny_b"]
     assert sum(m["weight"] for m in config["members"]) == pytest.approx(1.0)
     _, classes = read_sample_submission(tiny_pipeline.data_root / "sample_submission.csv")
@@ -342,3 +349,52 @@ def test_cli_usage_errors(tmp_path):
         kernel.main(["run", str(tmp_path), "input=x"])
     with pytest.raises(FileNotFoundError, match="ensemble.yaml not found"):
         kernel.main(["build", "ensemble=nothing_here", f"ensembles_dir={tmp_path}"])
+
+
+# --- time guard --------------------------------------------------------------------------------------------
+
+def test_time_guard_drops_the_last_member_and_still_writes_every_row(built, tiny_pipeline, tmp_path, capsys):
+    """`run ... budget_min=X` with X so small that only the first member fits (the first always runs): the second
+    is dropped and logged, every row is written, and the rows are the first member's alone (weights renormalised),
+    as `src.ensemble` predicts them with that member only."""
+    root, _ = built
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    out = kernel.run(kernel._config([f"input={tmp_path / 'input'}", f"competition_root={comp}", "budget_min=0.002",
+                                     "margin=0.0"]), root)
+    log = capsys.readouterr().err
+    assert "time guard" in log and "dropped tiny_b" in log and "1 of 2 member(s)" in log
+    validate_file(out, comp / "sample_submission.csv")
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    alone = ensemble.run(compose_named("ensemble", *data, f"runs_dir={tiny_pipeline.runs_dir}",
+                                       f"ensembles_dir={tmp_path / 'ensembles'}", "runs=[tiny_a]", "name=alone",
+                                       "ensemble.blend=weighted", "ensemble.fit.restarts=1"))
+    assert alone["members"][0]["run"] == "tiny_a"
+    assert_same_submission(out, tmp_path / "ensembles" / "alone" / "submission.csv")
+
+
+def test_time_guard_projects_a_member_from_the_plan_scaled_by_the_finished_ones():
+    from src import kernel_main
+
+    # planned 1, 2, 4 s per file; the first member took 3 s (3x its plan): the second is projected at 6 s
+    assert kernel_main._projected_s(1, [0], [3.0], [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(6.0)
+    assert kernel_main._projected_s(2, [0, 1], [3.0, 6.0], [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(12.0)
+    # no plan (an older kernel): the seconds per model so far times the member's models
+    assert kernel_main._projected_s(1, [0], [3.0], [], [1, 2]) == pytest.approx(6.0)
+    assert kernel_main.time_budget({"budget_min": 90, "margin": 0.25}) == (90.0, 0.25)
+    assert kernel_main.time_budget({}) == (float("inf"), 0.0)  # no budget built in: no guard
+
+
+def test_plan_prints_the_projected_table(built, capsys):
+    """`plan`: one row per member with its seconds per file here, the projected Kaggle minutes and the cumulative;
+    the projection is s/file x 700 files / (4 Kaggle cores / threads timed) + model loading."""
+    _, ens_dir = built
+    rows = kernel.plan(kernel._config([f"ensemble={NAME}", f"ensembles_dir={ens_dir.parent}", "plan_files=1",
+                                       "check_windows=2", "budget_min=90", "margin=0.25", "plan_threads=1"]))
+    out = capsys.readouterr().out
+    assert "member" in out and "Kaggle min" in out and "cumulative" in out
+    assert "of 2 member(s) fit in 90 min minus the 25% margin (67.5 min)" in out
+    assert [r["member"] for r in rows] == ["tiny_a", "tiny_b"] and all(r["s_per_file"] > 0 for r in rows)
+    for r in rows:
+        assert r["projected_min"] == pytest.approx((r["s_per_file"] * 700 / 4 + r["load_s"]) / 60)
+    assert rows[1]["cumulative_min"] == pytest.approx(rows[0]["projected_min"] + rows[1]["projected_min"])
+    assert [r["fits"] for r in rows] == [r["cumulative_min"] <= 67.5 for r in rows]

@@ -88,18 +88,51 @@ def kernel_cfg(tmp_path, **overrides):
     return cfg
 
 
-def test_collect_wheels_takes_the_installed_versions_from_wheels_dir(tmp_path):
+def test_collect_wheels_takes_the_installed_version_for_each_kaggle_python(tmp_path):
     local = tmp_path / "local"
     local.mkdir()
     ort = version("onnxruntime")
     make_wheel(local, "onnxruntime", "0.0.1", "")  # another version: must not be taken
-    wanted = local / f"onnxruntime-{ort}-cp311-cp311-manylinux_2_28_x86_64.whl"
-    wanted.write_bytes(b"wheel")
-    cfg = kernel_cfg(tmp_path, runtime="onnx", wheels_dir=str(local))
+    wanted = {py: local / f"onnxruntime-{ort}-cp{py.replace('.', '')}-cp{py.replace('.', '')}-manylinux_2_28_x86_64.whl"
+              for py in ("3.12", "3.11")}
+    (local / f"onnxruntime-{ort}-cp310-cp310-manylinux_2_28_x86_64.whl").write_bytes(b"other python")
+    for py, path in wanted.items():
+        path.write_bytes(py.encode())
+    cfg = kernel_cfg(tmp_path, runtime="onnx", wheels_dir=str(local), kaggle_pythons=["3.12", "3.11"])
     names = kernel.collect_wheels(cfg, tmp_path / "dataset" / "wheels")
-    assert names == [wanted.name] and (tmp_path / "dataset" / "wheels" / wanted.name).read_bytes() == b"wheel"
-    assert kernel.collect_wheels(kernel_cfg(tmp_path, runtime="torchscript"), tmp_path / "ts") == []
+    assert names == {py: [path.name] for py, path in wanted.items()}
+    assert sorted(p.name for p in (tmp_path / "dataset" / "wheels").iterdir()) == sorted(p.name for p in wanted.values())
+    assert (tmp_path / "dataset" / "wheels" / wanted["3.12"].name).read_bytes() == b"3.12"
+    assert kernel.collect_wheels(kernel_cfg(tmp_path, runtime="torchscript"), tmp_path / "ts") == {}
     assert not (tmp_path / "ts").exists()
+
+
+def test_the_kernel_installs_only_the_wheels_of_its_python(tmp_path, monkeypatch):
+    from src import kernel_main
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wheels = {"3.12": ["onnxruntime-1-cp312-cp312-x.whl"], "3.11": ["onnxruntime-1-cp311-cp311-x.whl"]}
+    assert kernel_main.python_wheels(wheels) == wheels[here]
+    assert kernel_main.python_wheels({"3.9": ["a-cp39.whl"]}) == []  # none for this Python: the fallback runs
+    assert kernel_main.python_wheels(["old.whl"]) == ["old.whl"]  # kernels built before: one list
+    seen = []
+    monkeypatch.setattr(kernel_main, "ensure_runtime", lambda kind, d, target, names=None: seen.append(names))
+    kernel_main.choose_runtime({"runtime": "onnx", "fallback_runtime": "torchscript", "wheels": wheels}, tmp_path)
+    assert seen == [wheels[here]]
+
+
+def test_ensure_module_installs_only_the_named_wheels(tmp_path, monkeypatch):
+    name = "birdclef_probe_named"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, name, "0.1", "ANSWER = 7\n")
+    (wheels / "broken-0.1-py3-none-any.whl").write_bytes(b"not a zip: pip would fail on it")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    ensure_module(name, wheels, tmp_path / "site", [f"{name}-0.1-py3-none-any.whl"])
+    assert sys.modules.pop(name).ANSWER == 7
+    with pytest.raises(ImportError, match="has no wheels"):
+        ensure_module("birdclef_missing_module", wheels, tmp_path / "site", [])
 
 
 def test_collect_wheels_failure_names_the_fix(tmp_path, monkeypatch):
@@ -132,3 +165,18 @@ def test_kernel_falls_back_when_the_runtime_does_not_install(tmp_path, monkeypat
         kernel_main.choose_runtime({"runtime": "onnx", "fallback_runtime": None}, tmp_path)
     monkeypatch.setattr(kernel_main, "ensure_runtime", lambda *a, **k: None)
     assert kernel_main.choose_runtime(cfg, tmp_path) == "onnx"
+
+
+def test_check_install_under_a_second_python(tmp_path, capsys):
+    """`src.kernel run`'s install check: the wheels shipped for a Python install and import under such an
+    interpreter found here (3.11 is; a fake `onnxruntime` wheel stands in), and a missing one is skipped, said so."""
+    root = tmp_path / "kernel"
+    (root / "dataset" / "wheels").mkdir(parents=True)
+    wheel = make_wheel(root / "dataset" / "wheels", "onnxruntime", "9.9", "STAND_IN = True\n")
+    (root / "dataset" / "ensemble.json").write_text(
+        '{"runtime": "onnx", "wheels": {"3.11": ["%s"], "2.1": ["%s"]}}' % (wheel.name, wheel.name))
+    assert kernel.check_install(root, "3.11")
+    assert kernel.check_install(root, "2.1") is False
+    out = capsys.readouterr().out
+    assert f"install check, Python 3.11 ({kernel.find_python('3.11')}): {wheel.name}: installed and imported" in out
+    assert "install check, Python 2.1: SKIPPED, no such interpreter here" in out
