@@ -1,6 +1,7 @@
 """Runtime packages for the kernel: offline install from shipped wheels, and the build's wheel collection."""
 from __future__ import annotations
 
+import json
 import sys
 import zipfile
 from importlib.metadata import version
@@ -174,7 +175,7 @@ def test_check_install_under_a_second_python(tmp_path, capsys):
     (root / "dataset" / "wheels").mkdir(parents=True)
     wheel = make_wheel(root / "dataset" / "wheels", "onnxruntime", "9.9", "STAND_IN = True\n")
     (root / "dataset" / "ensemble.json").write_text(
-        '{"runtime": "onnx", "wheels": {"3.11": ["%s"], "2.1": ["%s"]}}' % (wheel.name, wheel.name))
+        json.dumps({"runtime": "onnx", "wheels": {"3.11": [wheel.name], "2.1": [wheel.name]}}))
     assert kernel.check_install(root, "3.11")
     assert kernel.check_install(root, "2.1") is False
     out = capsys.readouterr().out
