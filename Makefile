@@ -24,6 +24,12 @@ demo: setup
 	$(PY) -m src.kernel build ensemble=demo
 	$(PY) -m src.kernel run kernels/demo input=data/kaggle_input competition_root=data/demo \
 	  compare=ensembles/demo/submission.csv
+	$(PY) -m src.train data=demo experiment=demo model=mobilenetv3_small exp=demo_mnv3 fold=all
+	$(PY) -m src.train data=demo experiment=demo model=regnety_002 exp=demo_regnet fold=all
+	$(PY) -m src.ensemble data=demo runs=[demo_mnv3,demo_regnet] name=demo_full full_data=true
+	$(PY) -m src.kernel build ensemble=demo_full
+	$(PY) -m src.kernel run kernels/demo_full input=data/kaggle_input competition_root=data/demo \
+	  compare=ensembles/demo_full/submission.csv
 	$(PY) -m src.leaderboard
 
 # Self-training on the demo: a teacher (round 0), one round of pseudo-labels + a student, each round's CV,
@@ -48,4 +54,4 @@ bench: setup
 	$(PY) bench/inference.py
 
 clean:
-	rm -rf runs ensembles cache pseudo data/demo kernels/demo leaderboard.md leaderboard.csv
+	rm -rf runs ensembles cache pseudo data/demo kernels/demo kernels/demo_full leaderboard.md leaderboard.csv

@@ -3,6 +3,8 @@ fit the weights honestly, predict the test soundscapes and write the submission.
 
 Writes `ensembles/<name>/ensemble.yaml` (members, weights, blend, post-processing, OOF scores),
 `submission.csv`, and `score.json` when a `solution.csv` lies beside the test soundscapes.
+With `full_data=true` the test set (and the kernel built from the ensemble) is predicted by each run's
+full-data fits (`runs/<exp>/foldall*`, `python -m src.train fold=all`) with the weights fitted on OOF.
 """
 from __future__ import annotations
 
@@ -37,6 +39,25 @@ def fold_dirs(runs_dir: Path, exp: str) -> list[Path]:
         raise FileNotFoundError(f"{runs_dir / exp}: no finished fold (best.pt + oof.parquet); "
                                 f"train one with `python -m src.train exp={exp} fold=0`")
     return dirs
+
+
+def full_data_dirs(runs_dir: Path, exp: str) -> list[Path]:
+    """A run's full-data fits (`python -m src.train fold=all`, one per seed): runs/<exp>/foldall* with best.pt."""
+    dirs = sorted(p for p in (runs_dir / exp).glob("foldall*") if (p / "best.pt").exists())
+    if not dirs:
+        raise FileNotFoundError(f"{runs_dir / exp}: no full-data fit (foldall/best.pt); train one with "
+                                f"`python -m src.train exp={exp} fold=all` or leave out full_data=true")
+    return dirs
+
+
+def member_entry(runs_dir: Path, exp: str, weight: float, full_data: bool) -> dict:
+    """An ensemble member: its OOF folds, the model folders that predict the test set (the fold models, or
+    with `full_data` its full-data fits, listed as `models` for the kernel) and its weight (fitted on OOF)."""
+    folds = fold_dirs(runs_dir, exp)
+    models = full_data_dirs(runs_dir, exp) if full_data else folds
+    entry = {"run": exp, "folds": [int(d.name.removeprefix("fold")) for d in folds], "weight": weight,
+             "fold_dirs": [str(d) for d in models]}
+    return entry | ({"models": [d.name for d in models]} if full_data else {})
 
 
 def load_oof(runs_dir: Path, exps: list[str]) -> tuple[pl.DataFrame, list[np.ndarray], list[str]]:
@@ -144,7 +165,7 @@ def run(cfg: DictConfig) -> dict:
     if not exps:
         raise ValueError("no members: python -m src.ensemble runs=[exp1,exp2] name=<name>")
     runs_dir = Path(cfg.runs_dir)
-    name = cfg.name or "+".join(exps)
+    name = cfg.name or "+".join(exps) + ("+full" if cfg.full_data else "")
     out_dir = Path(cfg.ensembles_dir) / name
     ens = cfg.ensemble
     metric = str(cfg.data.metric)
@@ -173,9 +194,7 @@ def run(cfg: DictConfig) -> dict:
     if comp.classes != classes:
         raise ValueError(f"{comp.sample_submission}: classes differ from the runs' (trained on another competition?)")
     fallback = class_prior(cfg, classes) if ens.fallback == "prior" else np.zeros(len(classes), np.float32)
-    members = [{"run": e, "folds": [int(d.name.removeprefix("fold")) for d in fold_dirs(runs_dir, e)],
-                "fold_dirs": [str(d) for d in fold_dirs(runs_dir, e)], "weight": float(w)}
-               for e, w in zip(exps, weights)]
+    members = [member_entry(runs_dir, e, float(w), bool(cfg.full_data)) for e, w in zip(exps, weights)]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     files, skipped = one_file_per_stem(comp.test_files(), AUDIO_SUFFIXES)
@@ -183,7 +202,8 @@ def run(cfg: DictConfig) -> dict:
         log.warning(problem)
     summary = {"name": name, "metric": metric, "blend": method, "power": float(ens.power),
                "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
-               "members": [{k: m[k] for k in ("run", "folds", "weight")} for m in members],
+               "members": [{k: m[k] for k in ("run", "folds", "models", "weight") if k in m} for m in members],
+               "full_data": bool(cfg.full_data),
                "member_oof": member_scores, "blend_oof_nested": table, "oof_score": table[method],
                "oof_score_in_sample": fitted_in_sample, "classes": classes, "fallback": fallback.tolist(),
                "inference": OmegaConf.to_container(ens, resolve=True), "data": {"name": cfg.data.name,

@@ -234,3 +234,33 @@ def test_grouped_models_share_the_front_end_and_match_each_model(tiny_pipeline, 
     grouped = runtimes.load_models("onnx", dirs, ids)(waves)
     assert len(loads) == 1 and grouped.shape == alone.shape
     assert np.abs(grouped - alone).max() <= 1e-6
+
+
+def test_full_data_members_predict_with_the_weights_fitted_on_oof(built, tiny_pipeline, tmp_path):
+    """`full_data=true`: the test set is predicted by each run's full-data fits (runs/<exp>/foldall*, several
+    seeds = one member, averaged), listed as the members' `models`; the blend and weights are the OOF fit's.
+    Here the "full-data fits" are copies of the fold models (tiny_b twice, as two seeds), so the submission
+    must equal the fold ensemble's."""
+    folder, summary = built
+    runs = shutil.copytree(tiny_pipeline.runs_dir, tmp_path / "runs")
+    for run, names in {"tiny_a": ["foldall"], "tiny_b": ["foldall", "foldall_seed7"]}.items():
+        for name in names:
+            (runs / run / name).mkdir()
+            for f in ("best.pt", "config.yaml"):
+                shutil.copy(runs / run / "fold0" / f, runs / run / name / f)
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    cfg = compose_named("ensemble", *data, f"runs_dir={runs}", f"ensembles_dir={tmp_path / 'ens'}",
+                        "runs=[tiny_a,tiny_b]", "full_data=true", *FAST)
+    full = ensemble.run(cfg)
+    assert full["name"] == "tiny_a+tiny_b+full" and full["full_data"] is True
+    assert [m.get("models") for m in full["members"]] == [["foldall"], ["foldall", "foldall_seed7"]]
+    assert [m["folds"] for m in full["members"]] == [[0], [0]]  # the OOF folds the weights were fitted on
+    assert [m["weight"] for m in full["members"]] == pytest.approx([m["weight"] for m in summary["members"]])
+    assert full["blend"] == summary["blend"] and full["oof_score"] == pytest.approx(summary["oof_score"])
+    ours = pl.read_csv(tmp_path / "ens" / "tiny_a+tiny_b+full" / "submission.csv")
+    theirs = pl.read_csv(folder / "submission.csv")
+    assert ours["row_id"].to_list() == theirs["row_id"].to_list()
+    assert np.abs(ours.drop("row_id").to_numpy() - theirs.drop("row_id").to_numpy()).max() <= 1e-5
+    shutil.rmtree(runs / "tiny_a" / "foldall")
+    with pytest.raises(FileNotFoundError, match=r"no full-data fit.*fold=all"):
+        ensemble.run(cfg)
