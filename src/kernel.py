@@ -367,6 +367,8 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         out = kernel_root / "submission.csv"
         shutil.copy(Path(working) / "submission.csv", out)
     files = [p for p in (comp_dir / "test_soundscapes").iterdir()] if (comp_dir / "test_soundscapes").is_dir() else []
+    for version in cfg.install_pythons or []:
+        check_install(kernel_root, str(version))
     validate_file(out, comp_dir / "sample_submission.csv")
     if cfg.compare:
         diff = max_abs_difference(out, Path(cfg.compare))
@@ -374,8 +376,6 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         if diff > float(cfg.tol):
             raise RuntimeError(f"{out} differs from {cfg.compare} by {diff:.1e} > {cfg.tol}: rebuild the kernel "
                                "from this ensemble (python -m src.kernel build ensemble=...)")
-    for version in cfg.install_pythons or []:
-        check_install(kernel_root, str(version))
     import soundfile as sf
 
     audio_min = sum(_duration(sf, p) for p in files) / 60

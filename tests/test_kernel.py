@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -382,6 +383,10 @@ def test_time_guard_projects_a_member_from_the_plan_scaled_by_the_finished_ones(
     assert kernel_main._projected_s(1, [0], [3.0], [], [1, 2]) == pytest.approx(6.0)
     assert kernel_main.time_budget({"budget_min": 90, "margin": 0.25}) == (90.0, 0.25)
     assert kernel_main.time_budget({}) == (float("inf"), 0.0)  # no budget built in: no guard
+    members = [{"run": "a", "folds": [0, 1]}, {"run": "b", "folds": [0], "models": ["foldall", "foldall_seed7"]}]
+    assert kernel_main.member_dirs({"members": members}, Path("w")) == [  # full-data fits replace the folds
+        [Path("w/models/a/fold0"), Path("w/models/a/fold1")],
+        [Path("w/models/b/foldall"), Path("w/models/b/foldall_seed7")]]
 
 
 def test_plan_prints_the_projected_table(built, capsys):
