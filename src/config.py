@@ -26,7 +26,8 @@ def to_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ("exp", "fold", "resume", "device")) -> str:
+def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ("exp", "fold", "resume", "device", "seeds",
+                                                           "full_fit")) -> str:
     """Short stable hash of everything that changes what a run learns (not its name or fold)."""
     plain = {k: v for k, v in to_plain(cfg).items() if k not in ignore}
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -2,6 +2,7 @@
 
 Writes `runs/<exp>/fold<k>/`: best.pt (by the competition metric), last.pt (every epoch, for
 `resume=true`), oof.parquet, metrics.json, log.csv, config.yaml (+ report/ PNGs).
+`fold=all` (`seeds=[...]`): full-data fits, `runs/<exp>/foldall[_seed<s>]/` without validation (`train_all`).
 Data-parallel with `torchrun --nproc_per_node=N -m src.train ...` (gloo on CPU, nccl on GPU).
 """
 from __future__ import annotations
@@ -80,6 +81,9 @@ def load_chunk_index(cfg: DictConfig) -> tuple[pl.DataFrame, list[str]]:
 
 def split_fold(chunks: pl.DataFrame, cfg: DictConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Train chunks (other folds) and validation chunks (this fold), both without silent chunks by default."""
+    keep = pl.lit(True) if cfg.sampler.include_silent else ~pl.col("silent")
+    if is_full_fit(cfg.fold):  # a full-data fit: every recording, nothing held out
+        return chunks.filter(keep), chunks.clear()
     if isinstance(cfg.fold, bool) or not isinstance(cfg.fold, int) or not 0 <= cfg.fold < cfg.folds.n:
         raise ValueError(f"fold={cfg.fold!r}: pass a fold number 0..{cfg.folds.n - 1} (folds.n={cfg.folds.n})")
     path = folds_path(cfg)
@@ -89,7 +93,6 @@ def split_fold(chunks: pl.DataFrame, cfg: DictConfig) -> tuple[pl.DataFrame, pl.
     recordings = chunks.select("filename").unique()
     folds = load_folds(path, recordings)
     chunks = chunks.join(folds, on="filename", how="inner")
-    keep = pl.lit(True) if cfg.sampler.include_silent else ~pl.col("silent")
     train = chunks.filter((pl.col("fold") != cfg.fold) & keep)
     val = chunks.filter((pl.col("fold") == cfg.fold) & ~pl.col("silent"))
     return train, val
@@ -263,7 +266,7 @@ def start_run(cfg: DictConfig) -> Run:
     started = time.time()
     chunks, classes = load_chunk_index(cfg)
     train_df, val_df = split_fold(chunks, cfg)
-    if train_df.height == 0 or val_df.height == 0:
+    if train_df.height == 0 or (val_df.height == 0 and not is_full_fit(cfg.fold)):
         raise ValueError(f"fold {cfg.fold}: {train_df.height} train / {val_df.height} val chunks; "
                          "check folds.n and the chunk index")
     exp = cfglib.run_name(cfg)
@@ -587,9 +590,95 @@ def _read_log(path: Path) -> list[dict]:
     return pl.read_csv(path).to_dicts() if path.exists() else []
 
 
+# --- fold=all: full-data fits -------------------------------------------------------------------------------
+
+def is_full_fit(fold) -> bool:
+    """`fold=all`: a full-data fit (any other value must be a fold number: `split_fold` checks it)."""
+    return str(fold) == "all"
+
+
+def train_all(cfg: DictConfig) -> list[dict]:
+    """`fold=all`: one full-data fit per seed of `seeds` (default: the run's `seed`), all under the run name of
+    the CV experiment; returns each fit's metrics.json content (rank 0)."""
+    cfg = cfg.copy()
+    cfg.exp = cfglib.run_name(cfg)  # seeds and full_fit are not part of the name: the fits sit beside the folds
+    epochs, source = full_fit_epochs(cfg)
+    results = []
+    for seed in [int(s) for s in (cfg.seeds or [cfg.seed])]:
+        seed_cfg = cfg.copy()
+        seed_cfg.seed = seed
+        results.append(train_full(seed_cfg, "foldall" if seed == int(cfg.seed) else f"foldall_seed{seed}",
+                                  epochs, source))
+    return results
+
+
+def full_fit_epochs(cfg: DictConfig) -> tuple[int, str]:
+    """Epochs of a full-data fit and where that number comes from: `full_fit.epochs`, else the median of
+    (best epoch + 1) over the experiment's CV runs (runs/<exp>/fold<k>/metrics.json), rounded up."""
+    if cfg.full_fit.epochs:
+        return int(cfg.full_fit.epochs), "full_fit.epochs"
+    exp_dir = Path(cfg.runs_dir) / str(cfg.exp)
+    paths = sorted(p for p in exp_dir.glob("fold*/metrics.json") if p.parent.name[4:].isdigit())
+    if not paths:
+        raise FileNotFoundError(f"{exp_dir}: no CV run (fold<k>/metrics.json) to take the epoch count from: train "
+                                f"the folds first (python -m src.train exp={cfg.exp} fold=0 ...) or pass "
+                                "full_fit.epochs=N")
+    best = [int(json.loads(p.read_text())["best_epoch"]) + 1 for p in paths]
+    folds = ", ".join(p.parent.name for p in paths)
+    return max(1, math.ceil(float(np.median(best)))), f"median best epoch + 1 of {folds}: {best}"
+
+
+def train_full(cfg: DictConfig, folder: str, epochs: int, source: str) -> dict:
+    """One full-data fit: every non-silent chunk, no validation, `epochs` epochs on the CV runs' learning-rate
+    schedule (train.epochs long); best.pt is the last epoch's (EMA) weights. Writes runs/<exp>/<folder>/."""
+    run = start_run(cfg)
+    run.run_dir = run.run_dir.with_name(folder)
+    run.train_ds, run.sampler, run.loader = build_train_data(run)
+    run.steps_per_epoch = count_epoch_steps(run)
+    build_model_and_optimizer(run)
+    resume(run)
+    write_run_config(run)
+    if run.dist.main:
+        print(f"full-data fit {run.run_dir}: {epochs} epochs ({source}) on the {cfg.train.epochs}-epoch schedule")
+    for epoch in range(run.start_epoch, epochs):
+        t0 = time.time()
+        train_loss = train_one_epoch(run, epoch)
+        run.best_epoch = epoch
+        run.history.append({"epoch": epoch, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
+                            "seconds": time.time() - t0})
+        if run.dist.main:
+            save_checkpoints(run, epoch, float("nan"), improved=True)
+            print(f"epoch {epoch:3d}  loss {train_loss:.4f}  {time.time() - t0:.0f}s (full-data fit, no validation)")
+    result = finish_full(run, epochs, source) if run.dist.main else {}
+    if run.dist.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def finish_full(run: Run, epochs: int, source: str) -> dict:
+    """metrics.json of a full-data fit: no score (nothing held out), the epochs and where they came from."""
+    cfg = run.cfg
+    duration = time.time() - run.started
+    metrics = {"exp": run.exp, "fold": "all", "full_data": True, "seed": int(cfg.seed), "model": str(cfg.model.name),
+               "backbone": str(cfg.model.backbone), "metric": str(cfg.data.metric), "epochs_run": len(run.history),
+               "epochs": epochs, "epochs_from": source, "duration_s": round(duration, 1), "git_commit": git_commit(),
+               "config_hash": cfglib.config_hash(cfg), "n_train_chunks": run.train_df.height}
+    with atomic_write(run.run_dir / "metrics.json") as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=1))
+    print(f"{run.exp} full-data fit (seed {cfg.seed}): {len(run.history)} epochs ({source}), "
+          f"{run.train_df.height} chunks ({duration / 60:.1f} min) -> {run.run_dir}")
+    return metrics
+
+
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    if is_full_fit(cfg.fold):
+        train_all(cfg)
+    elif cfg.seeds:
+        raise ValueError(f"seeds={list(cfg.seeds)} is for full-data fits (fold=all); a CV fold trains one seed (seed=...)")
+    else:
+        train(cfg)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,43 @@ def test_train_stops_early_with_messages_that_say_what_to_do(tiny_competition, t
         train_mod.train(prepare_config(tiny_competition, cache, "fold=abc"))
     with pytest.raises(CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\)"):
         train_mod.train(prepare_config(tiny_competition, cache, "audio.sample_rate=16000"))
+
+
+# --- fold=all: full-data fits --------------------------------------------------------------------------------
+
+def test_full_data_fit_per_seed_with_the_epochs_of_the_cv_runs(tiny_pipeline, tmp_path):
+    """`fold=all seeds=[42,7]`: one fit per seed on every non-silent chunk (runs/<exp>/foldall for the run's seed,
+    foldall_seed7 for the other), for the median best epoch + 1 of the CV folds, no validation and no oof.parquet."""
+    runs = shutil.copytree(tiny_pipeline.runs_dir, tmp_path / "runs")
+    cv = json.loads((runs / "tiny_a" / "fold0" / "metrics.json").read_text())
+    cfg = tiny_pipeline.train_config("exp=tiny_a", "model=mobilenetv3_small", f"runs_dir={runs}", "fold=all",
+                                     "seeds=[42,7]")
+    results = train_mod.train_all(cfg)
+    chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet").filter(~pl.col("silent"))
+    assert [r["seed"] for r in results] == [42, 7]
+    for name, result in zip(["foldall", "foldall_seed7"], results, strict=True):
+        run = runs / "tiny_a" / name
+        assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.csv", "metrics.json"]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics == result and metrics["fold"] == "all" and metrics["full_data"] is True
+        assert metrics["epochs_run"] == metrics["epochs"] == cv["best_epoch"] + 1 and "fold0" in metrics["epochs_from"]
+        assert metrics["n_train_chunks"] == chunks.height  # every recording, nothing held out
+        assert metrics["config_hash"] == cv["config_hash"]  # the same recipe as the CV run
+        assert len(pl.read_csv(run / "log.csv")) == metrics["epochs"]
+        assert torch.load(run / "best.pt", weights_only=True)["epoch"] == metrics["epochs"] - 1
+    weights = [torch.load(runs / "tiny_a" / n / "best.pt", weights_only=True)["model"] for n in ("foldall", "foldall_seed7")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the seeds differ
+
+
+def test_full_data_fit_epochs_given_or_missing(tiny_pipeline, tmp_path):
+    cfg = tiny_pipeline.train_config("exp=nothing_yet", f"runs_dir={tmp_path}", "fold=all")
+    with pytest.raises(FileNotFoundError, match=r"no CV run.*full_fit.epochs=N"):
+        train_mod.train_all(cfg)
+    [result] = train_mod.train_all(tiny_pipeline.train_config("exp=nothing_yet", f"runs_dir={tmp_path}", "fold=all",
+                                                              "full_fit.epochs=1"))
+    assert result["epochs_run"] == 1 and result["epochs_from"] == "full_fit.epochs"
+    assert (tmp_path / "nothing_yet" / "foldall" / "best.pt").exists()
+
+
+def test_fold_values():
+    assert train_mod.is_full_fit("all") and not train_mod.is_full_fit(0) and not train_mod.is_full_fit("abc")
