@@ -389,18 +389,21 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
 
 
 def find_python(spec: str) -> str | None:
-    """An interpreter: `spec` as a path, else `python<spec>` on PATH, else what `uv python find <spec>` finds
-    (installed or cached only: nothing is downloaded). None if there is none."""
-    if Path(spec).is_file():
-        return spec
-    if shutil.which(f"python{spec}"):
-        return shutil.which(f"python{spec}")
+    """An interpreter that runs: `spec` as a path, else `python<spec>` on PATH, else what `uv python find <spec>`
+    finds (installed or cached only: nothing is downloaded). Its real path, or None if there is none."""
     uv = shutil.which("uv")
-    if not uv:
-        return None
-    proc = subprocess.run([uv, "python", "find", "--no-python-downloads", spec], capture_output=True, text=True,
-                          check=False)
-    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+    candidates = [spec, shutil.which(f"python{spec}")]
+    if uv:
+        found = subprocess.run([uv, "python", "find", "--no-python-downloads", spec], capture_output=True, text=True,
+                               check=False)
+        candidates.append(found.stdout.strip() if found.returncode == 0 else None)
+    for exe in filter(None, candidates):
+        if Path(exe).is_file():  # a pyenv shim exists for versions it cannot run: ask the interpreter itself
+            probe = subprocess.run([exe, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True,
+                                   check=False)
+            if probe.returncode == 0 and probe.stdout.strip():
+                return probe.stdout.strip()
+    return None
 
 
 def check_install(kernel_root: Path, version: str) -> bool:
