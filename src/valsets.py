@@ -299,12 +299,32 @@ def build_all(cfg: DictConfig) -> dict[int, Path | None]:
     return built
 
 
+def score_run(fold_dir: str | Path, threads: int = 0, batch_size: int = 16) -> dict[str, float]:
+    """Score a finished run fold (any kind `src.export.eager_runtime` loads) on its fold's validation
+    soundscapes: writes its oof_soundscape.parquet and adds the soundscape metrics to its metrics.json."""
+    from src.export import eager_runtime  # torch and the models: only when a run is scored
+
+    fold_dir = Path(fold_dir)
+    cfg = cfglib.load_run_config(fold_dir)
+    metrics = evaluate_soundscapes(eager_runtime(fold_dir, threads), cfg, list(cfg.classes), fold_dir, batch_size)
+    path = fold_dir / "metrics.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(saved | metrics, indent=1))
+    return metrics
+
+
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
+    """Build every fold's set; with `+runs=[exp,...]`, also score those runs' finished folds on them."""
     if not (Path(cfg.data.cache_dir) / "manifest.json").exists():
         raise FileNotFoundError(f"{cfg.data.cache_dir}/manifest.json not found: run `python -m src.prepare "
                                 f"data={cfg.data.name} data.root={cfg.data.root}` first")
     build_all(cfg)
+    for exp in cfg.get("runs") or []:
+        for fold_dir in sorted((Path(cfg.runs_dir) / exp).glob("fold*/best.pt")):
+            metrics = score_run(fold_dir.parent, int(cfg.train.threads))
+            print(f"{fold_dir.parent}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":
