@@ -253,12 +253,12 @@ def soundscape_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def evaluate_soundscapes(predict_fn: Callable[[np.ndarray], np.ndarray], cfg: DictConfig, classes: list[str],
                          out_dir: str | Path | None = None, batch_size: int = 64,
-                         shifts_s: tuple[float, ...] = (0.0,)) -> dict[str, float]:
-    """Predict fold `cfg.fold`'s validation soundscapes with `predict_fn` ((B, samples) -> (B, C) probabilities
-    at `cfg.audio`'s rate) and score them; with `out_dir`, write `<out_dir>/oof_soundscape.parquet` (row_id,
-    filename, labels, one probability column per class). Returns soundscape_auc / soundscape_cmap ({} if the
-    fold has no validation soundscapes)."""
-    vs = load_fold(cfg, int(cfg.fold), classes)
+                         shifts_s: tuple[float, ...] = (0.0,), valset: ValSet | None = None) -> dict[str, float]:
+    """Predict fold `cfg.fold`'s validation soundscapes (`valset`, else loaded or built) with `predict_fn`
+    ((B, samples) -> (B, C) probabilities at `cfg.audio`'s rate) and score them; with `out_dir`, write
+    `<out_dir>/oof_soundscape.parquet` (row_id, filename, labels, one probability column per class).
+    Returns soundscape_auc / soundscape_cmap ({} if the fold has no validation soundscapes)."""
+    vs = valset or load_fold(cfg, int(cfg.fold), classes)
     if vs is None:
         return {}
     ids, probs, problems = predict_soundscapes(vs.files, predict_fn, len(classes), int(cfg.audio.sample_rate),

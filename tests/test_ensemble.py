@@ -234,3 +234,44 @@ def test_grouped_models_share_the_front_end_and_match_each_model(tiny_pipeline, 
     grouped = runtimes.load_models("onnx", dirs, ids)(waves)
     assert len(loads) == 1 and grouped.shape == alone.shape
     assert np.abs(grouped - alone).max() <= 1e-6
+
+
+# --- the validation-soundscape fit -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scored_runs(tiny_pipeline, tmp_path_factory):
+    """A copy of the tiny runs, each scored on small validation soundscapes (oof_soundscape.parquet)."""
+    from src.valsets import score_run
+
+    runs = tmp_path_factory.mktemp("scored") / "runs"
+    shutil.copytree(tiny_pipeline.runs_dir, runs)
+    for fold_dir in sorted(runs.glob("*/fold0")):
+        cfg = OmegaConf.load(fold_dir / "config.yaml")
+        cfg.valsets.n_soundscapes, cfg.valsets.duration_s = 6, 30.0
+        OmegaConf.save(cfg, fold_dir / "config.yaml")
+        metrics = score_run(fold_dir, threads=1)
+        assert set(metrics) == {"soundscape_auc", "soundscape_cmap"}
+        assert json.loads((fold_dir / "metrics.json").read_text())["soundscape_auc"] == metrics["soundscape_auc"]
+    return runs
+
+
+def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipeline, scored_runs, tmp_path):
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    base = [*data, f"runs_dir={scored_runs}", f"ensembles_dir={tmp_path}", "runs=[tiny_a,tiny_b]", *FAST]
+    fitted = ensemble.run(compose_named("ensemble", *base, "name=sound"))
+    default = ensemble.run(compose_named("ensemble", *base, "name=clip", "ensemble.fit.oof=clip"))
+    assert fitted["fit_on"] == "soundscape" and default["fit_on"] == "clip"
+    steps = fitted["soundscape_steps_nested"]
+    assert set(steps) == {"blend", "smoothing", "file_prior"} and fitted["soundscape_oof_score"] == steps["file_prior"]
+    assert fitted["soundscape_step_gain"]["smoothing"] == pytest.approx(steps["smoothing"] - steps["blend"])
+    candidates = ensemble.post_candidates(compose_named("ensemble").ensemble.search, "file_prior")
+    assert fitted["inference"]["postprocess"] in candidates  # the chosen one goes to the test and the kernel
+    assert default["inference"]["postprocess"] == OmegaConf.to_container(compose_named("ensemble").ensemble.postprocess)
+    assert 0 <= default["soundscape_oof_score"] <= 1 and fitted["oof_score"] == default["oof_score"]
+    # the nested step scores never saw their own rows: the in-sample choice scores at least as well
+    assert fitted["soundscape_oof_score_in_sample"] >= steps["file_prior"] - 1e-12
+
+
+def test_ensemble_without_soundscape_oof_keeps_the_clip_fit(built):
+    _, summary = built
+    assert summary["fit_on"] == "clip" and "soundscape_oof_score" not in summary
