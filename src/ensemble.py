@@ -274,7 +274,7 @@ def run(cfg: DictConfig) -> dict:
     if sound is not None and ens.fit.oof != "clip":
         sfit = fit_soundscapes(*sound, classes, ens, metric)
         method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
-        fit["summary"] |= sfit["summary"]
+        fit["summary"] |= sfit["summary"] | {"oof_score": fit["summary"]["blend_oof_nested"][method]}
     elif sound is not None:  # clip choices and the configured post-processing, scored on the soundscapes
         sbase, spreds = sound
         fit["summary"]["soundscape_oof_score"] = score(labels_matrix(sbase, classes), postprocess_rows(
