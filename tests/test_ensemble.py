@@ -50,7 +50,8 @@ def test_ensemble_yaml(built, tiny_pipeline):
     assert all(m["weight"] >= 0 for m in ens["members"])
     assert ens["blend"] in BLENDS and set(ens["blend_oof_nested"]) == set(BLENDS)
     assert ens["oof_score"] == ens["blend_oof_nested"][ens["blend"]]  # the nested score, not the in-sample one
-    assert ens["blend"] == max(ens["blend_oof_nested"], key=ens["blend_oof_nested"].get)  # blend=auto
+    fitted = ens["soundscape_blends_nested"] if ens["fit_on"] == "soundscape" else ens["blend_oof_nested"]
+    assert ens["blend"] == max(fitted, key=fitted.get)  # blend=auto: the best nested score of what it was fitted on
     assert 0 <= ens["oof_score"] <= 1 and 0 <= ens["oof_score_in_sample"] <= 1
     _, classes = read_sample_submission(tiny_pipeline.data_root / "sample_submission.csv")
     assert ens["classes"] == classes
@@ -244,7 +245,8 @@ def scored_runs(tiny_pipeline, tmp_path_factory):
     from src.valsets import score_run
 
     runs = tmp_path_factory.mktemp("scored") / "runs"
-    shutil.copytree(tiny_pipeline.runs_dir, runs)
+    for exp in ("tiny_a", "tiny_b"):
+        shutil.copytree(tiny_pipeline.runs_dir / exp, runs / exp)
     for fold_dir in sorted(runs.glob("*/fold0")):
         cfg = OmegaConf.load(fold_dir / "config.yaml")
         cfg.valsets.n_soundscapes, cfg.valsets.duration_s = 6, 30.0
@@ -272,6 +274,14 @@ def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipe
     assert fitted["soundscape_oof_score_in_sample"] >= steps["file_prior"] - 1e-12
 
 
-def test_ensemble_without_soundscape_oof_keeps_the_clip_fit(built):
-    _, summary = built
+def test_ensemble_without_soundscape_oof_keeps_the_clip_fit(tiny_pipeline, scored_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(scored_runs, runs)
+    (runs / "tiny_b" / "fold0" / "oof_soundscape.parquet").unlink()
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    base = [*data, f"runs_dir={runs}", f"ensembles_dir={tmp_path / 'ens'}", "runs=[tiny_a,tiny_b]", *FAST]
+    summary = ensemble.run(compose_named("ensemble", *base, "name=fallback"))
     assert summary["fit_on"] == "clip" and "soundscape_oof_score" not in summary
+    assert summary["inference"]["postprocess"] == OmegaConf.to_container(compose_named("ensemble").ensemble.postprocess)
+    with pytest.raises(ValueError, match="needs every member's oof_soundscape.parquet"):
+        ensemble.run(compose_named("ensemble", *base, "name=forced", "ensemble.fit.oof=soundscape"))
