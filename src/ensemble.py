@@ -26,8 +26,9 @@ from src.competition import AUDIO_SUFFIXES, load_competition
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import primary_one_hot, score, submission_score
-from src.soundscape import combine_members, mean_by_owner, one_file_per_stem, predict_model_groups
+from src.soundscape import combine_members, mean_by_owner, one_file_per_stem, postprocess_rows, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
+from src.valsets import labels_matrix
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,119 @@ def _splits(groups: np.ndarray, n: int):
     return GroupKFold(n_splits=n).split(np.zeros(len(groups)), groups=groups)
 
 
+def fit_clips(base: pl.DataFrame, oof: list[np.ndarray], classes: list[str], exps: list[str], ens: DictConfig,
+              metric: str) -> dict:
+    """Blend and weights fitted on the clip OOF, the blend chosen by its nested score (weights fitted on the
+    other folds, or on other recording groups when there is one fold)."""
+    y = primary_one_hot(base["primary_label"].to_list(), classes)
+    folds = base["fold"].to_numpy()
+    groups = folds if len(np.unique(folds)) > 1 else base["filename"].to_numpy()
+    n_splits = min(len(np.unique(groups)), int(ens.fit.splits)) if len(np.unique(folds)) == 1 else len(np.unique(folds))
+    if len(np.unique(folds)) == 1:  # one fold: split its recordings into n_splits groups
+        codes = np.unique(groups, return_inverse=True)[1]
+        groups = codes % n_splits
+    member_scores = {e: score(y, p, metric) for e, p in zip(exps, oof)}
+    power, restarts = float(ens.power), int(ens.fit.restarts)
+    table = {m: nested_score(oof, y, groups, m, metric, power, restarts) for m in BLENDS}
+    method = max(table, key=table.get) if ens.blend == "auto" else str(ens.blend)
+    weights = fit_weights(oof, y, method, metric, power, restarts)
+    fitted_in_sample = score(y, blend(oof, weights, method, power), metric)
+    print(f"OOF {metric} on {base.height} chunks: " + ", ".join(f"{e} {s:.4f}" for e, s in member_scores.items()))
+    print("blends (nested: weights fitted without the scored part): "
+          + ", ".join(f"{m} {s:.4f}" for m, s in table.items()) + f" -> {method}, weights "
+          + ", ".join(f"{w:.3f}" for w in weights))
+    return {"method": method, "weights": weights,
+            "summary": {"member_oof": member_scores, "blend_oof_nested": table, "oof_score": table[method],
+                        "oof_score_in_sample": fitted_in_sample, "fit_on": "clip"}}
+
+
+def load_soundscape_oof(runs_dir: Path, exps: list[str], classes: list[str]
+                        ) -> tuple[pl.DataFrame, list[np.ndarray]] | None:
+    """Validation-soundscape rows every member predicted (row_id, filename, labels, fold; each soundscape's
+    windows consecutive) and each member's probabilities; None (said why) unless every fold of every member
+    has an oof_soundscape.parquet."""
+    frames = []
+    for exp in exps:
+        dirs = fold_dirs(runs_dir, exp)
+        missing = [d for d in dirs if not (d / "oof_soundscape.parquet").exists()]
+        if missing:
+            print(f"{missing[0]}: no oof_soundscape.parquet (score it: python -m src.valsets +runs=[{exp}]); "
+                  "blend and post-processing are fitted on the clip OOF")
+            return None
+        frames.append(pl.concat([pl.read_parquet(d / "oof_soundscape.parquet").with_columns(
+            pl.lit(int(d.name.removeprefix("fold"))).alias("fold")) for d in dirs]))
+    base = frames[0].select("row_id", "filename", "labels", "fold")
+    for f in frames[1:]:
+        base = base.join(f.select("row_id"), on="row_id", how="inner", maintain_order="left")
+    if base.height == 0:
+        print(f"members {exps} share no validation-soundscape rows (other valsets settings?): fitted on clip OOF")
+        return None
+    keys = base.select("row_id")
+    return base, [keys.join(f, on="row_id", how="left", maintain_order="left").select(classes).to_numpy()
+                  for f in frames]
+
+
+def post_candidates(search: DictConfig, step: str) -> list[dict]:
+    """Post-processing configs tried up to `step`: blend (none), smoothing (each kernel), file_prior (each
+    kernel x each prior), from `ensemble.search`."""
+    smoothing = [None] + [list(k) for k in search.smoothing if k] if step != "blend" else [None]
+    priors = [None] + [OmegaConf.to_container(p) for p in search.file_prior] if step == "file_prior" else [None]
+    return [{"smoothing": k, "file_prior": p} for k in smoothing for p in priors]
+
+
+def choose_post(preds: list[np.ndarray], y: np.ndarray, ids: list[str], weights: np.ndarray, method: str,
+                power: float, candidates: list[dict], metric: str) -> tuple[dict, float]:
+    """The candidate post-processing that scores best on these rows, and its score."""
+    blended = blend(preds, weights, method, power)
+    scored = [(score(y, postprocess_rows(ids, blended, c), metric), k) for k, c in enumerate(candidates)]
+    best, k = max(scored)
+    return candidates[k], best
+
+
+def nested_pipeline(preds: list[np.ndarray], y: np.ndarray, ids: list[str], groups: np.ndarray, method: str,
+                    power: float, restarts: int, candidates: list[dict], metric: str) -> float:
+    """Score of blend weights + post-processing chosen on the other groups, for each held-out group
+    (whole soundscapes): the choice never scores what fitted it."""
+    ids_arr = np.asarray(ids)
+    out = np.zeros_like(preds[0])
+    for tr, te in _splits(groups, len(np.unique(groups))):
+        w = fit_weights([p[tr] for p in preds], y[tr], method, metric, power, restarts)
+        post, _ = choose_post([p[tr] for p in preds], y[tr], list(ids_arr[tr]), w, method, power, candidates, metric)
+        out[te] = postprocess_rows(list(ids_arr[te]), blend([p[te] for p in preds], w, method, power), post)
+    return score(y, out, metric)
+
+
+def fit_soundscapes(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str], ens: DictConfig,
+                    metric: str) -> dict:
+    """Blend, weights and post-processing chosen on the validation-soundscape OOF, with the nested score of
+    each step (blend alone, + smoothing, + file prior) so each step's gain is measured honestly."""
+    y, ids = labels_matrix(base, classes), base["row_id"].to_list()
+    folds = base["fold"].to_numpy()
+    if len(np.unique(folds)) > 1:
+        groups = folds
+    else:  # one fold: its soundscapes in ensemble.fit.splits groups
+        codes = np.unique(base["filename"].to_numpy(), return_inverse=True)[1]
+        groups = codes % min(int(ens.fit.splits), codes.max() + 1)
+    power, restarts = float(ens.power), int(ens.fit.restarts)
+    table = {m: nested_pipeline(preds, y, ids, groups, m, power, restarts, [{}], metric) for m in BLENDS}
+    method = max(table, key=table.get) if ens.blend == "auto" else str(ens.blend)
+    steps = {step: nested_pipeline(preds, y, ids, groups, method, power, restarts,
+                                   post_candidates(ens.search, step), metric)
+             for step in ("blend", "smoothing", "file_prior")}
+    weights = fit_weights(preds, y, method, metric, power, restarts)
+    post, in_sample = choose_post(preds, y, ids, weights, method, power, post_candidates(ens.search, "file_prior"),
+                                  metric)
+    print(f"soundscape OOF {metric} on {base.height} windows, nested: blends "
+          + ", ".join(f"{m} {v:.4f}" for m, v in table.items()) + f" -> {method}; steps "
+          + ", ".join(f"{k} {v:.4f}" for k, v in steps.items()) + f" -> post-processing {post}")
+    return {"method": method, "weights": weights, "postprocess": post,
+            "summary": {"soundscape_blends_nested": table, "soundscape_steps_nested": steps,
+                        "soundscape_step_gain": {"smoothing": steps["smoothing"] - steps["blend"],
+                                                 "file_prior": steps["file_prior"] - steps["smoothing"]},
+                        "soundscape_oof_score": steps["file_prior"], "soundscape_oof_score_in_sample": in_sample,
+                        "fit_on": "soundscape"}}
+
+
 def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
     """Share of training chunks per class (the fallback for undecodable test files)."""
     chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet")
@@ -171,24 +285,21 @@ def run(cfg: DictConfig) -> dict:
     metric = str(cfg.data.metric)
 
     base, oof, classes = load_oof(runs_dir, exps)
-    y = primary_one_hot(base["primary_label"].to_list(), classes)
-    folds = base["fold"].to_numpy()
-    groups = folds if len(np.unique(folds)) > 1 else base["filename"].to_numpy()
-    n_splits = min(len(np.unique(groups)), int(ens.fit.splits)) if len(np.unique(folds)) == 1 else len(np.unique(folds))
-    if len(np.unique(folds)) == 1:  # one fold: split its recordings into n_splits groups
-        codes = np.unique(groups, return_inverse=True)[1]
-        groups = codes % n_splits
-    member_scores = {e: score(y, p, metric) for e, p in zip(exps, oof)}
-    table = {}
-    for method in BLENDS:
-        table[method] = nested_score(oof, y, groups, method, metric, float(ens.power), int(ens.fit.restarts))
-    method = max(table, key=table.get) if ens.blend == "auto" else str(ens.blend)
-    weights = fit_weights(oof, y, method, metric, float(ens.power), int(ens.fit.restarts))
-    fitted_in_sample = score(y, blend(oof, weights, method, float(ens.power)), metric)
-    print(f"OOF {metric} on {base.height} chunks: " + ", ".join(f"{e} {s:.4f}" for e, s in member_scores.items()))
-    print("blends (nested: weights fitted without the scored part): "
-          + ", ".join(f"{m} {s:.4f}" for m, s in table.items()) + f" -> {method}, weights "
-          + ", ".join(f"{w:.3f}" for w in weights))
+    fit = fit_clips(base, oof, classes, exps, ens, metric)
+    method, weights = fit["method"], fit["weights"]
+    post = OmegaConf.to_container(ens.postprocess, resolve=True)
+    sound = load_soundscape_oof(runs_dir, exps, classes)
+    if sound is None and ens.fit.oof == "soundscape":
+        raise ValueError("ensemble.fit.oof=soundscape needs every member's oof_soundscape.parquet: "
+                         f"python -m src.valsets +runs=[{','.join(exps)}]")
+    if sound is not None and ens.fit.oof != "clip":
+        sfit = fit_soundscapes(*sound, classes, ens, metric)
+        method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
+        fit["summary"] |= sfit["summary"] | {"oof_score": fit["summary"]["blend_oof_nested"][method]}
+    elif sound is not None:  # clip choices and the configured post-processing, scored on the soundscapes
+        sbase, spreds = sound
+        fit["summary"]["soundscape_oof_score"] = score(labels_matrix(sbase, classes), postprocess_rows(
+            sbase["row_id"].to_list(), blend(spreds, weights, method, float(ens.power)), post), metric)
 
     comp = load_competition(cfg.data.root, cfg.data.layout)
     if comp.classes != classes:
@@ -204,16 +315,14 @@ def run(cfg: DictConfig) -> dict:
                "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
                "members": [{k: m[k] for k in ("run", "folds", "models", "weight") if k in m} for m in members],
                "full_data": bool(cfg.full_data),
-               "member_oof": member_scores, "blend_oof_nested": table, "oof_score": table[method],
-               "oof_score_in_sample": fitted_in_sample, "classes": classes, "fallback": fallback.tolist(),
-               "inference": OmegaConf.to_container(ens, resolve=True), "data": {"name": cfg.data.name,
-                                                                                 "competition": cfg.data.competition}}
+               **fit["summary"], "classes": classes, "fallback": fallback.tolist(),
+               "inference": OmegaConf.to_container(ens, resolve=True) | {"postprocess": post},
+               "data": {"name": cfg.data.name, "competition": cfg.data.competition}}
     out_dir.mkdir(parents=True, exist_ok=True)
     if files:
         ids, preds, problems = predict_members(members, files, cfg, len(classes),
                                                lambda d: eager_runtime(d, int(cfg.threads)))
-        probs = combine_members(preds, weights, method, float(ens.power), ids,
-                                OmegaConf.to_container(ens.postprocess, resolve=True), fallback)
+        probs = combine_members(preds, weights, method, float(ens.power), ids, post, fallback)
         sample_rows, _ = read_sample_submission(comp.sample_submission)
         rows = expected_rows(ids, sample_rows)
         probs, align_problems = align(ids, probs, rows, fallback)

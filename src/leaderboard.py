@@ -3,8 +3,10 @@
 Usage (plain `key=value` arguments, no Hydra):
     python -m src.leaderboard [runs_dir=runs ensembles_dir=ensembles out=. lb_file=...]
         one row per experiment, best CV first: backbone, the config keys that differ between
-        experiments, folds done, mean CV and per-fold scores, padded cmAP, training time, git
-        commit(s), public LB when recorded. Printed, and written to `<out>/leaderboard.md`,
+        experiments, folds done, mean CV and per-fold scores, the soundscape CV (validation soundscapes,
+        src.valsets) beside it, padded cmAP, training time, git commit(s), public LB when recorded, the
+        local test score (score.json; a run borrows its single-member ensemble's), and the Spearman rank
+        correlation of each CV with the public LB and with the local test score. Printed, and written to `<out>/leaderboard.md`,
         `<out>/leaderboard.csv` and (with >= 2 public LB scores) `<out>/leaderboard_cv_lb.png`.
     python -m src.leaderboard lb exp=<name> score=<float> [note=...]
         records a public LB score in `configs/leaderboard/public_lb.csv` (exp,score,date,note;
@@ -42,8 +44,11 @@ BOOKKEEPING = ("exp", "fold", "resume", "device", "runs_dir", "classes", "paths"
 # Config differences are listed in this order of sections, then alphabetically.
 SECTION_ORDER = ("model", "data", "train", "audio", "aug", "sampler", "labels", "seed")
 LB_COLUMNS = ["exp", "score", "date", "note"]
-CSV_COLUMNS = ["rank", "exp", "kind", "backbone", "config", "folds", "cv", "cv_std", "fold_scores", "metric",
+CSV_COLUMNS = ["rank", "exp", "kind", "backbone", "config", "folds", "cv", "cv_std", "soundscape_cv", "fold_scores",
+               "metric",
                "auc", "cmap", "lb", "lb_date", "test_auc", "train_s", "commit"]
+# The two local CVs whose agreement with the leaderboard is measured: clip OOF and validation soundscapes.
+CV_KINDS = {"clip": "cv", "soundscape": "soundscape_cv"}
 
 
 class LeaderboardError(Exception):
@@ -223,6 +228,7 @@ def run_row(run: dict, config_diff: list[str]) -> dict:
         "exp": run["exp"], "kind": "run", "backbone": first.get("backbone") or first.get("model") or "",
         "config_parts": config_diff, "folds": folds, "cv": float(np.mean(scores)),
         "cv_std": float(np.std(scores)) if len(scores) > 1 else None, "fold_scores": scores,
+        "soundscape_cv": _mean([m.get(f"soundscape_{first['metric']}") for m in metrics.values()]),
         "metric": first["metric"], "auc": _mean([m.get("auc") for m in metrics.values()]),
         "cmap": _mean([m.get("cmap") for m in metrics.values()]), "test_auc": None,
         "train_s": float(sum(float(m.get("duration_s") or 0.0) for m in metrics.values())),
@@ -245,6 +251,7 @@ def ensemble_row(ens: dict, backbones: dict[str, str]) -> dict:
     return {
         "exp": str(ens["name"]), "kind": "ensemble", "backbone": "+".join(dict.fromkeys(used)),
         "config_parts": parts, "folds": folds, "cv": score, "cv_std": None, "fold_scores": [],
+        "soundscape_cv": ens.get("soundscape_oof_score"), "members": [str(m.get("run")) for m in members],
         "metric": metric, **metriclib.by_name(metric, score),
         "test_auc": ens.get("test_auc"), "train_s": None, "commit": "",
     }
@@ -257,6 +264,7 @@ def build_rows(runs: list[dict], ensembles: list[dict], public_lb: dict[str, dic
     rows = [run_row(r, diffs.get(r["exp"], [])) for r in runs]
     backbones = {r["exp"]: r["backbone"] for r in rows}
     rows += [ensemble_row(e, backbones) for e in ensembles]
+    lend_test_scores(rows)
     for row in rows:
         lb = public_lb.get(row["exp"])
         row["lb"], row["lb_date"] = (lb["score"], lb["date"]) if lb else (None, "")
@@ -266,10 +274,25 @@ def build_rows(runs: list[dict], ensembles: list[dict], public_lb: dict[str, dic
     return rows
 
 
-def cv_lb_correlation(rows: list[dict]) -> tuple[float, int] | None:
-    """Spearman rank correlation between CV and public LB over the rows that have both, and their count;
-    None with fewer than 2 such rows."""
-    pairs = [(r["cv"], r["lb"]) for r in rows if r["lb"] is not None and r["cv"] is not None]
+def lend_test_scores(rows: list[dict]) -> None:
+    """A run without a test score of its own takes the one of an ensemble of that run alone
+    (`src.ensemble runs=[exp]`), which is then marked `lent` so correlations count the pair once."""
+    by_exp = {r["exp"]: r for r in rows if r["kind"] == "run"}
+    for row in rows:
+        run = by_exp.get(row["members"][0]) if row["kind"] == "ensemble" and len(row["members"]) == 1 else None
+        if run is not None and row["test_auc"] is not None and run["test_auc"] is None:
+            run["test_auc"], row["lent"] = row["test_auc"], True
+
+
+def _valid(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def cv_lb_correlation(rows: list[dict], cv: str = "cv", target: str = "lb") -> tuple[float, int] | None:
+    """Spearman rank correlation between the `cv` column and the `target` column (public LB, or `test_auc`)
+    over the rows that have both, and their count; None with fewer than 2 such rows."""
+    pairs = [(r[cv], r[target]) for r in rows
+             if _valid(r.get(cv)) and _valid(r.get(target)) and not (target == "test_auc" and r.get("lent"))]
     if len(pairs) < 2:
         return None
     cv, lb = np.array(pairs).T
@@ -297,7 +320,7 @@ def _display(row: dict, config_width: int | None) -> dict[str, str]:
     parts = row["config_parts"]
     return {
         "#": str(row["rank"]), "exp": row["exp"], "kind": row["kind"], "backbone": row["backbone"],
-        "folds": folds, "metric": row["metric"], "cv": cv,
+        "folds": folds, "metric": row["metric"], "cv": cv, "soundscape cv": _num(row["soundscape_cv"]),
         "per fold": " ".join(_num(s) for s in row["fold_scores"]),
         "cmap": _num(row["cmap"]), "public LB": _num(row["lb"]), "test auc": _num(row["test_auc"]),
         "time": _duration(row["train_s"]), "commit": row["commit"],
@@ -321,13 +344,27 @@ def _markdown_table(records: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _correlation_line(corr: tuple[float, int] | None) -> str:
+def _correlation_line(corr: tuple[float, int] | None, label: str = "CV-LB") -> str:
     if corr is None:
-        return ("CV-LB rank correlation: needs public LB scores for >= 2 experiments "
-                "(python -m src.leaderboard lb exp=<name> score=<float>)")
+        return (f"{label} rank correlation: needs public LB scores for >= 2 experiments "
+                "(python -m src.leaderboard lb exp=<name> score=<float>)") if label == "CV-LB" else \
+            f"{label} rank correlation: needs >= 2 experiments with both scores"
     rho, n = corr
     value = "undefined (all CV or all LB values equal)" if math.isnan(rho) else f"{rho:+.3f}"
-    return f"CV-LB rank correlation (Spearman, n={n}): {value}"
+    return f"{label} rank correlation (Spearman, n={n}): {value}"
+
+
+def correlation_lines(rows: list[dict]) -> list[str]:
+    """The clip CV's and the soundscape CV's rank correlation with the public LB and with the local test score."""
+    lines = [_correlation_line(cv_lb_correlation(rows), "CV-LB")]
+    for kind, column in CV_KINDS.items():
+        for target, name in (("lb", "public LB"), ("test_auc", "local test")):
+            if kind == "clip" and target == "lb":
+                continue
+            corr = cv_lb_correlation(rows, column, target)
+            if corr is not None:
+                lines.append(_correlation_line(corr, f"{kind} CV - {name}"))
+    return lines
 
 
 def plot_cv_lb(rows: list[dict], path: Path) -> bool:
@@ -387,7 +424,6 @@ def write_leaderboard(rows: list[dict], out: Path) -> dict[str, Path]:
         table.write_csv(tmp)
     written["csv"] = out / "leaderboard.csv"
 
-    corr = cv_lb_correlation(rows)
     plot_path = out / "leaderboard_cv_lb.png"
     has_plot = plot_cv_lb(rows, plot_path)
     if not has_plot and plot_path.exists():
@@ -396,7 +432,7 @@ def write_leaderboard(rows: list[dict], out: Path) -> dict[str, Path]:
           ("Best CV first. `cv` is the mean over folds of each run's main metric (`metric` in metrics.json); "
            "for ensembles, the nested out-of-fold score of the blend. `config differences` are the config keys "
            "whose values differ between runs."), "",
-          _markdown_table([_display(r, None) for r in rows]), "", _correlation_line(corr)]
+          _markdown_table([_display(r, None) for r in rows]), "", *correlation_lines(rows)]
     if has_plot:
         md += ["", f"![CV vs public LB]({plot_path.name})"]
         written["png"] = plot_path
@@ -419,7 +455,7 @@ def leaderboard(runs_dir: Path, ensembles_dir: Path, out: Path, lb_file: Path, c
         print(f"note: {lb_file} has LB scores for {unknown}, which have no run or ensemble here", file=sys.stderr)
     print(_text_table([_display(r, config_width) for r in rows]))
     print()
-    print(_correlation_line(cv_lb_correlation(rows)))
+    print("\n".join(correlation_lines(rows)))
     written = write_leaderboard(rows, out)
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return rows

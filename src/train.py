@@ -38,6 +38,7 @@ from src.metrics import select as select_metric
 from src.models import BirdModel, build_model
 from src.prepare import check_cache_settings, load_soundscape_index
 from src.samplers import MassSampler, build_sampler
+from src.valsets import ValSet, evaluate_soundscapes, load_fold
 
 log = logging.getLogger(__name__)
 
@@ -479,8 +480,39 @@ def train_step(run: Run, batch: tuple[torch.Tensor, ...], lr: float, global_step
 
 
 def build_evaluators(run: Run) -> list[Evaluator]:
-    """What is scored after every epoch; each evaluator adds its named scores (log.csv columns)."""
-    return [evaluate_chunks]
+    """What is scored after every epoch; each evaluator adds its named scores (log.csv columns): the
+    validation chunks, and the fold's validation soundscapes (src.valsets) unless train.soundscape_cv=false."""
+    evaluators: list[Evaluator] = [evaluate_chunks]
+    valset = load_valset(run) if run.cfg.train.soundscape_cv else None
+    if valset is not None:
+        def evaluate_valset(r: Run, model: torch.nn.Module) -> dict[str, float]:
+            return evaluate_soundscapes(probability_fn(model, r.device, r.dtype), r.cfg, r.classes,
+                                        batch_size=int(r.cfg.train.val_batch_size), valset=valset)
+        evaluators.append(evaluate_valset)
+    return evaluators
+
+
+def load_valset(run: Run) -> ValSet | None:
+    """This fold's validation soundscapes, built by rank 0 while the other ranks wait; None if it has none."""
+    valset = load_fold(run.cfg, int(run.cfg.fold), run.classes) if run.dist.main else None
+    if run.dist.world > 1:
+        dist.barrier()
+        if not run.dist.main:
+            valset = load_fold(run.cfg, int(run.cfg.fold), run.classes)
+    return valset
+
+
+def probability_fn(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None):
+    """(B, samples) float32 numpy -> (B, C) probabilities with `model` in eval mode on `device`."""
+    model.eval()
+
+    @torch.no_grad()
+    def predict_batch(batch: np.ndarray) -> np.ndarray:
+        wave = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(device)
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            return torch.sigmoid(model(wave).float()).cpu().numpy()
+
+    return predict_batch
 
 
 def evaluate_chunks(run: Run, model: torch.nn.Module) -> dict[str, float]:
@@ -490,8 +522,15 @@ def evaluate_chunks(run: Run, model: torch.nn.Module) -> dict[str, float]:
 
 
 def selection_score(run: Run, values: dict[str, float]) -> float:
-    """The score that picks best.pt and drives early stopping: the competition metric on validation chunks."""
-    return select_metric(str(run.cfg.data.metric), values)
+    """The score that picks best.pt and drives early stopping (`train.select`): the competition metric on the
+    validation chunks (clip) or on the validation soundscapes (soundscape; clip where the fold has none)."""
+    metric, select = str(run.cfg.data.metric), str(run.cfg.train.select)
+    if select not in ("clip", "soundscape"):
+        raise ValueError(f"train.select={select!r}: use clip or soundscape")
+    sound = values.get(f"soundscape_{metric}")
+    if select == "soundscape" and sound is not None and not math.isnan(sound):
+        return sound
+    return select_metric(metric, values)
 
 
 def evaluate_and_checkpoint(run: Run, epoch: int, train_loss: float, t0: float) -> bool:
@@ -552,8 +591,16 @@ class TrainForward(torch.nn.Module):
         return self.model.forward_mel(mel), target, mask
 
 
+def finish_soundscapes(run: Run, model: torch.nn.Module) -> dict[str, float]:
+    """best.pt on the validation soundscapes: writes oof_soundscape.parquet, returns the metrics.json keys."""
+    if not run.cfg.train.soundscape_cv:
+        return {}
+    return evaluate_soundscapes(probability_fn(model, run.device, run.dtype), run.cfg, run.classes, run.run_dir,
+                                int(run.cfg.train.val_batch_size))
+
+
 def finish(run: Run) -> dict:
-    """Reload best.pt, write oof.parquet, metrics.json and the report."""
+    """Reload best.pt, write oof.parquet (+ oof_soundscape.parquet), metrics.json and the report."""
     cfg, classes, val_df = run.cfg, run.classes, run.val_df
     duration = time.time() - run.started
     model = build_model(cfg.model, cfg.audio, len(classes), init_weights=False).to(run.device)
@@ -572,7 +619,8 @@ def finish(run: Run) -> dict:
                "best_epoch": run.best_epoch, "epochs_run": len(run.history),
                "per_class_auc": per_class_auc(run.y_val, probs, classes), "duration_s": round(duration, 1),
                "git_commit": git_commit(), "config_hash": cfglib.config_hash(cfg),
-               "n_train_chunks": run.train_df.height, "n_val_chunks": val_df.height}
+               "n_train_chunks": run.train_df.height, "n_val_chunks": val_df.height,
+               "select": str(cfg.train.select), **finish_soundscapes(run, model)}
     with atomic_write(run.run_dir / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=1))
     if cfg.train.report:

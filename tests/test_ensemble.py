@@ -50,7 +50,8 @@ def test_ensemble_yaml(built, tiny_pipeline):
     assert all(m["weight"] >= 0 for m in ens["members"])
     assert ens["blend"] in BLENDS and set(ens["blend_oof_nested"]) == set(BLENDS)
     assert ens["oof_score"] == ens["blend_oof_nested"][ens["blend"]]  # the nested score, not the in-sample one
-    assert ens["blend"] == max(ens["blend_oof_nested"], key=ens["blend_oof_nested"].get)  # blend=auto
+    fitted = ens["soundscape_blends_nested"] if ens["fit_on"] == "soundscape" else ens["blend_oof_nested"]
+    assert ens["blend"] == max(fitted, key=fitted.get)  # blend=auto: the best nested score of what it was fitted on
     assert 0 <= ens["oof_score"] <= 1 and 0 <= ens["oof_score_in_sample"] <= 1
     _, classes = read_sample_submission(tiny_pipeline.data_root / "sample_submission.csv")
     assert ens["classes"] == classes
@@ -264,3 +265,61 @@ def test_full_data_members_predict_with_the_weights_fitted_on_oof(built, tiny_pi
     shutil.rmtree(runs / "tiny_a" / "foldall")
     with pytest.raises(FileNotFoundError, match=r"no full-data fit.*fold=all"):
         ensemble.run(cfg)
+
+
+# --- the validation-soundscape fit -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scored_runs(tiny_pipeline, tmp_path_factory):
+    """A copy of the tiny runs, each scored on small validation soundscapes (oof_soundscape.parquet)."""
+    from src.valsets import score_run
+
+    runs = tmp_path_factory.mktemp("scored") / "runs"
+    for exp in ("tiny_a", "tiny_b"):
+        shutil.copytree(tiny_pipeline.runs_dir / exp, runs / exp)
+    for fold_dir in sorted(runs.glob("*/fold0")):
+        cfg = OmegaConf.load(fold_dir / "config.yaml")
+        cfg.valsets.n_soundscapes, cfg.valsets.duration_s = 6, 30.0
+        OmegaConf.save(cfg, fold_dir / "config.yaml")
+        metrics = score_run(fold_dir, threads=1)
+        assert set(metrics) == {"soundscape_auc", "soundscape_cmap"}
+        assert json.loads((fold_dir / "metrics.json").read_text())["soundscape_auc"] == metrics["soundscape_auc"]
+    return runs
+
+
+def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipeline, scored_runs, tmp_path):
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    base = [*data, f"runs_dir={scored_runs}", f"ensembles_dir={tmp_path}", "runs=[tiny_a,tiny_b]", *FAST]
+    fitted = ensemble.run(compose_named("ensemble", *base, "name=sound"))
+    default = ensemble.run(compose_named("ensemble", *base, "name=clip", "ensemble.fit.oof=clip"))
+    assert fitted["fit_on"] == "soundscape" and default["fit_on"] == "clip"
+    steps = fitted["soundscape_steps_nested"]
+    assert set(steps) == {"blend", "smoothing", "file_prior"} and fitted["soundscape_oof_score"] == steps["file_prior"]
+    assert fitted["soundscape_step_gain"]["smoothing"] == pytest.approx(steps["smoothing"] - steps["blend"])
+    candidates = ensemble.post_candidates(compose_named("ensemble").ensemble.search, "file_prior")
+    assert fitted["inference"]["postprocess"] in candidates  # the chosen one goes to the test and the kernel
+    assert default["inference"]["postprocess"] == OmegaConf.to_container(compose_named("ensemble").ensemble.postprocess)
+    assert 0 <= default["soundscape_oof_score"] <= 1
+    assert fitted["oof_score"] == fitted["blend_oof_nested"][fitted["blend"]]  # the clip CV of the blend it uses
+    # the in-sample choice is the best candidate on all rows: at least as good as no post-processing there
+    from src.blend import blend
+    from src.soundscape import postprocess_rows
+    from src.valsets import labels_matrix
+    base, preds = ensemble.load_soundscape_oof(scored_runs, ["tiny_a", "tiny_b"], fitted["classes"])
+    y, ids = labels_matrix(base, fitted["classes"]), base["row_id"].to_list()
+    mixed = blend(preds, [m["weight"] for m in fitted["members"]], fitted["blend"], fitted["power"])
+    chosen = score(y, postprocess_rows(ids, mixed, fitted["inference"]["postprocess"]), "auc")
+    assert chosen == pytest.approx(fitted["soundscape_oof_score_in_sample"]) and chosen >= score(y, mixed, "auc") - 1e-12
+
+
+def test_ensemble_without_soundscape_oof_keeps_the_clip_fit(tiny_pipeline, scored_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(scored_runs, runs)
+    (runs / "tiny_b" / "fold0" / "oof_soundscape.parquet").unlink()
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    base = [*data, f"runs_dir={runs}", f"ensembles_dir={tmp_path / 'ens'}", "runs=[tiny_a,tiny_b]", *FAST]
+    summary = ensemble.run(compose_named("ensemble", *base, "name=fallback"))
+    assert summary["fit_on"] == "clip" and "soundscape_oof_score" not in summary
+    assert summary["inference"]["postprocess"] == OmegaConf.to_container(compose_named("ensemble").ensemble.postprocess)
+    with pytest.raises(ValueError, match="needs every member's oof_soundscape.parquet"):
+        ensemble.run(compose_named("ensemble", *base, "name=forced", "ensemble.fit.oof=soundscape"))

@@ -176,3 +176,24 @@ def test_errors_name_the_file_and_the_fix(tmp_path: Path, capsys) -> None:
     assert "not a number" in capsys.readouterr().err
     assert _run_cli(tmp_path, "colour=red") == 1
     assert "unknown option 'colour'" in capsys.readouterr().err
+
+
+def test_soundscape_cv_beside_clip_cv_with_both_correlations(tmp_path: Path, capsys) -> None:
+    """Three runs whose soundscape CV ranks them like their local test scores and whose clip CV does not;
+    each run's test score comes from its single-member ensemble, counted once."""
+    for exp, clip, sound, test in (("a", 0.90, 0.60, 0.55), ("b", 0.80, 0.70, 0.65), ("c", 0.70, 0.80, 0.75)):
+        fold_dir = make_fake_run(tmp_path / "runs", exp, 0, score=clip)
+        metrics = json.loads((fold_dir / "metrics.json").read_text())
+        (fold_dir / "metrics.json").write_text(json.dumps(metrics | {"soundscape_auc": sound}))
+        make_fake_ensemble(tmp_path / "ensembles", f"only_{exp}", [exp], oof_score=clip, test_auc=test)
+    assert _run_cli(tmp_path) == 0
+    table = _table(tmp_path)
+    assert [c for c in table.columns if "soundscape" in c] == ["soundscape_cv"]
+    runs = table.filter(pl.col("kind") == "run").sort("exp")
+    assert runs["soundscape_cv"].to_list() == pytest.approx([0.60, 0.70, 0.80])
+    assert runs["test_auc"].to_list() == pytest.approx([0.55, 0.65, 0.75])
+    printed = capsys.readouterr().out
+    assert "soundscape cv" in printed.splitlines()[0]
+    assert "soundscape CV - local test rank correlation (Spearman, n=3): +1.000" in printed
+    assert "clip CV - local test rank correlation (Spearman, n=3): -1.000" in printed
+    assert "soundscape CV - local test" in (tmp_path / "out" / "leaderboard.md").read_text()

@@ -152,3 +152,36 @@ def test_full_data_fit_epochs_given_or_missing(tiny_pipeline, tmp_path):
 
 def test_fold_values():
     assert train_mod.is_full_fit("all") and not train_mod.is_full_fit(0) and not train_mod.is_full_fit("abc")
+
+
+def test_every_epoch_scores_the_validation_soundscapes(tiny_pipeline):
+    run = tiny_pipeline.runs_dir / "tiny_a" / "fold0"
+    log = pl.read_csv(run / "log.csv")
+    assert {"soundscape_auc", "soundscape_cmap", "auc", "cmap"} <= set(log.columns)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["select"] == "clip" and 0.0 <= metrics["soundscape_cmap"] <= 1.0
+    oof = pl.read_parquet(run / "oof_soundscape.parquet")
+    assert oof.columns[:3] == ["row_id", "filename", "labels"] and oof.height == 4 * 6  # tiny: 4 x 30 s
+    assert oof["row_id"].str.starts_with("val_f0_").all()
+
+
+@pytest.mark.parametrize(("select", "best_epoch"), [("clip", 0), ("soundscape", 1)])
+def test_select_picks_best_pt_by_clip_or_soundscape(tiny_pipeline, monkeypatch, select, best_epoch):
+    """Scripted scores (no training): clip AUC peaks at epoch 0, soundscape AUC at epoch 1."""
+    clip, sound = iter([0.9, 0.5, 0.6]), iter([0.5, 0.8, 0.6, 0.7])
+    monkeypatch.setattr(train_mod, "train_one_epoch", lambda run, epoch: 0.0)
+    monkeypatch.setattr(train_mod, "evaluate_chunks", lambda run, model: {"val_loss": 0.1, "auc": next(clip),
+                                                                          "cmap": 0.5})
+    monkeypatch.setattr(train_mod, "evaluate_soundscapes", lambda *a, **k: {"soundscape_auc": next(sound),
+                                                                            "soundscape_cmap": 0.5})
+    metrics = train_mod.train(tiny_pipeline.train_config(f"exp=select_{select}", "train.epochs=3",
+                                                         f"train.select={select}"))
+    assert metrics["best_epoch"] == best_epoch and metrics["select"] == select
+    log = pl.read_csv(tiny_pipeline.runs_dir / f"select_{select}" / "fold0" / "log.csv")
+    assert log["soundscape_auc"].to_list() == [0.5, 0.8, 0.6]
+
+
+def test_select_rejects_an_unknown_choice(tiny_pipeline, monkeypatch):
+    monkeypatch.setattr(train_mod, "train_one_epoch", lambda run, epoch: 0.0)
+    with pytest.raises(ValueError, match="train.select='oof'"):
+        train_mod.train(tiny_pipeline.train_config("exp=select_bad", "train.epochs=1", "train.select=oof"))
