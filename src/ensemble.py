@@ -131,6 +131,15 @@ def _splits(groups: np.ndarray, n: int):
     return GroupKFold(n_splits=n).split(np.zeros(len(groups)), groups=groups)
 
 
+def choose_blend(table: dict[str, float], ens: DictConfig, n_members: int) -> str:
+    """`ensemble.blend`, or with `auto` the blend with the best nested score; a single member is its own
+    blend (`mean`): a rank "blend" of one model would only turn its probabilities into ranks, which near-ties
+    flip between runtimes, so the kernel could not match the ensemble."""
+    if ens.blend != "auto":
+        return str(ens.blend)
+    return "mean" if n_members == 1 else max(table, key=table.get)
+
+
 def fit_clips(base: pl.DataFrame, oof: list[np.ndarray], classes: list[str], exps: list[str], ens: DictConfig,
               metric: str) -> dict:
     """Blend and weights fitted on the clip OOF, the blend chosen by its nested score (weights fitted on the
@@ -145,7 +154,7 @@ def fit_clips(base: pl.DataFrame, oof: list[np.ndarray], classes: list[str], exp
     member_scores = {e: score(y, p, metric) for e, p in zip(exps, oof)}
     power, restarts = float(ens.power), int(ens.fit.restarts)
     table = {m: nested_score(oof, y, groups, m, metric, power, restarts) for m in BLENDS}
-    method = max(table, key=table.get) if ens.blend == "auto" else str(ens.blend)
+    method = choose_blend(table, ens, len(oof))
     weights = fit_weights(oof, y, method, metric, power, restarts)
     fitted_in_sample = score(y, blend(oof, weights, method, power), metric)
     print(f"OOF {metric} on {base.height} chunks: " + ", ".join(f"{e} {s:.4f}" for e, s in member_scores.items()))
@@ -226,7 +235,7 @@ def fit_soundscapes(base: pl.DataFrame, preds: list[np.ndarray], classes: list[s
         groups = codes % min(int(ens.fit.splits), codes.max() + 1)
     power, restarts = float(ens.power), int(ens.fit.restarts)
     table = {m: nested_pipeline(preds, y, ids, groups, m, power, restarts, [{}], metric) for m in BLENDS}
-    method = max(table, key=table.get) if ens.blend == "auto" else str(ens.blend)
+    method = choose_blend(table, ens, len(preds))
     steps = {step: nested_pipeline(preds, y, ids, groups, method, power, restarts,
                                    post_candidates(ens.search, step), metric)
              for step in ("blend", "smoothing", "file_prior")}
