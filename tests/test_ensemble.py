@@ -82,7 +82,7 @@ def macro_aucs(preds: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     return (((ranks * y[None]).sum(axis=1) - pos * (pos + 1) / 2) / (pos * (len(y) - pos))).mean(axis=1)
 
 
-def pick_best(preds, y, method, metric, power, restarts, seed=0):
+def pick_best(preds, y, method, metric, power, restarts, seed=0, max_rows=None):
     """The most overfitting weight fit there is: all weight on the member that scores best on these rows."""
     w = np.zeros(len(preds))
     w[int(np.argmax(macro_aucs(preds, y)))] = 1.0
