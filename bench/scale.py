@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -297,7 +296,7 @@ def loader_memory(root: Path, workers: int, batches: int) -> dict:
     loader, n_chunks, batches = build_loader(root, workers, batches)
     it = iter(loader)
     next(it)
-    pids = [w.pid for w in it._workers]  # noqa: SLF001 -- the only handle on the worker processes
+    pids = [w.pid for w in it._workers]  # the only handle on the worker processes
     first = {p: _smaps(p) for p in pids}
     peak: dict[int, dict[str, int]] = dict(first)
     for i in range(1, batches):
@@ -411,7 +410,7 @@ def main() -> None:
         for stage in args.stages:
             cmd = [sys.executable, __file__, "--stage", stage, "--root", str(root), "--workers", str(args.workers),
                    "--batches", str(args.batches)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO)
             if proc.returncode:
                 print(f"  N={n} {stage} failed:\n{proc.stderr[-3000:]}", flush=True)
                 break

@@ -140,8 +140,8 @@ def source_durations(paths: list[str]) -> np.ndarray:
     for i, path in enumerate(tqdm(paths, desc="durations", unit="file")):
         try:
             out[i] = sf.info(path).duration
-        except Exception:  # noqa: BLE001 -- libsndfile raises several types for unreadable files
-            pass
+        except Exception as exc:  # noqa: BLE001 -- libsndfile raises several types for unreadable files
+            log.debug("%s: no duration in its header (%s), counted as 0 s", path, exc)
     return out
 
 

@@ -151,6 +151,19 @@ def test_nested_score_with_the_real_fit_on_a_good_and_a_noise_member():
     assert nested > 0.8 > score(y, noise, "auc")
 
 
+def test_fit_weights_on_a_row_subset_still_finds_the_good_member(monkeypatch):
+    rng = np.random.default_rng(2)
+    rows = 400
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, rows)]
+    good, noise = np.clip(y * 0.6 + rng.random((rows, 3)) * 0.5, 0, 1), rng.random((rows, 3))
+    seen = []
+    real_score = ensemble.score
+    monkeypatch.setattr(ensemble, "score", lambda yy, p, m: seen.append(len(yy)) or real_score(yy, p, m))
+    for method in ("weighted", "rank"):
+        w = ensemble.fit_weights([good, noise], y, method, "auc", 2.0, 1, max_rows=100)
+        assert w[0] > 0.7 and set(seen) == {100}
+
+
 def test_nested_score_needs_two_groups():
     with pytest.raises(ValueError, match="at least 2 recordings"):
         ensemble.nested_score([np.random.rand(4, 2)], np.eye(2)[[0, 1, 0, 1]], np.zeros(4), "mean", "auc", 2.0, 1)
