@@ -12,6 +12,7 @@ above the RSS it had after its imports:
 
     folds      src.folds.write_folds (StratifiedGroupKFold by author + the repair)  size: recordings
     prepare    src.prepare.prepare (decode, int16 cache, chunk index, all soundscapes)  size: audio seconds
+               decoded (recordings + soundscapes)
     loader     src.train's set-up (chunk index, fold split, ChunkDataset with wave augs + NoiseBank, sampler,
                DataLoader, `--workers` workers) and `--batches` batches of loading; model excluded  size: chunks
     oof        two runs x 5 folds of oof.parquet, written as src.train.finish does  size: chunks
@@ -19,9 +20,9 @@ above the RSS it had after its imports:
     pseudo     src.soundscape.predict_soundscapes over every unlabelled soundscape with a dummy predict
                function (pseudo-labelling minus the model) and the labels' parquet  size: soundscapes
     kernel     the kernel's test side per file: predict_soundscapes + combine_members + write_submission
-               over the soundscapes, as test files  size: soundscapes
+               over the soundscapes, as test files  size: soundscapes (projected to ~700 hidden test files)
 
-It prints the table, the log-log slope of time and of memory (above the import baseline) against each
+`--report` reprints the table from `<work>/results.json`. It prints the table, the log-log slope of time and of memory (above the import baseline) against each
 stage's size, and projects each stage to BirdCLEF 2025 with the larger of the slope and 1 (constant costs
 make small runs look sublinear). `--loader-memory` instead measures the private memory of `--loader-workers`
 DataLoader workers (from /proc/<pid>/smaps_rollup) while they load `--batches` batches.
@@ -124,8 +125,9 @@ def _stage_prepare(root: Path, args) -> dict:
         manifest = prepare(cfg)
     import polars as pl
     rec = pl.read_parquet(Path(cfg.data.cache_dir) / "recordings.parquet")
+    n_sc = len(list((Path(cfg.data.cache_dir) / "soundscapes").glob("*.npy")))
     return {"audio_s": float(rec["n_samples"].sum()) / int(cfg.audio.sample_rate), "chunks": manifest["chunks"],
-            "silent_fraction": manifest["silent_fraction"]}
+            "soundscapes": n_sc, "silent_fraction": manifest["silent_fraction"]}
 
 
 def build_loader(root: Path, workers: int, batches: int):
@@ -324,7 +326,8 @@ def loader_memory(root: Path, workers: int, batches: int) -> dict:
 
 def birdclef_2025_sizes(max_duration_s: float | None, seed: int = 0) -> dict[str, float]:
     """BirdCLEF 2025's stage sizes: durations log-normal with xc45's spread, scaled so that their total is
-    12 GB of OGG at xc45's bitrate; chunks as src.chunks cuts them (5 s every 4 s)."""
+    12 GB of OGG at xc45's bitrate; chunks as src.chunks cuts them (5 s every 4 s); the decoded audio
+    includes the 60 s soundscapes."""
     mean_s = BIRDCLEF_2025["ogg_bytes"] / XC45_OGG_BYTES_PER_S / BIRDCLEF_2025["recordings"]
     rng = np.random.default_rng(seed)
     d = np.exp(XC45_LOG_SIGMA * rng.standard_normal(BIRDCLEF_2025["recordings"]))
@@ -333,7 +336,8 @@ def birdclef_2025_sizes(max_duration_s: float | None, seed: int = 0) -> dict[str
         d = np.minimum(d, max_duration_s)
     chunks = 1 + np.ceil(np.maximum(d - 5, 0) / 4)
     return {"recordings": BIRDCLEF_2025["recordings"], "audio_s": float(d.sum()), "chunks": float(chunks.sum()),
-            "soundscapes": BIRDCLEF_2025["soundscapes"]}
+            "soundscapes": BIRDCLEF_2025["soundscapes"], "decoded_s": float(d.sum()) + 60 * BIRDCLEF_2025["soundscapes"],
+            "test_soundscapes": BIRDCLEF_2025["test_soundscapes"]}
 
 
 def slope(x: list[float], y: list[float]) -> float:
@@ -343,35 +347,51 @@ def slope(x: list[float], y: list[float]) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def report(results: dict[int, dict[str, dict]], cap: float | None, silent: float) -> None:
-    """The table, the slopes and the BirdCLEF 2025 projection (with non-silent chunks for chunk stages)."""
-    sizes = sorted(results)
+def _size(stage: str, stage_results: dict[str, dict]) -> float:
+    """The stage's size at one N; prepare's is all audio it decoded (recordings + 60 s soundscapes)."""
+    if stage == "prepare":
+        return stage_results["prepare"]["audio_s"] + 60 * stage_results["pseudo"]["soundscapes"]
+    return float(stage_results[stage][SIZE_OF[stage]])
+
+
+def _target(stage: str, target: dict[str, float], silent: float) -> float:
+    key = SIZE_OF[stage]
+    if stage == "prepare":
+        return target["decoded_s"]
+    if stage == "kernel":
+        return target["test_soundscapes"]
+    return target[key] * (1 - silent) if key == "chunks" else target[key]
+
+
+def report(results: dict[int, dict[str, dict]], cap: float | None) -> None:
+    """The table, the slopes and the BirdCLEF 2025 projection (non-silent chunks for the chunk stages)."""
+    sizes = sorted(n for n in results if all(s in results[n] for s in STAGES))
+    silent = float(np.mean([results[n]["prepare"]["silent_fraction"] for n in sizes]))
     target = birdclef_2025_sizes(cap)
-    target_chunks = target["chunks"] * (1 - silent)
-    print(f"\n{'stage':9s} {'size':>12s}" + "".join(f" {'N=' + str(n):>18s}" for n in sizes)
-          + f" {'slope t':>8s} {'slope m':>8s} {'BirdCLEF 2025':>28s}")
+    print(f"\n{'stage':9s} {'size':>12s}" + "".join(f" {'N=' + str(n):>17s}" for n in sizes)
+          + f" {'slope t':>8s} {'slope m':>8s}   BirdCLEF 2025: size, time, peak RSS")
     for stage in STAGES:
-        rows = [results[n].get(stage) for n in sizes]
-        if any(r is None for r in rows):
-            continue
-        key = SIZE_OF[stage]
-        x = [float(r[key]) for r in rows]
+        rows = [results[n][stage] for n in sizes]
+        x = [_size(stage, results[n]) for n in sizes]
         t = [r["time_s"] for r in rows]
         m = [max(r["rss_mb"] - r["base_mb"], 1.0) for r in rows]
         st, sm = slope(x, t), slope(x, m)
-        goal = target_chunks if key == "chunks" else target[key]
+        goal = _target(stage, target, silent)
         grow = goal / x[-1]
         t_proj = t[-1] * grow ** max(st, 1.0)
         m_proj = rows[-1]["base_mb"] + m[-1] * grow ** max(sm, 1.0)
-        cells = "".join(f" {r['time_s']:7.1f}s {r['rss_mb']:6.0f}MB" for r in rows)
-        print(f"{stage:9s} {key:>12s}{cells} {st:8.2f} {sm:8.2f} {t_proj / 60:9.1f} min {m_proj / 1024:7.1f} GB")
-    print(f"\nsizes per N ({', '.join(SIZE_OF[s] for s in ('folds', 'prepare', 'loader', 'pseudo'))}): "
-          + "; ".join(f"N={n}: " + ", ".join(f"{results[n]['prepare'].get(k, 0):.0f}" if k in results[n].get('prepare', {})
-                                             else str(results[n].get('folds', {}).get(k, '')) for k in ('recordings', 'audio_s', 'chunks'))
-                      for n in sizes if 'prepare' in results[n]))
-    print(f"BirdCLEF 2025 ({'max_duration_s=' + str(cap) if cap else 'uncapped'}): {target['recordings']} recordings, "
-          f"{target['audio_s'] / 3600:.0f} h, {target_chunks:.0f} non-silent chunks (silent fraction {silent:.0%} "
-          f"as measured), {target['soundscapes']} soundscapes; prepare projected by audio seconds")
+        cells = "".join(f" {r['time_s']:7.1f}s {r['rss_mb']:5.0f}MB" for r in rows)
+        print(f"{stage:9s} {SIZE_OF[stage]:>12s}{cells} {st:8.2f} {sm:8.2f}   {goal:10.0f} "
+              f"{t_proj / 60:8.1f} min {m_proj / 1024:6.1f} GB")
+    for n in sizes:
+        print(f"N={n}: " + ", ".join(f"{_size(s, results[n]):.0f} {SIZE_OF[s]}" for s in ("folds", "prepare", "loader",
+                                                                                          "pseudo"))
+              + f"; prepare's pool workers peak {results[n]['prepare']['child_rss_mb']:.0f} MB; loader "
+              f"{results[n]['loader']['samples_per_s']:.0f} samples/s, set-up {results[n]['loader']['setup_s']:.1f} s")
+    print(f"BirdCLEF 2025 at {'max_duration_s=' + str(cap) if cap else 'no cap'}: {target['recordings']} recordings, "
+          f"{target['audio_s'] / 3600:.0f} h (+ {target['soundscapes']} soundscapes, {target['soundscapes'] / 60:.0f} h), "
+          f"{target['chunks'] * (1 - silent):.0f} non-silent chunks (silent fraction {silent:.0%} as measured here); "
+          f"kernel: {target['test_soundscapes']} test soundscapes")
     for cap_s in (None, 60.0, 30.0):
         t2025 = birdclef_2025_sizes(cap_s)
         soundscape_bytes = BIRDCLEF_2025["soundscapes"] * 60 * 32000 * 2
@@ -391,6 +411,7 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--cap", type=float, default=60.0, help="BirdCLEF 2025 projection at this max_duration_s")
     ap.add_argument("--loader-memory", action="store_true")
+    ap.add_argument("--report", action="store_true", help="reprint the table of <work>/results.json")
     ap.add_argument("--loader-workers", type=int, default=8)
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -402,8 +423,11 @@ def main() -> None:
         root = make_data(args.work, args.sizes[0], args)
         print(json.dumps(loader_memory(root, args.loader_workers, args.batches), indent=1))
         return
-    results: dict[int, dict[str, dict]] = {}
     out = args.work / "results.json"
+    if args.report:
+        report({int(k): v for k, v in json.loads(out.read_text()).items()}, args.cap)
+        return
+    results: dict[int, dict[str, dict]] = {}
     for n in args.sizes:
         root = make_data(args.work, n, args)
         results[n] = {}
@@ -419,8 +443,7 @@ def main() -> None:
             print(f"  N={n} {stage:9s} {r['time_s']:8.1f} s  peak {r['rss_mb']:6.0f} MB (base {r['base_mb']:.0f})"
                   f"  {SIZE_OF[stage]}={r.get(SIZE_OF[stage])}", flush=True)
         out.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
-    silent = float(np.mean([r["prepare"]["silent_fraction"] for r in results.values() if "prepare" in r] or [0.0]))
-    report(results, args.cap, silent)
+    report(results, args.cap)
 
 
 if __name__ == "__main__":
