@@ -16,8 +16,10 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 
-def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0) -> np.ndarray:
-    """Decode any ogg/mp3/wav/flac file to float32 mono at `sample_rate`.
+def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0,
+               max_duration_s: float | None = None) -> np.ndarray:
+    """Decode any ogg/mp3/wav/flac file to float32 mono at `sample_rate`; with `max_duration_s`, only
+    its first that many seconds are decoded (None = all).
 
     Raises AudioError (naming the file) if it is missing or a directory, unreadable, a truncated Ogg, empty,
     shorter than `min_duration_s`, contains NaN/inf, or is all zeros.
@@ -30,7 +32,10 @@ def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0) 
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes): re-download it or drop it from the metadata")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as fh:
+            sr = fh.samplerate
+            frames = -1 if max_duration_s is None else int(np.ceil(max_duration_s * sr))
+            data = fh.read(frames, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises several types for corrupt/truncated/unknown files
         raise AudioError(f"{path}: cannot decode ({type(exc).__name__}: {exc}); the file is corrupt, "
                          "truncated or not audio: re-download it or drop it from the metadata") from exc
@@ -44,6 +49,8 @@ def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0) 
         raise AudioError(f"{path}: decoded samples contain NaN/inf")
     if sr != sample_rate:
         y = soxr.resample(y, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    if max_duration_s is not None:
+        y = y[:round(max_duration_s * sample_rate)]
     if len(y) < min_duration_s * sample_rate:
         raise AudioError(f"{path}: too short ({len(y) / sample_rate:.2f} s < {min_duration_s} s)")
     if not np.any(y):

@@ -9,7 +9,7 @@ import numpy as np
 BLENDS = ("mean", "weighted", "power", "rank")
 
 
-def _ranks(p: np.ndarray) -> np.ndarray:
+def class_ranks(p: np.ndarray) -> np.ndarray:
     """Per-class rank of each row scaled to [0, 1] (ties get the mean rank)."""
     order = np.argsort(p, axis=0, kind="mergesort")
     ranks = np.empty_like(p, dtype=np.float64)
@@ -40,7 +40,7 @@ def blend(preds: list[np.ndarray], weights: list[float] | None = None, method: s
     if method == "power":
         out = np.tensordot(w, np.clip(stack, 0, 1) ** power, axes=1) ** (1.0 / power)
     elif method == "rank":
-        out = np.tensordot(w, np.stack([_ranks(p) for p in stack]), axes=1)
+        out = np.tensordot(w, np.stack([class_ranks(p) for p in stack]), axes=1)
     else:
         out = np.tensordot(w, stack, axes=1)
     return out.astype(np.float32)

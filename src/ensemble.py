@@ -21,7 +21,7 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from src.blend import BLENDS, blend
+from src.blend import BLENDS, blend, class_ranks
 from src.competition import AUDIO_SUFFIXES, load_competition
 from src.export import eager_runtime
 from src.io import atomic_write
@@ -87,10 +87,18 @@ def load_oof(runs_dir: Path, exps: list[str]) -> tuple[pl.DataFrame, list[np.nda
 
 
 def fit_weights(preds: list[np.ndarray], y: np.ndarray, method: str, metric: str, power: float,
-                restarts: int, seed: int = 0) -> np.ndarray:
-    """Weights (summing to 1) that maximise the metric of the blend, by Nelder-Mead over softmax logits."""
+                restarts: int, seed: int = 0, max_rows: int | None = None) -> np.ndarray:
+    """Weights (summing to 1) that maximise the metric of the blend, by Nelder-Mead over softmax logits,
+    on a fixed random `max_rows` of the rows when there are more (None = all)."""
     if method == "mean" or len(preds) == 1:
         return np.full(len(preds), 1 / len(preds))
+    rng = np.random.default_rng(seed)
+    if max_rows and len(y) > max_rows:
+        # every evaluation ranks all rows of all classes: a subset bounds the fit's cost (weights are few)
+        rows = np.sort(rng.choice(len(y), int(max_rows), replace=False))
+        preds, y = [p[rows] for p in preds], y[rows]
+    if method == "rank":  # the ranks do not depend on the weights: rank once, then fit a weighted mean
+        preds, method = [class_ranks(p) for p in preds], "weighted"
 
     def weights(z: np.ndarray) -> np.ndarray:
         e = np.exp(z - z.max())
@@ -99,7 +107,6 @@ def fit_weights(preds: list[np.ndarray], y: np.ndarray, method: str, metric: str
     def loss(z: np.ndarray) -> float:
         return -score(y, blend(preds, weights(z), method, power), metric)
 
-    rng = np.random.default_rng(seed)
     n = len(preds)
 
     def search(z0: np.ndarray):
@@ -114,13 +121,14 @@ def fit_weights(preds: list[np.ndarray], y: np.ndarray, method: str, metric: str
 
 
 def nested_score(preds: list[np.ndarray], y: np.ndarray, groups: np.ndarray, method: str, metric: str,
-                 power: float, restarts: int) -> float:
+                 power: float, restarts: int, max_rows: int | None = None) -> float:
     """Score of the blend where each held-out part is blended with weights fitted on the other parts
     (folds when there are several, else GroupKFold over recordings): weights never score what fitted them."""
     uniq = np.unique(groups)
     out = np.zeros_like(preds[0])
     for train_idx, test_idx in _splits(groups, len(uniq)):
-        w = fit_weights([p[train_idx] for p in preds], y[train_idx], method, metric, power, restarts)
+        w = fit_weights([p[train_idx] for p in preds], y[train_idx], method, metric, power, restarts,
+                        max_rows=max_rows)
         out[test_idx] = blend([p[test_idx] for p in preds], w, method, power)
     return score(y, out, metric)
 
@@ -153,9 +161,10 @@ def fit_clips(base: pl.DataFrame, oof: list[np.ndarray], classes: list[str], exp
         groups = codes % n_splits
     member_scores = {e: score(y, p, metric) for e, p in zip(exps, oof)}
     power, restarts = float(ens.power), int(ens.fit.restarts)
-    table = {m: nested_score(oof, y, groups, m, metric, power, restarts) for m in BLENDS}
+    max_rows = ens.fit.get("max_rows")
+    table = {m: nested_score(oof, y, groups, m, metric, power, restarts, max_rows) for m in BLENDS}
     method = choose_blend(table, ens, len(oof))
-    weights = fit_weights(oof, y, method, metric, power, restarts)
+    weights = fit_weights(oof, y, method, metric, power, restarts, max_rows=max_rows)
     fitted_in_sample = score(y, blend(oof, weights, method, power), metric)
     print(f"OOF {metric} on {base.height} chunks: " + ", ".join(f"{e} {s:.4f}" for e, s in member_scores.items()))
     print("blends (nested: weights fitted without the scored part): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
@@ -32,7 +33,12 @@ def macro_auc(y_true, y_pred) -> float:
         # sklearn (and so Kaggle) fails here too; say which columns instead of its generic message.
         raise ValueError(f"macro_auc: class column(s) {all_positive[:10].tolist()} have no negative row, "
                          "ROC-AUC is undefined for them")
-    return float(roc_auc_score(y[:, keep], p[:, keep], average="macro"))
+    # Mann-Whitney over all classes at once (ties count half): the value sklearn's roc_auc_score gives,
+    # without its per-class Python loop, which dominated blend fitting over 206 classes
+    y, p = y[:, keep] > 0, p[:, keep]
+    n_pos = y.sum(axis=0)
+    rank_sum = np.where(y, rankdata(p, axis=0), 0.0).sum(axis=0)
+    return float(np.mean((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))))
 
 
 def per_class_auc(y_true, y_pred, classes: list[str]) -> dict[str, float]:

@@ -12,12 +12,14 @@ Cache layout (`data.cache_dir`):
                                 see `cache_settings`; a rerun or a run with other settings is an error)
 Resumable: each .npy is written under a temporary name and renamed, so a rerun skips what is done
 (and removes the temporaries a killed run left).
+Before decoding, the cache's size is estimated from the files' headers and checked against the free disk.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -25,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import hydra
 import numpy as np
 import polars as pl
+import soundfile as sf
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -46,7 +49,9 @@ def cache_settings(cfg: DictConfig) -> dict[str, dict[str, object]]:
     the cache must match it, or two kinds of arrays would mix); `index`: what chunks.parquet depends on
     (a rerun rebuilds it; training must match both). Record any new setting of prepare here."""
     return {"decode": {"audio.sample_rate": int(cfg.audio.sample_rate),
-                       "prepare.min_duration_s": float(cfg.prepare.min_duration_s)},
+                       "prepare.min_duration_s": float(cfg.prepare.min_duration_s),
+                       "prepare.max_duration_s": (None if cfg.prepare.get("max_duration_s") is None
+                                                  else float(cfg.prepare.max_duration_s))},
             "index": {"prepare.chunk_s": float(cfg.prepare.chunk_s), "prepare.overlap_s": float(cfg.prepare.overlap_s),
                       "prepare.preemphasis": float(cfg.prepare.preemphasis),
                       "prepare.silence.abs_db": float(cfg.prepare.silence.abs_db),
@@ -76,6 +81,14 @@ class CacheJob:
     target: str
     sample_rate: int
     min_duration_s: float
+    max_duration_s: float | None = None  # decode at most this much of the file (None = all)
+
+
+_NPY_HEADER = 128  # bytes in front of the samples of a 1-d .npy file
+
+
+class CacheDiskError(OSError):
+    """The cache would not fit on its disk; the message names the folder, the sizes and the fixes."""
 
 
 def cache_path(cache_dir: Path, filename: str, kind: str = "audio") -> Path:
@@ -97,7 +110,7 @@ def _cache_one(job: CacheJob) -> tuple[str, int, str | None]:
         except (ValueError, OSError):
             target.unlink()  # unreadable leftover: decode again
     try:
-        y = load_audio(job.source, job.sample_rate, job.min_duration_s)
+        y = load_audio(job.source, job.sample_rate, job.min_duration_s, job.max_duration_s)
     except AudioError as exc:
         return job.source, 0, str(exc)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +133,62 @@ def cache_files(jobs: list[CacheJob], workers: int, desc: str) -> dict[str, tupl
                                     unit="file"):
             results[src] = (n, problem)
     return results
+
+
+def source_durations(paths: list[str]) -> np.ndarray:
+    """Duration (s) of each audio file from its header (`soundfile.info`, no decoding); 0 if unreadable
+    (prepare reports such files as bad when it decodes them)."""
+    out = np.zeros(len(paths))
+    for i, path in enumerate(tqdm(paths, desc="durations", unit="file")):
+        try:
+            out[i] = sf.info(path).duration
+        except Exception as exc:  # noqa: BLE001 -- libsndfile raises several types for unreadable files
+            log.debug("%s: no duration in its header (%s), counted as 0 s", path, exc)
+    return out
+
+
+def cache_bytes(durations_s: np.ndarray, sample_rate: int, max_duration_s: np.ndarray | float | None = None) -> int:
+    """Bytes of the int16 .npy cache of files lasting `durations_s`, each cut at `max_duration_s` (None = all)."""
+    d = np.asarray(durations_s, np.float64)
+    if max_duration_s is not None:
+        d = np.minimum(d, max_duration_s)
+    return int((np.ceil(d * sample_rate) * 2 + _NPY_HEADER).sum())
+
+
+def _cap_that_fits(durations_s: np.ndarray, sample_rate: int, budget: int) -> int | None:
+    """The largest whole-second cap at which the recordings' cache fits in `budget` bytes (None if 1 s does not)."""
+    lo, hi = 0, int(np.ceil(durations_s.max(initial=0)))
+    while lo < hi:  # bisection: the cache size grows with the cap
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cache_bytes(durations_s, sample_rate, mid) <= budget else (lo, mid - 1)
+    return lo or None
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def check_disk(jobs: list[CacheJob], cache_dir: Path, headroom_gb: float) -> int:
+    """Estimate the bytes the jobs not cached yet will write; raise CacheDiskError when the free space of
+    `cache_dir`'s disk, less `headroom_gb`, cannot hold them. Returns the estimate."""
+    todo = [j for j in jobs if not Path(j.target).exists()]
+    if not todo:
+        return 0
+    durations = source_durations([j.source for j in todo])
+    cap = np.array([np.inf if j.max_duration_s is None else j.max_duration_s for j in todo])
+    sr = todo[0].sample_rate
+    need = cache_bytes(durations, sr, cap)
+    budget = shutil.disk_usage(cache_dir).free - int(headroom_gb * 1e9)
+    if need > budget:
+        capped = cap == np.inf
+        fit = _cap_that_fits(durations[capped], sr, budget - cache_bytes(durations[~capped], sr, cap[~capped]))
+        hint = f"cap each recording with prepare.max_duration_s={fit}, " if fit and capped.any() else ""
+        raise CacheDiskError(
+            f"{cache_dir}: the cache needs ~{_size(need)} more for {len(todo)} files "
+            f"({durations.sum() / 3600:.1f} h of audio at {sr} Hz int16) but the disk has "
+            f"{_size(max(budget, 0))} free beyond prepare.disk_headroom_gb={headroom_gb}: {hint}point "
+            f"data.cache_dir at a larger disk, or cache fewer soundscapes (prepare.soundscapes)")
+    return need
 
 
 def build_chunk_index(meta: pl.DataFrame, n_samples: dict[str, int], cache_dir: Path, cfg: DictConfig) -> pl.DataFrame:
@@ -220,11 +289,18 @@ def prepare(cfg: DictConfig) -> dict:
     cache_dir = open_cache(cfg)
     sr = int(cfg.audio.sample_rate)
     meta = comp.meta
+    max_s = None if cfg.prepare.get("max_duration_s") is None else float(cfg.prepare.max_duration_s)
     unsafe = {p: f"{p}: filename {f!r} leaves train_audio/ (an absolute path or '..'): fix that row of the "
                  "metadata (filenames are relative to train_audio/)" for f, p in zip(meta["filename"], meta["path"])
               if _escapes(f)}
-    jobs = [CacheJob(p, str(cache_path(cache_dir, f)), sr, float(cfg.prepare.min_duration_s))
+    jobs = [CacheJob(p, str(cache_path(cache_dir, f)), sr, float(cfg.prepare.min_duration_s), max_s)
             for f, p in zip(meta["filename"], meta["path"]) if p not in unsafe]
+    soundscapes = comp.soundscape_files()
+    limit = cfg.prepare.soundscapes
+    soundscapes = soundscapes if limit is None else soundscapes[: int(limit)]
+    sjobs = [CacheJob(str(p), str(cache_path(cache_dir, p.name, "soundscapes")), sr, 0.0) for p in soundscapes]
+    estimate = check_disk(jobs + sjobs, cache_dir, float(cfg.prepare.disk_headroom_gb))
+    log.info("cache: ~%s to write into %s", _size(estimate), cache_dir)
     results = cache_files(jobs, int(cfg.prepare.workers), "decode") | {p: (0, why) for p, why in unsafe.items()}
     by_path = dict(zip(meta["path"], meta["filename"]))
     n_samples = {by_path[src]: n for src, (n, problem) in results.items() if problem is None}
@@ -234,8 +310,6 @@ def prepare(cfg: DictConfig) -> dict:
     good = meta.filter(pl.col("filename").is_in(list(n_samples)))
     chunks = build_chunk_index(good, n_samples, cache_dir, cfg)
 
-    limit = cfg.prepare.soundscapes
-    soundscapes = comp.soundscape_files() if limit is None else comp.soundscape_files()[: int(limit)]
     windows, sbad = prepare_soundscapes(soundscapes, cache_dir, cfg)
     sres = windows["filename"].unique().to_list()
     bad += sbad

@@ -99,13 +99,25 @@ _LICENSES = ("CC BY-NC-SA 4.0", "CC BY-NC-ND 4.0", "CC BY-SA 4.0", "CC BY 4.0", 
 
 # ----------------------------------------------------------------------------------------------- species
 
-def build_species(cfg: Any) -> list[Species]:
-    """The first `cfg.n_species` species: the call-shape table, then its pitch-shifted variants."""
-    n = int(cfg.n_species)
+def _variants(cfg: Any, n: int) -> list[dict]:
+    """`cfg.variants`, then as many generated ones (pitches spread over `cfg.variant_pitch`) as `n` species need."""
     variants = list(cfg.variants)
+    missing = -(-n // len(CALL_SHAPES)) - 1 - len(variants)
+    pitch_range = cfg.get("variant_pitch")
+    if missing <= 0 or pitch_range is None:
+        return variants
+    grid = np.geomspace(float(pitch_range[0]), float(pitch_range[1]), missing)
+    return variants + [{"prefix": f"v{k + 1}", "latin": f"var{k + 1}", "pitch": float(p)} for k, p in enumerate(grid)]
+
+
+def build_species(cfg: Any) -> list[Species]:
+    """The first `cfg.n_species` species: the call-shape table, then its pitch-shifted variants
+    (`cfg.variants`, then generated ones when `cfg.variant_pitch` is set)."""
+    n = int(cfg.n_species)
+    variants = _variants(cfg, n)
     if not 1 <= n <= len(CALL_SHAPES) * (1 + len(variants)):
         raise ValueError(f"n_species={n}: between 1 and {len(CALL_SHAPES) * (1 + len(variants))} "
-                         f"(add synth.variants for more)")
+                         f"(add synth.variants or set synth.variant_pitch for more)")
     out = []
     for i in range(n):
         base = CALL_SHAPES[i % len(CALL_SHAPES)]
@@ -334,6 +346,45 @@ def _irange(rng: np.random.Generator, lo_hi: Any) -> int:
     return int(rng.integers(int(lo_hi[0]), int(lo_hi[1]) + 1))
 
 
+def species_counts(n_species: int, n_recordings: int, long_tail: float | None) -> np.ndarray:
+    """Recordings per species summing to `n_recordings`, each >= 1: even, or (long_tail = r) falling
+    exponentially with the species' index so the first has r times the share of the last (BirdCLEF 2025:
+    ~990 recordings for the commonest class, 2 for the rarest, r ~ 500)."""
+    if n_recordings < n_species:
+        raise ValueError(f"n_recordings={n_recordings} is fewer than n_species={n_species}: every species "
+                         "needs a recording")
+    share = np.ones(n_species) if not long_tail else float(long_tail) ** -(np.arange(n_species) / max(n_species - 1, 1))
+    extra = share / share.sum() * (n_recordings - n_species)
+    counts = 1 + np.floor(extra).astype(np.int64)
+    # largest remainders get the recordings that flooring left over
+    counts[np.argsort(-(extra - np.floor(extra)), kind="stable")[:n_recordings - int(counts.sum())]] += 1
+    return counts
+
+
+def _plan_durations(rng: np.random.Generator, n_sp: int, cfg: Any) -> list[tuple[int, float]]:
+    """(species, duration s) of every regular recording: `recordings_per_species` with uniform lengths, or
+    `n_recordings` spread by `long_tail` with log-normal lengths (`duration_lognormal`: [median s, sigma])."""
+    lo, hi = float(cfg["min_duration_s"]), float(cfg["max_duration_s"])
+    if cfg.get("n_recordings") is None:
+        durations: list[tuple[int, float]] = []
+        for s in range(n_sp):
+            durations += [(s, rng.uniform(lo, hi)) for _ in range(_irange(rng, cfg["recordings_per_species"]))]
+        return durations
+    counts = species_counts(n_sp, int(cfg["n_recordings"]), cfg.get("long_tail"))
+    species = np.repeat(np.arange(n_sp), counts)
+    logn = cfg.get("duration_lognormal")
+    secs = (rng.uniform(lo, hi, species.size) if logn is None
+            else np.clip(float(logn[0]) * np.exp(float(logn[1]) * rng.standard_normal(species.size)), lo, hi))
+    return [(int(s), float(d)) for s, d in zip(species, secs)]
+
+
+def _author_name(first: np.ndarray, last: np.ndarray, i: int) -> str:
+    """Distinct recordist names: first x last name pairs, then numbered once those run out."""
+    name = f"{_FIRST[first[i % len(first)]]} {_LAST[last[(i + i // len(last)) % len(last)]]}"
+    cycle = len(first) * len(last)
+    return name if i < cycle else f"{name} {i // cycle + 1}"
+
+
 def _plan_recordings(rng: np.random.Generator, species: list[Species], cfg: Any) -> tuple[list[dict], list[dict]]:
     """train.csv rows and their render jobs."""
     m = cfg["meta"]
@@ -341,16 +392,12 @@ def _plan_recordings(rng: np.random.Generator, species: list[Species], cfg: Any)
     n_sp = len(species)
     first = rng.permutation(len(_FIRST))
     last = rng.permutation(len(_LAST))
-    authors = [f"{_FIRST[first[i % len(first)]]} {_LAST[last[(i + i // len(last)) % len(last)]]}"
-               for i in range(int(m["n_authors"]))]
+    authors = [_author_name(first, last, i) for i in range(int(m["n_authors"]))]
     author_p = 1.0 / np.arange(1, len(authors) + 1) ** float(m["author_zipf"])
     author_p /= author_p.sum()
     centres = np.stack([rng.uniform(*m["latitude"], n_sp), rng.uniform(*m["longitude"], n_sp)], axis=1)
 
-    durations: list[tuple[int, float]] = []
-    for s in range(n_sp):
-        durations += [(s, rng.uniform(cfg["min_duration_s"], cfg["max_duration_s"]))
-                      for _ in range(_irange(rng, cfg["recordings_per_species"]))]
+    durations = _plan_durations(rng, n_sp, cfg)
     n_short = int(cfg["n_short_recordings"])
     short_sp = rng.choice(n_sp, size=n_short, replace=n_short > n_sp)
     durations += [(int(s), float(cfg["short_duration_s"])) for s in short_sp]

@@ -83,7 +83,7 @@ def macro_aucs(preds: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     return (((ranks * y[None]).sum(axis=1) - pos * (pos + 1) / 2) / (pos * (len(y) - pos))).mean(axis=1)
 
 
-def pick_best(preds, y, method, metric, power, restarts, seed=0):
+def pick_best(preds, y, method, metric, power, restarts, seed=0, max_rows=None):
     """The most overfitting weight fit there is: all weight on the member that scores best on these rows."""
     w = np.zeros(len(preds))
     w[int(np.argmax(macro_aucs(preds, y)))] = 1.0
@@ -150,6 +150,19 @@ def test_nested_score_with_the_real_fit_on_a_good_and_a_noise_member():
     noise = rng.random((rows, 3))
     nested = ensemble.nested_score([good, noise], y, np.arange(rows) % 3, "weighted", "auc", 2.0, 2)
     assert nested > 0.8 > score(y, noise, "auc")
+
+
+def test_fit_weights_on_a_row_subset_still_finds_the_good_member(monkeypatch):
+    rng = np.random.default_rng(2)
+    rows = 400
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, rows)]
+    good, noise = np.clip(y * 0.6 + rng.random((rows, 3)) * 0.5, 0, 1), rng.random((rows, 3))
+    seen = []
+    real_score = ensemble.score
+    monkeypatch.setattr(ensemble, "score", lambda yy, p, m: seen.append(len(yy)) or real_score(yy, p, m))
+    for method in ("weighted", "rank"):
+        w = ensemble.fit_weights([good, noise], y, method, "auc", 2.0, 1, max_rows=100)
+        assert w[0] > 0.7 and set(seen) == {100}
 
 
 def test_nested_score_needs_two_groups():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,46 @@ def test_a_cache_made_with_other_settings_is_an_error(tiny_competition, tmp_path
     with pytest.raises(prep.CacheSettingsError, match=r"prepare\.overlap_s=2\.0 \(now 1\.0\)"):
         prep.check_cache_settings(prepare_config(tiny_competition, cache))
     prep.check_cache_settings(prepare_config(tiny_competition, cache, "prepare.overlap_s=2.0"))
+
+
+# --- disk: max_duration_s and the size estimate -------------------------------------------------------
+
+def test_max_duration_caps_each_cached_recording(tmp_path):
+    root = make_tiny_competition(tmp_path / "comp", n_classes=2, per_class=2, seconds=4.0)
+    add_recording(root, "bird0/long.ogg", "bird0", tone(12.0, 600))
+    cache = tmp_path / "cache"
+    prep.prepare(prepare_config(root, cache, "prepare.max_duration_s=5"))
+    cached = {f: len(np.load(p, mmap_mode="r")) for f, p in npy_files(cache).items()}
+    assert cached["bird0/long"] == 5 * SR  # cut at the cap ...
+    assert cached["bird0/XC000"] == 4 * SR  # ... shorter files are left whole
+    assert json.loads((cache / "manifest.json").read_text())["settings"]["decode"]["prepare.max_duration_s"] == 5.0
+    y = load_audio(root / "train_audio" / "bird0" / "long.ogg", SR, max_duration_s=5)
+    assert np.allclose(from_int16(np.load(npy_files(cache)["bird0/long"])), y, atol=1 / 32767)
+
+
+def test_cache_estimate_matches_the_cache_and_a_full_disk_stops_prepare_early(tmp_path, monkeypatch):
+    root = make_tiny_competition(tmp_path / "comp", n_classes=2, per_class=2, seconds=4.0)
+    add_recording(root, "bird0/long.ogg", "bird0", tone(12.0, 600))
+    cache = tmp_path / "cache"
+    cfg = prepare_config(root, cache, "prepare.max_duration_s=5")
+    jobs = [prep.CacheJob(str(root / "train_audio" / f), str(prep.cache_path(cache, f)), SR, 0.5, 5.0)
+            for f in ["bird0/XC000.ogg", "bird0/XC001.ogg", "bird1/XC100.ogg", "bird1/XC101.ogg", "bird0/long.ogg"]]
+    cache.mkdir()
+    estimate = prep.check_disk(jobs, cache, 0.0)
+    prep.prepare(cfg)
+    assert estimate == sum(p.stat().st_size for p in npy_files(cache).values())
+    assert prep.check_disk(jobs, cache, 0.0) == 0  # nothing left to write
+
+    full = tmp_path / "cache_full"
+    usage = shutil.disk_usage(tmp_path)._replace(free=int(1.1 * estimate))
+    monkeypatch.setattr(prep.shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(prep.CacheDiskError) as err:
+        prep.prepare(prepare_config(root, full, "prepare.disk_headroom_gb=0"))  # uncapped: 28 s of audio, room for ~23 s
+    message = str(err.value)
+    assert str(full) in message and "prepare.max_duration_s=" in message and "MB" in message
+    assert not (full / "audio").exists()  # stopped before decoding anything
+    cap = int(message.split("prepare.max_duration_s=")[1].split(",")[0])
+    assert 4 <= cap < 12 and prep.cache_bytes(np.array([4, 4, 4, 4, 12.0]), SR, cap) <= usage.free
 
 
 # --- metadata problems reach prepare ---------------------------------------------------------------

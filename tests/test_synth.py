@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 
-from src.synth import TAXONOMY_COLUMNS, TRAIN_COLUMNS, make_competition
+from src.synth import TAXONOMY_COLUMNS, TRAIN_COLUMNS, build_species, make_competition, species_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 CSVS = ("train.csv", "taxonomy.csv", "sample_submission.csv", "solution.csv", "train_soundscapes_truth.csv")
@@ -148,3 +148,14 @@ def test_train_soundscapes_hold_calls_with_truth(tmp_path):
     pos = y.reshape(len(stems), 12, -1)[0].sum(axis=1) > 0
     if pos.any() and (~pos).any():
         assert hp[pos].mean() > hp[~pos].mean()
+
+
+def test_long_tail_counts_and_generated_species():
+    counts = species_counts(206, 28564, 500)
+    assert counts.sum() == 28564 and counts.min() >= 1 and np.all(np.diff(counts) <= 0)
+    assert 200 < counts[0] / counts[-1] < 700  # the commonest class has hundreds of times the rarest one's share
+    assert np.ptp(species_counts(10, 95, None)) <= 1  # no tail: even
+    with pytest.raises(ValueError, match="n_recordings"):
+        species_counts(10, 5, None)
+    species = build_species(small_cfg(n_species=206))
+    assert len({sp.label for sp in species}) == 206  # listed variants, then generated ones
