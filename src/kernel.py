@@ -76,13 +76,20 @@ def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     cfg = OmegaConf.load(run_fold_dir / "config.yaml")
     chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet").filter(~pl.col("silent"))
     rows = chunks.sample(min(count, chunks.height), seed=0)
-    windows = ChunkDataset(rows, Path(cfg.data.cache_dir), list(cfg.classes), int(cfg.audio.sample_rate),
+    cache_rate = int(json.loads((Path(cfg.data.cache_dir) / "manifest.json").read_text())["sample_rate"])
+    windows = ChunkDataset(rows, Path(cfg.data.cache_dir), list(cfg.classes), cache_rate,
                            float(cfg.audio.window_s), secondary=None)
-    return np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
+    waves = np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
+    if cache_rate != int(cfg.audio.sample_rate):  # a teacher run hears another rate (BirdNET: 48 kHz)
+        import soxr
+
+        waves = np.ascontiguousarray(soxr.resample(waves.T, cache_rate, int(cfg.audio.sample_rate), "HQ").T)
+    return waves
 
 
-def collect_wheels(cfg: DictConfig, dest: Path) -> list[str]:
-    """Copy the wheels the kernel needs for `cfg.runtime` (kernel.yaml `wheels`) into `dest`.
+def collect_wheels(cfg: DictConfig, dest: Path, teacher_files: list[str] | None = None) -> list[str]:
+    """Copy the wheels the kernel needs for `cfg.runtime` (kernel.yaml `wheels`), and for the teacher
+    models among `teacher_files` (`wheels.teacher_tflite` / `teacher_onnx`), into `dest`.
 
     Each package is pinned to the version installed here (the one the exports were checked with)
     and taken from `cfg.wheels_dir` if it has it, else `pip download`ed once (Kaggle's Python and
@@ -90,6 +97,8 @@ def collect_wheels(cfg: DictConfig, dest: Path) -> list[str]:
     from importlib.metadata import version
 
     packages = list(cfg.wheels.get(cfg.runtime) or [])
+    for suffix in sorted({Path(f).suffix.lstrip(".") for f in teacher_files or []} & {"tflite", "onnx"}):
+        packages += [p for p in cfg.wheels.get(f"teacher_{suffix}") or [] if p not in packages]
     if not packages:
         return []
     dest.mkdir(parents=True, exist_ok=True)
@@ -127,7 +136,8 @@ def frontend_id(run_cfg: DictConfig) -> str:
 
 def build(cfg: DictConfig) -> Path:
     """Export the ensemble's models and write kernels/<name>/; returns that folder."""
-    from src.export import export_fold
+    from src.export import export_fold, export_teacher_fold
+    from src.runtimes import is_teacher_dir
 
     if not cfg.ensemble:
         raise ValueError("which ensemble? python -m src.kernel build ensemble=<name> (see ensembles/)")
@@ -148,8 +158,12 @@ def build(cfg: DictConfig) -> Path:
         for fold in member["folds"]:
             fold_dir = Path(ens.get("runs_dir", "runs")) / member["run"] / f"fold{fold}"
             out = dataset / "models" / member["run"] / f"fold{fold}"
-            fold_diffs = export_fold(fold_dir, out, runtimes, check_waves(fold_dir, int(cfg.check_windows)),
-                                     float(cfg.tol))
+            waves = check_waves(fold_dir, int(cfg.check_windows))
+            if is_teacher_dir(fold_dir):  # runs its teacher model whatever the runtime (src.runtimes.load_teacher_run)
+                teacher_diff = export_teacher_fold(fold_dir, out, dataset / "teachers", waves, float(cfg.tol))
+                fold_diffs = {r: teacher_diff for r in runtimes}
+            else:
+                fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol))
             for r in runtimes:
                 diffs[r][f"{member['run']}/fold{fold}"] = fold_diffs[r]
             run_cfg = OmegaConf.load(fold_dir / "config.yaml")
@@ -162,12 +176,15 @@ def build(cfg: DictConfig) -> Path:
     inference = dict(ens["inference"])
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
-    wheels = collect_wheels(cfg, dataset / "wheels")
+    teacher_files = sorted(p.name for p in (dataset / "teachers").rglob("*") if p.is_file())
+    wheels = collect_wheels(cfg, dataset / "wheels", teacher_files)
     config |= {"inference": inference, "runtime": cfg.runtime, "fallback_runtime": cfg.fallback_runtime,
                "export_max_abs_diff": diffs, "wheels": wheels}
     (dataset / "ensemble.json").write_text(json.dumps(config, indent=1))
     (dataset / "dataset-metadata.json").write_text(json.dumps(
-        {"title": f"{slug} weights"[:50], "id": f"{user}/{slug}-weights", "licenses": [{"name": "CC0-1.0"}]}, indent=1))
+        {"title": f"{slug} weights"[:50], "id": f"{user}/{slug}-weights",
+         # BirdNET's model is CC BY-NC-SA 4.0 (its LICENSE is shipped beside it): the dataset inherits it
+         "licenses": [{"name": "CC-BY-NC-SA-4.0" if "LICENSE" in teacher_files else "CC0-1.0"}]}, indent=1))
     kernel.mkdir(parents=True)
     script = f"{slug}.py"
     (kernel / script).write_text(generate_script(competition, f"{slug}-weights"))
