@@ -143,7 +143,7 @@ def train_probe(cfg: DictConfig) -> dict:
     val_rows = cached_rows(windows, val_df, copies=False)
     # the validation chunks mixed into ambience (their cached copies): a check closer to the soundscapes
     mixed = cached_rows(windows, val_df, copies=True).filter(pl.col("copy") > 0)
-    mixed_auc = scores(primary_one_hot(mixed["primary_label"].to_list(), classes), predict(mixed))[0] \
+    mixed_auc = scores(primary_one_hot(mixed["primary_label"].to_list(), classes), predict(mixed))["auc"] \
         if mixed.height else None
     exp = run_name(cfg)
     run_dir = Path(cfg.runs_dir) / exp / f"fold{cfg.fold}"
@@ -171,7 +171,7 @@ def write_run(cfg: DictConfig, run_dir: Path, exp: str, classes: list[str], spec
     with atomic_write(run_dir / "oof.parquet") as tmp:
         oof.write_parquet(tmp)
     y = primary_one_hot(val_rows["primary_label"].to_list(), classes)
-    auc, cmap = scores(y, probs)
+    auc, cmap = (scores(y, probs)[k] for k in ("auc", "cmap"))
     head = "zero-shot" if spec["head"] == "zero_shot" else f"probe(hidden={cfg.probe.hidden})"
     metrics = {"exp": exp, "fold": int(cfg.fold), "model": f"{spec['name']}-{spec['head']}",
                "backbone": f"{spec['name']} {head}", "metric": str(cfg.data.metric),

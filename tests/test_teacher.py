@@ -188,3 +188,24 @@ def test_probe_reruns_identically(tiny_pipeline, tiny_teacher, tmp_path):
     shutil.rmtree(tmp_path / "tinyperch_probe")
     assert load_teacher_run(tiny_pipeline.runs_dir / "tinyperch_probe" / "fold0")(
         np.zeros((1, SAMPLES), np.float32)).shape[0] == 1
+
+
+def test_distillation_switch_trains_a_plain_run(tiny_pipeline, tiny_teacher):
+    """distill.weight / distill.embedding_weight: the run trains with the teacher's cached scores and
+    embeddings as extra targets; its best.pt is the plain model (no projection head), so it exports as usual."""
+    import torch
+
+    from src.models import build_model
+    from src.train import train
+
+    metrics = train(tiny_pipeline.train_config("exp=tiny_distill", "distill.teacher=tinyperch", "distill.weight=1.0",
+                                               "distill.embedding_weight=0.5"))
+    run = tiny_pipeline.runs_dir / "tiny_distill" / "fold0"
+    assert metrics["exp"] == "tiny_distill" and (run / "oof.parquet").exists()
+    saved = torch.load(run / "best.pt", weights_only=True)["model"]
+    cfg = OmegaConf.load(run / "config.yaml")
+    plain = build_model(cfg.model, cfg.audio, len(cfg.classes)).state_dict()
+    assert set(saved) == set(plain)
+    assert cfg.distill.weight == 1.0
+    log = pl.read_csv(run / "log.csv")
+    assert log.height == 2 and np.isfinite(log["train_loss"].to_numpy()).all()
