@@ -11,6 +11,7 @@ the head; `src.runtimes.load_teacher_run`), probe.npz (plain arrays), oof.parque
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import logging
 import time
@@ -49,7 +50,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, pcfg: DictConfig, extra: tuple[np.nd
     yt = torch.from_numpy(np.asarray(y, np.float32))
     wt = torch.ones(len(x)) if sample_weight is None else torch.from_numpy(np.asarray(sample_weight, np.float32))
     sizes = [x.shape[1], *([int(pcfg.hidden)] if int(pcfg.hidden) else []), y.shape[1]]
-    layers = [torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
     net = torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.ReLU())][:-1])
     opt = torch.optim.AdamW(net.parameters(), lr=float(pcfg.lr), weight_decay=float(pcfg.weight_decay))
     for _ in range(int(pcfg.epochs)):
@@ -84,7 +85,7 @@ def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame,
     """Embeddings and targets of the fold's training chunks (+ mixed copies) and background windows."""
     rows = cached_rows(windows, train_df, bool(cfg.probe.mixed))
     secondary = None if cfg.labels.secondary is None else float(cfg.labels.secondary)
-    y, mask = multi_hot(rows["primary_label"].to_list(), rows["secondary_labels"].to_list(), classes, secondary)
+    y, _ = multi_hot(rows["primary_label"].to_list(), rows["secondary_labels"].to_list(), classes, secondary)
     x = np.asarray(emb[rows["row"].to_numpy()])
     if cfg.probe.background:
         bg = windows.with_row_index("row").filter(

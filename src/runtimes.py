@@ -317,7 +317,7 @@ class TeacherModel:
             options.intra_op_num_threads = threads
         try:
             session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 -- onnxruntime raises its own types for unreadable files
+        except Exception as err:
             raise TeacherError(f"{self.path}: not a readable ONNX model ({err}): download it again") from err
         names = [o.name for o in session.get_outputs()]
         wanted = [self.spec["outputs"][k] for k in ("embedding", "scores")]
