@@ -27,7 +27,7 @@ import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR
-from src.runtimes import RUNTIME_FILES, file_digest
+from src.runtimes import export_files, file_digest
 
 KERNEL_MODULES = ["audio", "soundscape", "blend", "runtimes", "submission", "kernel_main"]
 SRC = Path(__file__).resolve().parent
@@ -168,7 +168,7 @@ def build(cfg: DictConfig) -> Path:
                 diffs[r][f"{member['run']}/fold{fold}"] = fold_diffs[r]
             run_cfg = OmegaConf.load(fold_dir / "config.yaml")
             # the kernel checks each file against its digest and runs the fallback export of a corrupt one
-            files = {name: file_digest(out / name) for r in runtimes for name in RUNTIME_FILES[r]}
+            files = {name: file_digest(out / name) for r in runtimes for name in export_files(r, out)}
             (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
                                                         "window_s": float(run_cfg.audio.window_s),
                                                         "backbone": str(run_cfg.model.backbone),

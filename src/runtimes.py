@@ -71,10 +71,17 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def export_files(kind: str, model_dir: str | Path) -> tuple[str, ...]:
+    """The files the `kind` export of `model_dir` runs from; a teacher run's whatever `kind` is."""
+    if is_teacher_dir(model_dir):
+        return ("teacher.json", "probe.npz") if (Path(model_dir) / "probe.npz").exists() else ("teacher.json",)
+    return RUNTIME_FILES[kind]
+
+
 def export_problem(kind: str, model_dir: str | Path, digests: dict[str, str] | None) -> str | None:
     """Why the `kind` export in `model_dir` cannot run (a file missing, or truncated / corrupt: its sha256
     differs from `digests`, the build's), naming the file; None when it is intact."""
-    for name in RUNTIME_FILES[kind]:
+    for name in export_files(kind, model_dir):
         path = Path(model_dir) / name
         if not path.is_file():
             return f"{path}: missing"
