@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: setup demo selftrain-demo test lint bench clean
+.PHONY: setup demo selftrain-demo test lint bench clean xc45
 
 setup: .venv/.installed
 
@@ -40,6 +40,26 @@ selftrain-demo: setup
 	$(PY) -m src.prepare data=demo
 	$(PY) -m src.train data=demo experiment=demo_st model=mobilenetv3_small exp=st_r0 fold=0
 	$(PY) -m src.selftrain data=demo rounds=1 round0=st_r0 name=demo_st
+	$(PY) -m src.leaderboard
+
+# The best CPU recipe end to end on a competition folder (default the small real one): folds, prepare,
+# the BirdNET teacher cache, its zero-shot and probe runs on every fold, the ensembles (+ their score
+# when DIR/solution.csv exists). `make xc45 XC45=DIR`.
+XC45 ?= ../shared/xc45
+XC45_DATA = data=birdclef2025 data.root=$(XC45) data.name=xc45
+XC45_FOLDS = 0 1 2 3 4
+XC45_PROBE = probe.background='jura_*' probe.zero_shot_weight=0.5
+xc45: setup
+	$(PY) -m src.folds $(XC45_DATA) folds.n=5
+	$(PY) -m src.prepare $(XC45_DATA) prepare.soundscapes=null
+	$(PY) -m src.teacher $(XC45_DATA) teacher=birdnet
+	for f in $(XC45_FOLDS); do \
+	  $(PY) -m src.probe $(XC45_DATA) teacher=birdnet fold=$$f probe.head=zero_shot || exit 1; \
+	  $(PY) -m src.probe $(XC45_DATA) teacher=birdnet fold=$$f $(XC45_PROBE) || exit 1; \
+	done
+	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet] name=xc45_birdnet
+	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet_probe] name=xc45_probe
+	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet,birdnet_probe] name=xc45
 	$(PY) -m src.leaderboard
 
 test: setup

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def fold_dirs(runs_dir: Path, exp: str) -> list[Path]:
-    """Finished folds of a run (those with best.pt and oof.parquet), sorted."""
-    dirs = sorted(p for p in (runs_dir / exp).glob("fold*") if (p / "best.pt").exists() and (p / "oof.parquet").exists())
+    """Finished folds of a run (those with oof.parquet and best.pt, or teacher.json for a teacher run), sorted."""
+    dirs = sorted(p for p in (runs_dir / exp).glob("fold*")
+                  if ((p / "best.pt").exists() or (p / "teacher.json").exists()) and (p / "oof.parquet").exists())
     if not dirs:
         raise FileNotFoundError(f"{runs_dir / exp}: no finished fold (best.pt + oof.parquet); "
                                 f"train one with `python -m src.train exp={exp} fold=0`")

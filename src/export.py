@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 
 from src.config import load_run_config
 from src.models import MelProbabilityModel, ProbabilityModel, build_model, load_weights
-from src.runtimes import RUNTIME_FILES, load_runtime
+from src.runtimes import RUNTIME_FILES, is_teacher_dir, load_runtime, load_teacher_run
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,10 @@ def load_fold_model(run_fold_dir: str | Path) -> tuple[ProbabilityModel, dict]:
 
 
 def eager_runtime(run_fold_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """Predict function running the fold's PyTorch model itself (channels_last, inference mode)."""
+    """Predict function running the fold's PyTorch model itself (channels_last, inference mode); for a
+    teacher run (BirdNET zero-shot, a probe: `teacher.json`), its teacher model and head."""
+    if is_teacher_dir(run_fold_dir):
+        return load_teacher_run(run_fold_dir, threads)
     if threads:
         torch.set_num_threads(threads)
     return eager_predict(load_fold_model(run_fold_dir)[0])
@@ -107,3 +112,32 @@ def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str
                                f"(> {tol}) on real audio; export with another runtime (kernel.runtime)")
         log.info("%s %s: max abs diff %.2e", out_dir, fmt, diffs[fmt])
     return diffs
+
+
+def export_teacher_fold(run_fold_dir: str | Path, out_dir: str | Path, teachers_dir: str | Path,
+                        check_waves: np.ndarray, tol: float = 1e-4) -> float:
+    """Copy a teacher run (teacher.json, probe.npz) to `out_dir` and its teacher model file once into
+    `teachers_dir/<teacher name>/` (teacher.json then points there by a relative path); returns the max abs
+    difference between the copy and the run on `check_waves` (raises above `tol`)."""
+    run_fold_dir, out_dir, teachers_dir = Path(run_fold_dir), Path(out_dir), Path(teachers_dir)
+    spec = json.loads((run_fold_dir / "teacher.json").read_text())
+    source = Path(spec["model_file"])
+    target = teachers_dir / spec["name"] / source.name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+        for extra in ("LICENSE",):  # BirdNET's licence travels with its model
+            if (source.parent / extra).exists():
+                shutil.copy2(source.parent / extra, target.parent / extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec["model_file"] = str(Path("..", "..", "..", target.relative_to(teachers_dir.parent)))
+    spec["wheels_dir"] = str(Path("..", "..", "..", "wheels"))
+    (out_dir / "teacher.json").write_text(json.dumps(spec, indent=1))
+    if (run_fold_dir / "probe.npz").exists():
+        shutil.copy2(run_fold_dir / "probe.npz", out_dir / "probe.npz")
+    reference = load_teacher_run(run_fold_dir)(check_waves)
+    diff = float(np.abs(load_teacher_run(out_dir)(check_waves) - reference).max())
+    if diff > tol:
+        raise RuntimeError(f"{out_dir}: the copied teacher run differs from {run_fold_dir} by {diff:.2e} (> {tol})")
+    log.info("%s teacher: max abs diff %.2e", out_dir, diff)
+    return diff

@@ -30,7 +30,7 @@ import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR
-from src.runtimes import RUNTIME_FILES, file_digest
+from src.runtimes import export_files, file_digest
 from src.soundscape import check_windows
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,20 @@ def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     cfg = OmegaConf.load(run_fold_dir / "config.yaml")
     chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet").filter(~pl.col("silent"))
     rows = chunks.sample(min(count, chunks.height), seed=0)
-    windows = ChunkDataset(rows, Path(cfg.data.cache_dir), list(cfg.classes), int(cfg.audio.sample_rate),
+    cache_rate = int(json.loads((Path(cfg.data.cache_dir) / "manifest.json").read_text())["sample_rate"])
+    windows = ChunkDataset(rows, Path(cfg.data.cache_dir), list(cfg.classes), cache_rate,
                            float(cfg.audio.window_s), secondary=None)
-    return np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
+    waves = np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
+    if cache_rate != int(cfg.audio.sample_rate):  # a teacher run hears another rate (BirdNET: 48 kHz)
+        import soxr
+
+        waves = np.ascontiguousarray(soxr.resample(waves.T, cache_rate, int(cfg.audio.sample_rate), "HQ").T)
+    return waves
 
 
-def collect_wheels(cfg: DictConfig, dest: Path) -> dict[str, list[str]]:
-    """Copy the wheels the kernel needs for `cfg.runtime` (kernel.yaml `wheels`) into `dest`, for each of
+def collect_wheels(cfg: DictConfig, dest: Path, teacher_files: list[str] | None = None) -> dict[str, list[str]]:
+    """Copy the wheels the kernel needs for `cfg.runtime` (kernel.yaml `wheels`), and for the teacher
+    models among `teacher_files` (`wheels.teacher_tflite` / `teacher_onnx`), into `dest`, for each of
     Kaggle's Pythons (`kaggle_pythons`: the current image's and the previous one's).
 
     Each package is pinned to the version installed here (the one the exports were checked with)
@@ -96,6 +103,8 @@ def collect_wheels(cfg: DictConfig, dest: Path) -> dict[str, list[str]]:
     platform, binary only) into `cfg.wheel_cache`. Returns {python version: its wheel file names}: the
     kernel installs only those of the Python it runs on."""
     packages = list(cfg.wheels.get(cfg.runtime) or [])
+    for suffix in sorted({Path(f).suffix.lstrip(".") for f in teacher_files or []} & {"tflite", "onnx"}):
+        packages += [p for p in cfg.wheels.get(f"teacher_{suffix}") or [] if p not in packages]
     out: dict[str, list[str]] = {}
     for python in map(str, cfg.kaggle_pythons):
         out[python] = []
@@ -161,7 +170,8 @@ def member_models(member: dict) -> list[str]:
 def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Export every member model to `dataset/models/<run>/<model>/` (+ model.json); returns each runtime's
     max abs difference to the PyTorch model per `<run>/<model>`. Refuses members with different windows."""
-    from src.export import export_fold
+    from src.export import export_fold, export_teacher_fold
+    from src.runtimes import is_teacher_dir
 
     runs_dir = Path(ens.get("runs_dir", "runs"))
     models = [(m["run"], name) for m in ens["members"] for name in member_models(m)]
@@ -171,11 +181,16 @@ def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfi
     diffs: dict[str, dict[str, float]] = {r: {} for r in runtimes}
     for (run, name), run_cfg in run_cfgs.items():
         fold_dir, out = runs_dir / run / name, dataset / "models" / run / name
-        fold_diffs = export_fold(fold_dir, out, runtimes, check_waves(fold_dir, int(cfg.check_windows)), float(cfg.tol))
+        waves = check_waves(fold_dir, int(cfg.check_windows))
+        if is_teacher_dir(fold_dir):  # runs its teacher model whatever the runtime (src.runtimes.load_teacher_run)
+            teacher_diff = export_teacher_fold(fold_dir, out, dataset / "teachers", waves, float(cfg.tol))
+            fold_diffs = {r: teacher_diff for r in runtimes}
+        else:
+            fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol))
         for r in runtimes:
             diffs[r][f"{run}/{name}"] = fold_diffs[r]
         # the kernel checks each file against its digest and runs the fallback export of a corrupt one
-        files = {f: file_digest(out / f) for r in runtimes for f in RUNTIME_FILES[r]}
+        files = {f: file_digest(out / f) for r in runtimes for f in export_files(r, out)}
         (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
                                                     "window_s": float(run_cfg.audio.window_s),
                                                     "backbone": str(run_cfg.model.backbone),
@@ -198,7 +213,8 @@ def build(cfg: DictConfig) -> Path:
     inference = dict(ens["inference"])
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
-    wheels = collect_wheels(cfg, dataset / "wheels")
+    teacher_files = sorted(p.name for p in (dataset / "teachers").rglob("*") if p.is_file())
+    wheels = collect_wheels(cfg, dataset / "wheels", teacher_files)
     budget_min, margin = _budget(cfg)
     config |= {"inference": inference, "runtime": cfg.runtime, "fallback_runtime": cfg.fallback_runtime,
                "export_max_abs_diff": diffs, "wheels": wheels, "budget_min": budget_min, "margin": margin}
@@ -210,7 +226,9 @@ def build(cfg: DictConfig) -> Path:
                         budget_min, 100 * margin)
     (dataset / "ensemble.json").write_text(json.dumps(config, indent=1))
     (dataset / "dataset-metadata.json").write_text(json.dumps(
-        {"title": f"{slug} weights"[:50], "id": f"{user}/{slug}-weights", "licenses": [{"name": "CC0-1.0"}]}, indent=1))
+        {"title": f"{slug} weights"[:50], "id": f"{user}/{slug}-weights",
+         # BirdNET's model is CC BY-NC-SA 4.0 (its LICENSE is shipped beside it): the dataset inherits it
+         "licenses": [{"name": "CC-BY-NC-SA-4.0" if "LICENSE" in teacher_files else "CC0-1.0"}]}, indent=1))
     kernel.mkdir(parents=True)
     script = f"{slug}.py"
     (kernel / script).write_text(generate_script(competition, f"{slug}-weights"))

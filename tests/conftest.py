@@ -122,3 +122,12 @@ def tiny_pipeline(tmp_path_factory):
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("pipeline"),
                                {"tiny_a": "mobilenetv3_small", "tiny_b": "regnety_002"})
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_pipeline, tmp_path_factory):
+    """The tiny pipeline plus a tiny Perch-signature teacher's cache and its runs `tinyperch` (zero-shot)
+    and `tinyperch_probe` (fold 0), built once: (overrides of src.teacher / src.probe, classes)."""
+    from tests.pipeline import add_teacher_runs
+
+    return add_teacher_runs(tiny_pipeline, tmp_path_factory.mktemp("teacher_model"))

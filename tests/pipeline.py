@@ -62,3 +62,26 @@ def build_tiny_pipeline(root: Path, exps: dict[str, str]) -> TinyPipeline:
 
 def saved_config(run_fold_dir: Path) -> DictConfig:
     return OmegaConf.load(run_fold_dir / "config.yaml")
+
+
+def teacher_overrides(pipe: TinyPipeline, model: Path, labels: Path, name: str = "tinyperch") -> list[str]:
+    """What `python -m src.teacher` / `src.probe` get for the tiny Perch-signature teacher on this pipeline."""
+    return [*pipe.overrides, "teacher=perch", f"teacher.path={model}", f"teacher.labels={labels}",
+            f"teacher.name={name}", "teacher_cache.workers=1", "teacher_cache.mix.copies=1", "probe.epochs=100"]
+
+
+def add_teacher_runs(pipe: TinyPipeline, folder: Path) -> tuple[list[str], list[str]]:
+    """Build the tiny teacher (it knows every class but the last), cache it over the pipeline and write its
+    zero-shot run `tinyperch` and probe run `tinyperch_probe` (fold 0); returns (overrides, classes)."""
+    from src.competition import read_classes
+    from src.probe import train_probe
+    from src.teacher import build_cache
+    from tests.fake_teacher import write_fake_perch
+
+    classes = read_classes(pipe.data_root / "sample_submission.csv")
+    model, labels = write_fake_perch(folder, [*classes[:-1], "Nullus avis_Ghost Bird"])
+    overrides = teacher_overrides(pipe, model, labels)
+    build_cache(compose_named("teacher", *overrides))
+    train_probe(compose_named("teacher", *overrides, "probe.head=zero_shot"))
+    train_probe(compose_named("teacher", *overrides, "probe.zero_shot_weight=0.5"))
+    return overrides, classes

@@ -1,0 +1,197 @@
+"""`python -m src.probe data=... teacher=birdnet fold=0`: teacher runs, written like `src.train`'s.
+
+`probe.head=probe` (default): a logistic regression (or one-hidden-layer MLP, `probe.hidden`) on the cached
+teacher embeddings of the fold's training chunks (+ their ambience mixes and background windows), with the
+teacher's zero-shot scores blended in on the classes it knows (`probe.zero_shot_weight`, 0 = off).
+`probe.head=zero_shot`: the teacher's mapped scores as they are (`runs/<teacher.name>/fold<k>`).
+
+Writes `runs/<exp>/fold<k>/`: config.yaml (with a `teacher:` section), teacher.json (how to run the teacher and
+the head; `src.runtimes.load_teacher_run`), probe.npz (plain arrays), oof.parquet, metrics.json.
+"""
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import polars as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from src import config as cfglib
+from src.competition import multi_hot
+from src.io import atomic_write
+from src.metrics import per_class_auc, primary_one_hot
+from src.runtimes import probe_forward
+from src.teacher import cache_dir, load_cache, model_files
+from src.train import git_commit, load_chunk_index, scores, split_fold
+
+log = logging.getLogger(__name__)
+KEYS = ["filename", "chunk"]
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, pcfg: DictConfig, extra: tuple[np.ndarray, np.ndarray] | None = None,
+              sample_weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Train the probe on embeddings `x` (N, D) with (soft) targets `y` (N, C) in [0, 1], plus `extra`
+    (embeddings, soft targets) rows, e.g. pseudo-labelled soundscape windows; returns its weights as plain
+    arrays (`src.runtimes.probe_forward`). Full-batch AdamW on BCE, deterministic (`probe.seed`)."""
+    if extra is not None:
+        x, y = np.concatenate([x, extra[0]]), np.concatenate([y, extra[1]])
+        if sample_weight is not None:
+            sample_weight = np.concatenate([sample_weight, np.ones(len(extra[0]), np.float32)])
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    torch.manual_seed(int(pcfg.seed))
+    xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    yt = torch.from_numpy(np.asarray(y, np.float32))
+    wt = torch.ones(len(x)) if sample_weight is None else torch.from_numpy(np.asarray(sample_weight, np.float32))
+    sizes = [x.shape[1], *([int(pcfg.hidden)] if int(pcfg.hidden) else []), y.shape[1]]
+    layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
+    net = torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.ReLU())][:-1])
+    opt = torch.optim.AdamW(net.parameters(), lr=float(pcfg.lr), weight_decay=float(pcfg.weight_decay))
+    for _ in range(int(pcfg.epochs)):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt), yt, reduction="none").mean(dim=1)
+        ((loss * wt).sum() / wt.sum()).backward()
+        opt.step()
+    out = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    for i, layer in enumerate(layers):
+        out[f"w{i}"] = layer.weight.detach().numpy().T.astype(np.float32).copy()
+        out[f"b{i}"] = layer.bias.detach().numpy().astype(np.float32).copy()
+    return out
+
+
+def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl.DataFrame:
+    """The cache rows (`row`) of these chunks, in the chunks' order, with their labels; copy 0 only
+    unless `copies` (then every mixed copy of each chunk too)."""
+    rows = windows.with_row_index("row").filter(pl.col("source") == "chunks")
+    if not copies:
+        rows = rows.filter(pl.col("copy") == 0)
+    out = chunks.select(*KEYS, "start_s", "end_s", "primary_label", "secondary_labels").join(
+        rows.select(*KEYS, "copy", "row"), on=KEYS, how="inner", maintain_order="left")
+    missing = chunks.join(rows.select(KEYS), on=KEYS, how="anti")
+    if missing.height:
+        raise ValueError(f"{missing.height} chunk(s) are not in the teacher cache (e.g. {missing.row(0)}): rerun "
+                         "`python -m src.teacher` after `src.prepare`")
+    return out
+
+
+def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame, emb: np.ndarray,
+                 classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and targets of the fold's training chunks (+ mixed copies) and background windows."""
+    rows = cached_rows(windows, train_df, bool(cfg.probe.mixed))
+    secondary = None if cfg.labels.secondary is None else float(cfg.labels.secondary)
+    y, _ = multi_hot(rows["primary_label"].to_list(), rows["secondary_labels"].to_list(), classes, secondary)
+    x = np.asarray(emb[rows["row"].to_numpy()])
+    if cfg.probe.background:
+        bg = windows.with_row_index("row").filter(
+            (pl.col("source") == "train_soundscapes")
+            & pl.col("filename").map_elements(lambda f: fnmatch.fnmatch(f, str(cfg.probe.background)),
+                                              return_dtype=pl.Boolean))
+        if bg.height == 0:
+            log.warning("probe.background=%s matches no cached train soundscape window", cfg.probe.background)
+        x = np.concatenate([x, np.asarray(emb[bg["row"].to_numpy()])])
+        y = np.concatenate([y, np.zeros((bg.height, len(classes)), np.float32)])
+    return x, y
+
+
+def run_name(cfg: DictConfig) -> str:
+    if cfg.probe.exp:
+        return str(cfg.probe.exp)
+    return str(cfg.teacher.name) + ("" if cfg.probe.head == "zero_shot" else "_probe")
+
+
+def run_spec(cfg: DictConfig, settings: dict) -> dict:
+    """teacher.json: the cache's teacher settings (model file, windows, mapping) and this run's head."""
+    spec = {k: settings[k] for k in ("name", "model_file", "sample_rate", "window_s", "offsets_s", "outputs",
+                                     "activation", "signature", "mapping")}
+    return spec | {"batch_size": int(cfg.teacher.batch_size), "head": str(cfg.probe.head),
+                   "zero_shot_weight": float(cfg.probe.zero_shot_weight) if cfg.probe.head == "probe" else 0.0}
+
+
+def train_probe(cfg: DictConfig) -> dict:
+    """Fit (or, zero-shot, just score) `cfg.fold` and write the run folder; returns metrics.json's content."""
+    started = time.time()
+    if cfg.probe.head not in ("probe", "zero_shot"):
+        raise ValueError(f"probe.head={cfg.probe.head!r}: use probe or zero_shot")
+    chunks, classes = load_chunk_index(cfg)
+    train_df, val_df = split_fold(chunks, cfg)
+    windows, emb, zero, settings = load_cache(cfg)
+    if settings["classes"] != classes:
+        raise ValueError(f"{cache_dir(cfg)}: cached for other classes than {cfg.data.cache_dir}: rebuild it")
+    model_files(cfg.teacher)  # the model file must still be there: the run predicts with it
+    spec = run_spec(cfg, settings)
+    weights, n_train = None, 0
+    if cfg.probe.head == "probe":
+        x, y = training_set(cfg, train_df, windows, emb, classes)
+        weights, n_train = fit_probe(x, y, cfg.probe), len(x)
+    known = np.array([bool(m) for m in spec["mapping"]])
+
+    def predict(rows: pl.DataFrame) -> np.ndarray:
+        index = rows["row"].to_numpy()
+        zero_shot = np.asarray(zero[index])
+        if weights is None:
+            return zero_shot
+        probs = probe_forward(np.asarray(emb[index]), weights)
+        w = spec["zero_shot_weight"]
+        probs[:, known] = (1 - w) * probs[:, known] + w * zero_shot[:, known]
+        return probs
+
+    val_rows = cached_rows(windows, val_df, copies=False)
+    # the validation chunks mixed into ambience (their cached copies): a check closer to the soundscapes
+    mixed = cached_rows(windows, val_df, copies=True).filter(pl.col("copy") > 0)
+    mixed_auc = scores(primary_one_hot(mixed["primary_label"].to_list(), classes), predict(mixed))["auc"] \
+        if mixed.height else None
+    exp = run_name(cfg)
+    run_dir = Path(cfg.runs_dir) / exp / f"fold{cfg.fold}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run(cfg, run_dir, exp, classes, spec, weights, val_rows, predict(val_rows), n_train,
+              time.time() - started, {"mixed_auc": mixed_auc})
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def write_run(cfg: DictConfig, run_dir: Path, exp: str, classes: list[str], spec: dict,
+              weights: dict | None, val_rows: pl.DataFrame, probs: np.ndarray, n_train: int, duration: float,
+              extra_metrics: dict) -> None:
+    """config.yaml, teacher.json, probe.npz, oof.parquet and metrics.json, each written atomically."""
+    plain = cfglib.to_plain(cfg)
+    plain["audio"] = {"sample_rate": spec["sample_rate"], "window_s": 5.0}  # what the run's predict function takes
+    with atomic_write(run_dir / "config.yaml") as tmp:
+        OmegaConf.save(OmegaConf.create(plain | {"exp": exp, "classes": classes}), tmp)
+    with atomic_write(run_dir / "teacher.json") as tmp:
+        Path(tmp).write_text(json.dumps(spec, indent=1))
+    if weights is not None:
+        with atomic_write(run_dir / "probe.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **weights)
+    oof = val_rows.select("filename", "chunk", "start_s", "end_s", "primary_label", "secondary_labels").with_columns(
+        [pl.Series(c, probs[:, i], dtype=pl.Float32) for i, c in enumerate(classes)])
+    with atomic_write(run_dir / "oof.parquet") as tmp:
+        oof.write_parquet(tmp)
+    y = primary_one_hot(val_rows["primary_label"].to_list(), classes)
+    auc, cmap = (scores(y, probs)[k] for k in ("auc", "cmap"))
+    head = "zero-shot" if spec["head"] == "zero_shot" else f"probe(hidden={cfg.probe.hidden})"
+    metrics = {"exp": exp, "fold": int(cfg.fold), "model": f"{spec['name']}-{spec['head']}",
+               "backbone": f"{spec['name']} {head}", "metric": str(cfg.data.metric),
+               "score": auc if cfg.data.metric == "auc" else cmap, "auc": auc, "cmap": cmap, "best_epoch": -1,
+               "epochs_run": int(cfg.probe.epochs) if weights is not None else 0,
+               "per_class_auc": per_class_auc(y, probs, classes), "duration_s": round(duration, 1),
+               "git_commit": git_commit(), "config_hash": cfglib.config_hash(cfg), "n_train_chunks": n_train,
+               "n_val_chunks": val_rows.height} | extra_metrics
+    with atomic_write(run_dir / "metrics.json") as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=1))
+    mixed = extra_metrics.get("mixed_auc")
+    print(f"{exp} fold {cfg.fold}: {head} on {n_train} rows, macro ROC-AUC {auc:.4f}, padded cmAP {cmap:.4f}"
+          + (f", mixed into ambience {mixed:.4f}" if mixed is not None else "") + f" -> {run_dir}")
+
+
+@hydra.main(config_path="../configs", config_name="teacher", version_base=None)
+def main(cfg: DictConfig) -> None:
+    train_probe(cfg)
+
+
+if __name__ == "__main__":
+    main()
