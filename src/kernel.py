@@ -118,10 +118,16 @@ def collect_wheels(cfg: DictConfig, dest: Path, teacher_files: list[str] | None 
 
 def _find_wheel(cfg: DictConfig, package: str, python: str) -> Path:
     """The wheel of `package` (the installed version) for CPython `python` (or any Python), found or downloaded."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    pinned = f"{package}=={version(package)}"
-    stem = f"{package.replace('-', '_')}-{version(package)}-"
+    try:
+        installed = version(package)
+    except PackageNotFoundError:
+        raise RuntimeError(f"the kernel's runtime needs {package}, which is not installed here (the exports are "
+                           f"checked with it): install it (e.g. uv pip install -e '.[{package}]') or build with "
+                           "runtime=onnx") from None
+    pinned = f"{package}=={installed}"
+    stem = f"{package.replace('-', '_')}-{installed}-"
     tags = (f"-cp{python.replace('.', '')}-", "-py3-none-", "-py2.py3-none-")
 
     def find() -> list[Path]:

@@ -366,11 +366,23 @@ def test_time_guard_drops_the_last_member_and_still_writes_every_row(built, tiny
     assert "time guard" in log and "dropped tiny_b" in log and "1 of 2 member(s)" in log
     validate_file(out, comp / "sample_submission.csv")
     data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    # the same post-processing as the built ensemble (whatever its fit chose), not one refitted for tiny_a
+    post = json.loads((root / "dataset" / "ensemble.json").read_text())["inference"]["postprocess"]
     alone = ensemble.run(compose_named("ensemble", *data, f"runs_dir={tiny_pipeline.runs_dir}",
                                        f"ensembles_dir={tmp_path / 'ensembles'}", "runs=[tiny_a]", "name=alone",
-                                       "ensemble.blend=weighted", "ensemble.fit.restarts=1"))
+                                       "ensemble.blend=weighted", "ensemble.fit.restarts=1", "ensemble.fit.oof=clip",
+                                       f"ensemble.postprocess={_hydra_literal(post)}"))
     assert alone["members"][0]["run"] == "tiny_a"
     assert_same_submission(out, tmp_path / "ensembles" / "alone" / "submission.csv")
+
+
+def _hydra_literal(value) -> str:
+    """A dict/list/scalar as a Hydra override value (unquoted keys)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_literal(v) for v in value) + "]"
+    return "null" if value is None else str(value)
 
 
 def test_time_guard_projects_a_member_from_the_plan_scaled_by_the_finished_ones():
