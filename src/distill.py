@@ -47,11 +47,7 @@ class DistillForward(TrainForward):
         self.projection = torch.nn.Linear(model.backbone.num_features, dim)
 
     def forward(self, wave: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-        wave, target, mask = self.aug.wave(wave, target, mask)
-        mel = self.model.frontend(wave)
-        mel, target, mask = self.aug.spec(mel, target, mask)
-        if self.channels_last:
-            mel = mel.contiguous(memory_format=torch.channels_last)
+        mel, target, mask = self.augmented_mel(wave, target, mask)
         feats = self.model.backbone.forward_features(mel)
         pooled = feats.mean(dim=tuple(range(2, feats.ndim))) if feats.ndim > 2 else feats
         return torch.cat([self.model.head(feats), self.projection(pooled.float())], dim=1), target, mask

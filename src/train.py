@@ -586,12 +586,17 @@ class TrainForward(torch.nn.Module):
         super().__init__()
         self.model, self.aug, self.channels_last = model, aug, channels_last
 
-    def forward(self, wave: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    def augmented_mel(self, wave: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+        """(mel, target, mask) after the waveform and spectrogram batch augs."""
         wave, target, mask = self.aug.wave(wave, target, mask)
         mel = self.model.frontend(wave)
         mel, target, mask = self.aug.spec(mel, target, mask)
         if self.channels_last:
             mel = mel.contiguous(memory_format=torch.channels_last)
+        return mel, target, mask
+
+    def forward(self, wave: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+        mel, target, mask = self.augmented_mel(wave, target, mask)
         return self.model.forward_mel(mel), target, mask
 
 
