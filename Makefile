@@ -43,12 +43,15 @@ selftrain-demo: setup
 	$(PY) -m src.leaderboard
 
 # The best CPU recipe end to end on a competition folder (default the small real one): folds, prepare,
-# the BirdNET teacher cache, its zero-shot and probe runs on every fold, the ensembles (+ their score
-# when DIR/solution.csv exists). `make xc45 XC45=DIR`.
+# the BirdNET teacher cache, its zero-shot and probe runs on every fold (each scored on its fold's
+# validation soundscapes), their ensemble as round 0, then XC45_ROUNDS rounds of self-training on the
+# unlabelled soundscapes (recipe birdnet_probe): ensembles/xc45_r<k>/ per round and ensembles/xc45/ the
+# round chosen by the soundscape CV (+ each one's score when DIR/solution.csv exists). `make xc45 XC45=DIR`.
 XC45 ?= ../shared/xc45
 XC45_DATA = data=birdclef2025 data.root=$(XC45) data.name=xc45
 XC45_FOLDS = 0 1 2 3 4
 XC45_PROBE = probe.background='jura_*' probe.zero_shot_weight=0.5
+XC45_ROUNDS ?= 2
 xc45: setup
 	$(PY) -m src.folds $(XC45_DATA) folds.n=5
 	$(PY) -m src.prepare $(XC45_DATA) prepare.soundscapes=null
@@ -59,7 +62,8 @@ xc45: setup
 	done
 	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet] name=xc45_birdnet
 	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet_probe] name=xc45_probe
-	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet,birdnet_probe] name=xc45
+	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet,birdnet_probe] name=xc45_r0
+	$(PY) -m src.selftrain $(XC45_DATA) recipe=birdnet_probe rounds=$(XC45_ROUNDS) round0=xc45_r0 name=xc45
 	$(PY) -m src.leaderboard
 
 test: setup

@@ -29,21 +29,22 @@ from src.io import atomic_write
 from src.metrics import per_class_auc, primary_one_hot
 from src.runtimes import probe_forward
 from src.teacher import cache_dir, load_cache, model_files
-from src.train import git_commit, load_chunk_index, scores, split_fold
+from src.train import git_commit, load_chunk_index, load_pseudo_windows, scores, split_fold
 
 log = logging.getLogger(__name__)
 KEYS = ["filename", "chunk"]
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, pcfg: DictConfig, extra: tuple[np.ndarray, np.ndarray] | None = None,
-              sample_weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              sample_weight: np.ndarray | None = None, extra_weight: float = 1.0) -> dict[str, np.ndarray]:
     """Train the probe on embeddings `x` (N, D) with (soft) targets `y` (N, C) in [0, 1], plus `extra`
-    (embeddings, soft targets) rows, e.g. pseudo-labelled soundscape windows; returns its weights as plain
-    arrays (`src.runtimes.probe_forward`). Full-batch AdamW on BCE, deterministic (`probe.seed`)."""
+    (embeddings, soft targets) rows of loss weight `extra_weight`, e.g. pseudo-labelled soundscape windows;
+    returns its weights as plain arrays (`src.runtimes.probe_forward`). Full-batch AdamW on BCE,
+    deterministic (`probe.seed`)."""
     if extra is not None:
+        weights = np.ones(len(x), np.float32) if sample_weight is None else sample_weight
+        sample_weight = np.concatenate([weights, np.full(len(extra[0]), extra_weight, np.float32)])
         x, y = np.concatenate([x, extra[0]]), np.concatenate([y, extra[1]])
-        if sample_weight is not None:
-            sample_weight = np.concatenate([sample_weight, np.ones(len(extra[0]), np.float32)])
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     torch.manual_seed(int(pcfg.seed))
     xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
@@ -99,6 +100,23 @@ def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame,
     return x, y
 
 
+def pseudo_set(cfg: DictConfig, windows: pl.DataFrame, emb: np.ndarray,
+               classes: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Embeddings and soft targets of the pseudo-labelled soundscape windows of `pseudo.path` (None when
+    unset): the same file, checks and silent-window rule as `src.train`'s; training only, never validated."""
+    if not cfg.pseudo.path:
+        return None
+    table = load_pseudo_windows(cfg, classes)
+    rows = windows.with_row_index("row").filter(pl.col("source") == "train_soundscapes", pl.col("copy") == 0)
+    joined = table.join(rows.select("filename", pl.col("chunk").alias("window"), "row"),
+                        on=["filename", "window"], how="inner", maintain_order="left")
+    if joined.height < table.height:
+        raise ValueError(f"{cfg.pseudo.path}: {table.height - joined.height} of its windows are not in the "
+                         f"teacher cache {cache_dir(cfg)}: rerun `python -m src.teacher` with train_soundscapes "
+                         "in teacher_cache.sources")
+    return np.asarray(emb[joined["row"].to_numpy()]), joined.select(classes).to_numpy().astype(np.float32)
+
+
 def run_name(cfg: DictConfig) -> str:
     if cfg.probe.exp:
         return str(cfg.probe.exp)
@@ -125,10 +143,12 @@ def train_probe(cfg: DictConfig) -> dict:
         raise ValueError(f"{cache_dir(cfg)}: cached for other classes than {cfg.data.cache_dir}: rebuild it")
     model_files(cfg.teacher)  # the model file must still be there: the run predicts with it
     spec = run_spec(cfg, settings)
-    weights, n_train = None, 0
+    weights, n_train, n_pseudo = None, 0, 0
     if cfg.probe.head == "probe":
         x, y = training_set(cfg, train_df, windows, emb, classes)
-        weights, n_train = fit_probe(x, y, cfg.probe), len(x)
+        extra = pseudo_set(cfg, windows, emb, classes)
+        weights = fit_probe(x, y, cfg.probe, extra=extra, extra_weight=float(cfg.pseudo.weight))
+        n_train, n_pseudo = len(x), 0 if extra is None else len(extra[0])
     known = np.array([bool(m) for m in spec["mapping"]])
 
     def predict(rows: pl.DataFrame) -> np.ndarray:
@@ -150,7 +170,13 @@ def train_probe(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.runs_dir) / exp / f"fold{cfg.fold}"
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run(cfg, run_dir, exp, classes, spec, weights, val_rows, predict(val_rows), n_train,
-              time.time() - started, {"mixed_auc": mixed_auc})
+              time.time() - started, {"mixed_auc": mixed_auc, "n_pseudo_windows": n_pseudo})
+    if cfg.train.soundscape_cv:  # the fold's validation soundscapes, as src.train scores its runs
+        from src.valsets import score_run
+
+        sound = score_run(run_dir, int(cfg.train.threads), int(cfg.teacher.batch_size))
+        if sound:
+            print(f"{exp} fold {cfg.fold}: validation soundscapes macro ROC-AUC {sound['soundscape_auc']:.4f}")
     return json.loads((run_dir / "metrics.json").read_text())
 
 

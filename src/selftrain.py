@@ -3,7 +3,8 @@ soundscapes.
 
 Round 0 is the given ensemble or run (copied, or ensembled alone, as `<name>_r0`). Round k: `src.pseudo`
 labels every unlabelled window with `<name>_r<k-1>`, each student trains on the clips plus those labels
-(`src.train pseudo.path=...`, or an embedding probe), and `src.ensemble` blends the students as `<name>_r<k>`.
+(`src.train pseudo.path=...`, or an embedding probe), and `src.ensemble` blends the students (with the runs
+of `keep_runs`, e.g. a teacher's zero-shot run) as `<name>_r<k>`.
 Every round is an ensemble folder, so a leaderboard row; the round with the best CV (`select`: the soundscape
 CV when every round has one, else the nested OOF score, never a test score) is copied to `ensembles/<name>/`
 with `selftrain.json`, the table of rounds (CV, pseudo-label AUC when the truth is known, test score when a
@@ -30,7 +31,7 @@ from src.io import atomic_write
 log = logging.getLogger(__name__)
 # student command -> (config name, "module:function", the key naming its run, the key taking the pseudo-labels)
 COMMANDS = {"train": ("train", "src.train:train", "exp", "pseudo.path"),
-            "probe": ("teacher", "src.probe:train_probe", "probe.exp", "probe.pseudo")}
+            "probe": ("teacher", "src.probe:train_probe", "probe.exp", "pseudo.path")}
 
 
 def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
@@ -60,6 +61,8 @@ def round_zero(cfg: DictConfig) -> None:
     if cfg.resume and (out / "ensemble.yaml").exists():
         return
     source = _ensemble_yaml(cfg, str(cfg.round0))
+    if source.parent == out and source.exists():  # round 0 was built under its round name
+        return
     if source.exists():
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +120,7 @@ def round_record(cfg: DictConfig, k: int, seconds: float, labels: Path | None) -
     summary = OmegaConf.to_container(OmegaConf.load(_ensemble_yaml(cfg, f"{cfg.name}_r{k}")))
     meta = json.loads(Path(f"{labels}.json").read_text()) if labels else {}
     return {"round": k, "ensemble": f"{cfg.name}_r{k}", "members": [m["run"] for m in summary["members"]],
-            "oof_score": summary.get("oof_score"), "soundscape_auc": summary.get("soundscape_auc"),
+            "oof_score": summary.get("oof_score"), "soundscape_auc": summary.get("soundscape_oof_score"),
             "test_score": summary.get("test_score"), "pseudo_auc": meta.get("pseudo_auc"),
             "seconds": round(seconds, 1)}
 
@@ -144,7 +147,7 @@ def selftrain(cfg: DictConfig) -> dict:
         labels = pseudo_round(cfg, k)
         exps = train_students(cfg, k, labels)
         if not (cfg.resume and _ensemble_yaml(cfg, f"{cfg.name}_r{k}").exists()):
-            run_ensemble(cfg, exps, f"{cfg.name}_r{k}")
+            run_ensemble(cfg, [*cfg.keep_runs, *exps], f"{cfg.name}_r{k}")
         rounds.append(round_record(cfg, k, time.time() - t0, labels))
         print_rounds(rounds)
     best, key = best_round(rounds, str(cfg.select))
@@ -162,6 +165,9 @@ def keep_best(cfg: DictConfig, best: int, summary: dict) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(Path(cfg.ensembles_dir) / f"{cfg.name}_r{best}", tmp)
+    chosen = OmegaConf.load(tmp / "ensemble.yaml")  # its own leaderboard row, named for the loop
+    chosen.name, chosen.selftrain_round = str(cfg.name), best
+    OmegaConf.save(chosen, tmp / "ensemble.yaml")
     with atomic_write(tmp / "selftrain.json") as part:
         Path(part).write_text(json.dumps(summary, indent=1))
     shutil.rmtree(out, ignore_errors=True)

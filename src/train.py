@@ -38,7 +38,7 @@ from src.metrics import select as select_metric
 from src.models import BirdModel, build_model
 from src.prepare import check_cache_settings, load_soundscape_index
 from src.samplers import MassSampler, build_sampler
-from src.valsets import ValSet, evaluate_soundscapes, load_fold
+from src.valsets import ValSet, bed_soundscapes, evaluate_soundscapes, load_fold
 
 log = logging.getLogger(__name__)
 
@@ -328,8 +328,11 @@ def load_pseudo_windows(cfg: DictConfig, classes: list[str]) -> pl.DataFrame:
     if not cfg.pseudo.include_silent:
         index = load_soundscape_index(cfg.data.cache_dir).select("filename", "window", "silent")
         table = table.join(index, on=["filename", "window"], how="inner").filter(~pl.col("silent")).drop("silent")
+    beds = set(bed_soundscapes(cfg) or []) if cfg.train.soundscape_cv else set()
+    table = table.filter(~pl.col("filename").map_elements(lambda f: Path(f).stem in beds, return_dtype=pl.Boolean))
     if table.height == 0:
-        raise ValueError(f"{cfg.pseudo.path}: no pseudo-labelled window left (all silent or not in this cache)")
+        raise ValueError(f"{cfg.pseudo.path}: no pseudo-labelled window left (all silent, not in this cache or "
+                         "reserved as validation beds: valsets.bed_share)")
     print(f"pseudo-labels {cfg.pseudo.path}: {table.height} windows from teacher {meta['teacher']} "
           f"(round {meta['round']}), mode {cfg.pseudo.mode}")
     return table

@@ -69,10 +69,26 @@ def fold_dir(cfg: DictConfig, fold: int) -> Path:
     return Path(cfg.data.cache_dir) / "valsets" / f"{path.stem}-{digest}" / f"fold{fold}"
 
 
-def quiet_windows(cache_dir: Path, window: int, quantile: float, preemphasis: float) -> list[np.ndarray]:
-    """The quietest `quantile` share of the unlabelled soundscapes' windows (float32), by pre-emphasised energy."""
+def bed_soundscapes(cfg: DictConfig) -> list[str] | None:
+    """The cached unlabelled soundscapes (stems) reserved as beds, `valsets.bed_share` of them (every k-th by
+    name): self-training never trains on their windows, so a student cannot learn the validation beds.
+    None when `bed_share` is null: beds come from every soundscape and none is reserved."""
+    share = settings(cfg).bed_share
+    if share is None:
+        return None
+    if not 0 < float(share) < 1:
+        raise ValueError(f"valsets.bed_share={share}: a share in (0, 1), or null (beds from every soundscape, "
+                         "none reserved from self-training)")
+    stems = sorted(p.stem for p in (Path(cfg.data.cache_dir) / "soundscapes").glob("*.npy"))
+    return stems[::max(1, round(1 / float(share)))]
+
+
+def quiet_windows(cache_dir: Path, window: int, quantile: float, preemphasis: float,
+                  stems: list[str]) -> list[np.ndarray]:
+    """The quietest `quantile` share of the windows (float32, by pre-emphasised energy) of the cached
+    unlabelled soundscapes `stems`."""
     pieces, energies = [], []
-    for path in sorted((Path(cache_dir) / "soundscapes").glob("*.npy")):
+    for path in (Path(cache_dir) / "soundscapes" / f"{s}.npy" for s in stems):
         y = load_cached(path)
         if len(y) < window:
             continue
@@ -185,7 +201,10 @@ def build_fold(cfg: DictConfig, fold: int, classes: list[str]) -> tuple[Path | N
         return (out if good.height else None), problems
     vs, sr, cache = settings(cfg), int(cfg.audio.sample_rate), Path(cfg.data.cache_dir)
     window = round(float(cfg.audio.window_s) * sr)
-    pool = quiet_windows(cache, window, float(vs.bed_quantile), float(cfg.prepare.preemphasis))
+    beds = bed_soundscapes(cfg)
+    if beds is None:
+        beds = sorted(p.stem for p in (cache / "soundscapes").glob("*.npy"))
+    pool = quiet_windows(cache, window, float(vs.bed_quantile), float(cfg.prepare.preemphasis), beds)
     if not pool:
         problems.append(f"{cache / 'soundscapes'}: no unlabelled soundscape cached: the beds are generated "
                         "coloured noise (src.synth.noise_bed) instead of real ambience")
@@ -320,11 +339,13 @@ def main(cfg: DictConfig) -> None:
     if not (Path(cfg.data.cache_dir) / "manifest.json").exists():
         raise FileNotFoundError(f"{cfg.data.cache_dir}/manifest.json not found: run `python -m src.prepare "
                                 f"data={cfg.data.name} data.root={cfg.data.root}` first")
+    from src.ensemble import fold_dirs  # src.ensemble imports this module
+
     build_all(cfg)
     for exp in cfg.get("runs") or []:
-        for fold_dir in sorted((Path(cfg.runs_dir) / exp).glob("fold*/best.pt")):
-            metrics = score_run(fold_dir.parent, int(cfg.train.threads))
-            print(f"{fold_dir.parent}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        for fold_dir in fold_dirs(Path(cfg.runs_dir), str(exp)):
+            metrics = score_run(fold_dir, int(cfg.train.threads))
+            print(f"{fold_dir}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from src import config as _config  # noqa: F401  (registers the root_tag resolve
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTH = ["synth.n_species=4", "synth.recordings_per_species=[4,5]", "synth.max_duration_s=12",
-         "synth.n_train_soundscapes=1", "synth.n_test_soundscapes=2", "synth.progress=false", "synth.workers=1"]
+         "synth.n_train_soundscapes=2", "synth.n_test_soundscapes=2", "synth.progress=false", "synth.workers=1"]
 
 
 @dataclass

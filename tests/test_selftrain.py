@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -38,7 +39,8 @@ def test_one_round_end_to_end(tiny_pipeline, tmp_path):
     best = max(summary["rounds"], key=lambda r: r["oof_score"])
     assert summary["best_round"] == best["round"]
     chosen = OmegaConf.load(ens / "tiny" / "ensemble.yaml")
-    assert chosen.name == best["ensemble"] and (ens / "tiny" / "submission.csv").exists()
+    assert chosen.name == "tiny" and chosen.selftrain_round == best["round"]
+    assert (ens / "tiny" / "submission.csv").exists()
     assert json.loads((ens / "tiny" / "selftrain.json").read_text()) == json.loads(json.dumps(summary))
     assert {e["name"] for e in read_ensembles(ens)} >= {"tiny_r0", "tiny_r1"}  # a leaderboard row per round
     labels = tmp_path / "pseudo" / "tiny" / "tiny_r0.parquet"
@@ -67,3 +69,24 @@ def test_best_round_prefers_the_soundscape_cv():
 def test_unknown_round0_is_a_clear_error(tiny_pipeline, tmp_path):
     with pytest.raises(FileNotFoundError, match="round0='nobody'"):
         selftrain.selftrain(selftrain_config(tiny_pipeline, tmp_path, "round0=nobody"))
+
+
+def test_probe_students_refit_on_pseudo_labelled_windows(tiny_pipeline, tiny_teacher, tmp_path):
+    """The xc45 recipe on the tiny teacher: round 0 is the zero-shot run, each round refits the embedding probe
+    on the chunks plus every pseudo-labelled window's cached embedding, blended with the kept zero-shot run."""
+    overrides, classes = tiny_teacher
+    teacher = [o for o in overrides if o.startswith(("teacher", "probe."))]
+    student = f"{{exp: tinyperch_st, command: probe, overrides: {_q(teacher)}}}"
+    cfg = selftrain_config(tiny_pipeline, tmp_path, "rounds=1", "round0=tinyperch", f"students=[{student}]",
+                           "keep_runs=[tinyperch]", "pseudo_overrides=[threads=1]")
+    summary = selftrain.selftrain(cfg)
+    assert summary["rounds"][1]["members"] == ["tinyperch", "tinyperch_st_r1"]
+    run = tiny_pipeline.runs_dir / "tinyperch_st_r1" / "fold0"
+    labels = tmp_path / "pseudo" / "tiny" / "tiny_r0.parquet"
+    assert OmegaConf.load(run / "config.yaml").pseudo.path == str(labels)
+    metrics = json.loads((run / "metrics.json").read_text())
+    table, _ = load_pseudo(labels, classes, "birdclef-2025")
+    assert 0 < metrics["n_pseudo_windows"] <= table.height
+    assert "soundscape_auc" in metrics and (run / "oof_soundscape.parquet").exists()
+    plain = tiny_pipeline.runs_dir / "tinyperch_probe" / "fold0" / "probe.npz"
+    assert not np.allclose(np.load(run / "probe.npz")["w0"], np.load(plain)["w0"])  # the windows changed the fit

@@ -167,3 +167,32 @@ def test_evaluator_writes_oof_soundscape(tmp_path):
     assert np.array_equal(y, vs.labels.select(classes).to_numpy())
     assert metrics["soundscape_auc"] == pytest.approx(macro_auc(y, oof.select(classes).to_numpy()))
     assert metrics["soundscape_auc"] > 0.9 and 0 < metrics["soundscape_cmap"] <= 1
+
+
+def test_bed_soundscapes_are_reserved_from_self_training(tmp_path):
+    """valsets.bed_share: every k-th cached soundscape gives the beds and no student trains on its windows."""
+    from src.pseudo import write_pseudo
+    from src.train import load_pseudo_windows
+    from src.valsets import bed_soundscapes
+    from tests.pipeline import compose_train
+
+    cache = tmp_path / "cache"
+    (cache / "soundscapes").mkdir(parents=True)
+    stems = [f"s{i}" for i in range(8)]
+    for s in stems:
+        (cache / "soundscapes" / f"{s}.npy").write_bytes(b"")
+    cfg = compose_train(f"data.cache_dir={cache}", "valsets.bed_share=0.25")
+    assert bed_soundscapes(cfg) == ["s0", "s4"]
+    assert bed_soundscapes(compose_train(f"data.cache_dir={cache}", "valsets.bed_share=null")) is None
+    with pytest.raises(ValueError, match="bed_share"):
+        bed_soundscapes(compose_train(f"data.cache_dir={cache}", "valsets.bed_share=1.5"))
+    classes = ["a", "b"]
+    keys = pl.DataFrame({"filename": [f"{s}.ogg" for s in stems], "window": [0] * 8,
+                         "start_s": [0.0] * 8, "end_s": [5.0] * 8})
+    out = tmp_path / "p.parquet"
+    write_pseudo(out, keys, np.full((8, 2), 0.5, np.float32),
+                 {"classes": classes, "competition": "birdclef-2025", "teacher": "t", "round": 0,
+                  "pseudo_auc": None})
+    used = load_pseudo_windows(compose_train(f"data.cache_dir={cache}", f"pseudo.path={out}",
+                                             "pseudo.include_silent=true", "valsets.bed_share=0.25"), classes)
+    assert sorted(used["filename"].to_list()) == [f"{s}.ogg" for s in stems if s not in ("s0", "s4")]
