@@ -32,13 +32,14 @@ demo: setup
 	  compare=ensembles/demo_full/submission.csv
 	$(PY) -m src.leaderboard
 
-# Self-training on the demo: a teacher (round 0), one round of pseudo-labels + a student, each round's CV,
-# the pseudo-label AUC against the synth truth and each round's demo test score (experiment=demo_st).
+# Self-training on the demo: a teacher (round 0, the demo's mobilenetv3), one round of pseudo-labels + a
+# student (recipe demo: the same recipe, each clip mixed with a pseudo-labelled soundscape window), each
+# round's CV, the pseudo-label AUC against the synth truth and each round's demo test score.
 selftrain-demo: setup
 	$(PY) -m src.synth
 	$(PY) -m src.folds data=demo experiment=demo
 	$(PY) -m src.prepare data=demo
-	$(PY) -m src.train data=demo experiment=demo_st model=mobilenetv3_small exp=st_r0 fold=0
+	$(PY) -m src.train data=demo experiment=demo model=mobilenetv3_small exp=st_r0 fold=0
 	$(PY) -m src.selftrain data=demo rounds=1 round0=st_r0 name=demo_st
 	$(PY) -m src.leaderboard
 

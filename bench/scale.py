@@ -216,11 +216,15 @@ def _stage_ensemble(root: Path, args) -> dict:
     y = primary_one_hot(base["primary_label"].to_list(), classes)
     groups = base["fold"].to_numpy()
     fit = ens.fit
-    table = {m: nested_score(oof, y, groups, m, "auc", float(ens.power), int(fit.restarts), fit.get("max_rows"))
+    # BirdCLEF 2025's ~266k OOF rows are far above ensemble.fit.max_rows: --fit-rows puts every bench size in
+    # that regime too (the weights fitted on a fixed-size subset, the nested blends scored on all rows)
+    max_rows = args.fit_rows or fit.get("max_rows")
+    table = {m: nested_score(oof, y, groups, m, "auc", float(ens.power), int(fit.restarts), max_rows)
              for m in BLENDS}
     method = max(table, key=table.get)
-    fit_weights(oof, y, method, "auc", float(ens.power), int(fit.restarts), max_rows=fit.get("max_rows"))
-    return {"chunks": base.height, "nested_auc": table}
+    fit_weights(oof, y, method, "auc", float(ens.power), int(fit.restarts), max_rows=max_rows)
+    return {"chunks": base.height, "nested_auc": table, "fit_rows": max_rows,
+            "scored_classes": int((y.sum(axis=0) > 0).sum())}
 
 
 def _dummy_predict(batch: np.ndarray) -> np.ndarray:
@@ -409,6 +413,8 @@ def main() -> None:
     ap.add_argument("--soundscape-pool", type=int, default=20, help="distinct 60 s soundscapes synthesised")
     ap.add_argument("--batches", type=int, default=100, help="batches loaded by the loader stage")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--fit-rows", type=int, default=None,
+                    help="ensemble.fit.max_rows for the ensemble stage (default: the config's)")
     ap.add_argument("--cap", type=float, default=60.0, help="BirdCLEF 2025 projection at this max_duration_s")
     ap.add_argument("--loader-memory", action="store_true")
     ap.add_argument("--report", action="store_true", help="reprint the table of <work>/results.json")
@@ -433,7 +439,7 @@ def main() -> None:
         results[n] = {}
         for stage in args.stages:
             cmd = [sys.executable, __file__, "--stage", stage, "--root", str(root), "--workers", str(args.workers),
-                   "--batches", str(args.batches)]
+                   "--batches", str(args.batches), *(["--fit-rows", str(args.fit_rows)] if args.fit_rows else [])]
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO)
             if proc.returncode:
                 print(f"  N={n} {stage} failed:\n{proc.stderr[-3000:]}", flush=True)

@@ -125,14 +125,19 @@ def round_record(cfg: DictConfig, k: int, seconds: float, labels: Path | None) -
             "seconds": round(seconds, 1)}
 
 
-def best_round(rounds: list[dict], select: str) -> tuple[int, str]:
-    """The round with the highest CV and which CV decided (soundscape_auc when every round has it)."""
+def best_round(rounds: list[dict], select: str, min_gain: float = 0.0) -> tuple[int, str]:
+    """The round with the highest CV and which CV decided (soundscape_auc when every round has it); a later
+    round replaces the best so far only when its CV is higher by more than `min_gain` (CV noise)."""
     key = select
     if select == "auto":
         key = "soundscape_auc" if all(r.get("soundscape_auc") is not None for r in rounds) else "oof_score"
     if key not in ("soundscape_auc", "oof_score") or any(r.get(key) is None for r in rounds):
         raise ValueError(f"select={select}: {key} is not known for every round (use auto or oof_score)")
-    return max(rounds, key=lambda r: r[key])["round"], key
+    best = rounds[0]
+    for r in rounds[1:]:
+        if r[key] > best[key] + min_gain:
+            best = r
+    return best["round"], key
 
 
 def selftrain(cfg: DictConfig) -> dict:
@@ -150,7 +155,7 @@ def selftrain(cfg: DictConfig) -> dict:
             run_ensemble(cfg, [*cfg.keep_runs, *exps], f"{cfg.name}_r{k}")
         rounds.append(round_record(cfg, k, time.time() - t0, labels))
         print_rounds(rounds)
-    best, key = best_round(rounds, str(cfg.select))
+    best, key = best_round(rounds, str(cfg.select), float(cfg.min_gain))
     summary = {"name": str(cfg.name), "round0": str(cfg.round0), "best_round": best, "selected_by": key,
                "rounds": rounds}
     keep_best(cfg, best, summary)

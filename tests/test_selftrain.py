@@ -62,6 +62,10 @@ def test_best_round_prefers_the_soundscape_cv():
     assert selftrain.best_round(rounds, "oof_score") == (0, "oof_score")
     rounds[0]["soundscape_auc"] = None
     assert selftrain.best_round(rounds, "auto") == (0, "oof_score")
+    rounds[0]["soundscape_auc"], rounds[1]["soundscape_auc"] = 0.7, 0.701
+    assert selftrain.best_round(rounds, "soundscape_auc", min_gain=0.002) == (0, "soundscape_auc")
+    assert selftrain.best_round(rounds, "soundscape_auc") == (1, "soundscape_auc")
+    rounds[0]["soundscape_auc"] = None
     with pytest.raises(ValueError, match="soundscape_auc"):
         selftrain.best_round(rounds, "soundscape_auc")
 
