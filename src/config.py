@@ -1,4 +1,4 @@
-"""Config helpers shared by every command: Hydra resolvers, run naming, loading saved configs."""
+"""Config helpers shared by every command: Hydra resolvers, run naming and run folders, loading saved configs."""
 from __future__ import annotations
 
 import hashlib
@@ -36,6 +36,18 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ("exp", "fold", "resu
 def run_name(cfg: DictConfig) -> str:
     """The run's folder name under runs/: `exp` if given, else `<model.name>-<config hash>`."""
     return str(cfg.exp) if cfg.get("exp") else f"{cfg.model.name}-{config_hash(cfg)}"
+
+
+def fold_number(fold_dir: str | Path) -> int | None:
+    """k of a CV fold folder `runs/<exp>/fold<k>/`; None for any other folder (the full-data fits `foldall*`)."""
+    digits = Path(fold_dir).name.removeprefix("fold")
+    return int(digits) if Path(fold_dir).name.startswith("fold") and digits.isdigit() else None
+
+
+def run_folds(exp_dir: str | Path) -> list[tuple[int, Path]]:
+    """The CV fold folders of a run `runs/<exp>/` as (k, folder), by k (finished or not; no `foldall*`)."""
+    found = [(fold_number(d), d) for d in Path(exp_dir).glob("fold*") if d.is_dir()]
+    return sorted((k, d) for k, d in found if k is not None)
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

@@ -22,11 +22,12 @@ from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
 from src.blend import BLENDS, blend, class_ranks
-from src.competition import AUDIO_SUFFIXES, load_competition
+from src.competition import load_competition
+from src.config import fold_number, load_run_config, run_folds
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import primary_one_hot, score, submission_score
-from src.soundscape import combine_members, mean_by_owner, one_file_per_stem, postprocess_rows, predict_model_groups
+from src.soundscape import combine_members, list_soundscapes, mean_by_owner, postprocess_rows, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 from src.valsets import labels_matrix
 
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 
 def fold_dirs(runs_dir: Path, exp: str) -> list[Path]:
     """Finished folds of a run (those with oof.parquet and best.pt, or teacher.json for a teacher run), sorted."""
-    dirs = sorted(p for p in (runs_dir / exp).glob("fold*")
-                  if ((p / "best.pt").exists() or (p / "teacher.json").exists()) and (p / "oof.parquet").exists())
+    dirs = [p for _, p in run_folds(runs_dir / exp)
+            if ((p / "best.pt").exists() or (p / "teacher.json").exists()) and (p / "oof.parquet").exists()]
     if not dirs:
         raise FileNotFoundError(f"{runs_dir / exp}: no finished fold (best.pt + oof.parquet); "
                                 f"train one with `python -m src.train exp={exp} fold=0`")
@@ -57,7 +58,7 @@ def member_entry(runs_dir: Path, exp: str, weight: float, full_data: bool) -> di
     with `full_data` its full-data fits, listed as `models` for the kernel) and its weight (fitted on OOF)."""
     folds = fold_dirs(runs_dir, exp)
     models = full_data_dirs(runs_dir, exp) if full_data else folds
-    entry = {"run": exp, "folds": [int(d.name.removeprefix("fold")) for d in folds], "weight": weight,
+    entry = {"run": exp, "folds": [fold_number(d) for d in folds], "weight": weight,
              "fold_dirs": [str(d) for d in models]}
     return entry | ({"models": [d.name for d in models]} if full_data else {})
 
@@ -69,13 +70,12 @@ def load_oof(runs_dir: Path, exps: list[str]) -> tuple[pl.DataFrame, list[np.nda
     for exp in exps:
         parts = []
         for d in fold_dirs(runs_dir, exp):
-            run_classes = list(OmegaConf.load(d / "config.yaml").classes)
+            run_classes = list(load_run_config(d).classes)
             if classes is None:
                 classes = run_classes
             elif run_classes != classes:
                 raise ValueError(f"{d}: its classes differ from the other members' (different competition?)")
-            fold = int(d.name.removeprefix("fold"))
-            parts.append(pl.read_parquet(d / "oof.parquet").with_columns(pl.lit(fold).alias("fold")))
+            parts.append(pl.read_parquet(d / "oof.parquet").with_columns(pl.lit(fold_number(d)).alias("fold")))
         frames.append(pl.concat(parts))
     base = frames[0].select(*keys, "fold", "primary_label")
     for f in frames[1:]:
@@ -190,7 +190,7 @@ def load_soundscape_oof(runs_dir: Path, exps: list[str], classes: list[str]
                   "blend and post-processing are fitted on the clip OOF")
             return None
         frames.append(pl.concat([pl.read_parquet(d / "oof_soundscape.parquet").with_columns(
-            pl.lit(int(d.name.removeprefix("fold"))).alias("fold")) for d in dirs]))
+            pl.lit(fold_number(d)).alias("fold")) for d in dirs]))
     base = frames[0].select("row_id", "filename", "labels", "fold")
     for f in frames[1:]:
         base = base.join(f.select("row_id"), on="row_id", how="inner", maintain_order="left")
@@ -277,7 +277,7 @@ def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_c
     """Each member's test probabilities (its folds averaged; NaN rows for undecodable files);
     `runtime_for(fold_dir)` gives a predict fn. Folds that cut the audio alike decode each file once."""
     owners, dirs = zip(*[(i, Path(d)) for i, m in enumerate(members) for d in m["fold_dirs"]], strict=True)
-    audio = [OmegaConf.load(d / "config.yaml").audio for d in dirs]
+    audio = [load_run_config(d).audio for d in dirs]
 
     def load_group(ks: list[int]):
         predicts = [runtime_for(dirs[k]) for k in ks]
@@ -327,7 +327,7 @@ def run(cfg: DictConfig) -> dict:
     members = [member_entry(runs_dir, e, float(w), bool(cfg.full_data)) for e, w in zip(exps, weights)]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    files, skipped = one_file_per_stem(comp.test_files(), AUDIO_SUFFIXES)
+    files, skipped = list_soundscapes(comp.test_dir)
     for problem in skipped:
         log.warning(problem)
     summary = {"name": name, "metric": metric, "blend": method, "power": float(ens.power),

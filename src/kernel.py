@@ -29,13 +29,14 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import CONFIG_DIR
+from src.config import CONFIG_DIR, load_run_config
 from src.runtimes import export_files, file_digest
 from src.soundscape import check_windows
 
 log = logging.getLogger(__name__)
 
-KERNEL_MODULES = ["audio", "soundscape", "blend", "runtimes", "submission", "kernel_main"]
+# the kernel-safe modules, each after those it imports from (their `from src.` lines are dropped)
+KERNEL_MODULES = ["io", "audio", "submission", "blend", "soundscape", "runtimes", "kernel_main"]
 SRC = Path(__file__).resolve().parent
 
 
@@ -79,7 +80,7 @@ def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     """Real-audio 5 s windows (from the run's prepared cache) to check each export on."""
     from src.dataset import ChunkDataset
 
-    cfg = OmegaConf.load(run_fold_dir / "config.yaml")
+    cfg = load_run_config(run_fold_dir)
     chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet").filter(~pl.col("silent"))
     rows = chunks.sample(min(count, chunks.height), seed=0)
     cache_rate = int(json.loads((Path(cfg.data.cache_dir) / "manifest.json").read_text())["sample_rate"])
@@ -168,20 +169,16 @@ def load_ensemble(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.load(ens_path), resolve=True)
 
 
-def member_models(member: dict) -> list[str]:
-    """A member's model folders under runs/<run>/: its `models` (full-data fits, `foldall`...) or `fold<k>`."""
-    return list(member.get("models") or [f"fold{f}" for f in member["folds"]])
-
-
 def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Export every member model to `dataset/models/<run>/<model>/` (+ model.json); returns each runtime's
     max abs difference to the PyTorch model per `<run>/<model>`. Refuses members with different windows."""
     from src.export import export_fold, export_teacher_fold
+    from src.kernel_main import member_models
     from src.runtimes import is_teacher_dir
 
     runs_dir = Path(ens.get("runs_dir", "runs"))
     models = [(m["run"], name) for m in ens["members"] for name in member_models(m)]
-    run_cfgs = {key: OmegaConf.load(runs_dir / key[0] / key[1] / "config.yaml") for key in models}
+    run_cfgs = {key: load_run_config(runs_dir / key[0] / key[1]) for key in models}
     check_windows([(int(c.audio.sample_rate), float(c.audio.window_s)) for c in run_cfgs.values()],
                   [f"{run}/{name}" for run, name in run_cfgs])
     diffs: dict[str, dict[str, float]] = {r: {} for r in runtimes}

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from src import metrics as metriclib
+from src.config import load_run_config, run_folds
 from src.io import atomic_write
 
 # Config keys that name, place or schedule a run rather than change what it learns. A dotted key is
@@ -64,11 +65,6 @@ def _read_json(path: Path) -> dict:
         raise LeaderboardError(f"{path} is not valid JSON ({err}): re-run that fold or delete its folder") from err
 
 
-def _fold_dirs(exp_dir: Path) -> list[tuple[int, Path]]:
-    dirs = [(int(d.name[4:]), d) for d in exp_dir.glob("fold*") if d.is_dir() and d.name[4:].isdigit()]
-    return sorted(dirs)
-
-
 def read_run(exp_dir: Path) -> dict | None:
     """One experiment folder `runs/<exp>/` -> {'exp', 'metrics': {fold: metrics.json}, 'config': dict}.
 
@@ -76,7 +72,7 @@ def read_run(exp_dir: Path) -> dict | None:
     None when no fold has finished. `config` is the first finished fold's config.yaml as a plain dict.
     """
     metrics, config = {}, None
-    for fold, fold_dir in _fold_dirs(exp_dir):
+    for fold, fold_dir in run_folds(exp_dir):
         path = fold_dir / "metrics.json"
         if not path.exists():
             print(f"note: skipping {fold_dir}: no metrics.json yet (still training, or it crashed)", file=sys.stderr)
@@ -88,7 +84,7 @@ def read_run(exp_dir: Path) -> dict | None:
                                    "re-run that fold")
         metrics[fold] = m
         if config is None and (fold_dir / "config.yaml").exists():
-            config = OmegaConf.to_container(OmegaConf.load(fold_dir / "config.yaml"), resolve=False)
+            config = OmegaConf.to_container(load_run_config(fold_dir), resolve=False)
     if not metrics:
         return None
     return {"exp": exp_dir.name, "metrics": metrics, "config": config or {}}

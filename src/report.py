@@ -22,9 +22,9 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
-from omegaconf import OmegaConf
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
+from src.config import load_run_config
 from src.io import atomic_write
 from src.metrics import per_class_auc, primary_one_hot
 
@@ -38,7 +38,7 @@ def load_predictions(run_dir: Path) -> tuple[pl.DataFrame, list[str], np.ndarray
     for path in (config_path, oof_path):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run of python -m src.train?")
-    classes = [str(c) for c in OmegaConf.load(config_path).get("classes") or []]
+    classes = [str(c) for c in load_run_config(run_dir).get("classes") or []]
     if not classes:
         raise ValueError(f"{config_path} has no `classes` list: re-run training to save the full config")
     oof = pl.read_parquet(oof_path)

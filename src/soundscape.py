@@ -1,6 +1,6 @@
 """Soundscape inference: 5 s windows, batching across files, test-time shifts, post-processing.
 
-Kernel-safe: numpy + the other kernel-safe modules (`src.audio`, `src.runtimes`); `src.kernel`
+Kernel-safe: numpy + the other kernel-safe modules (`src.audio`, `src.submission`, `src.blend`); `src.kernel`
 inlines this file into the Kaggle script, stripping the `from src.` imports.
 """
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from src.audio import AudioError, load_audio
+from src.audio import AUDIO_SUFFIXES, AudioError, list_audio, load_audio
 from src.blend import blend
+from src.submission import row_ids, row_stem
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,13 @@ def n_windows(n_samples: int, window: int) -> int:
     return max(1, -(-n_samples // window))
 
 
-def row_ids(stem: str, count: int, window_s: float) -> list[str]:
-    """`<stem>_<end second>` for consecutive windows (`soundscape_1_5`, `soundscape_1_10`, ...)."""
-    return [f"{stem}_{round((i + 1) * window_s)}" for i in range(count)]
+def list_soundscapes(folder: str | Path | None) -> tuple[list[Path], list[str]]:
+    """The audio files of `folder` (e.g. `test_soundscapes/`), one per stem, sorted, and a message per file
+    left out (`one_file_per_stem`); ([], []) when the folder is missing."""
+    return one_file_per_stem(list_audio(folder))
 
 
-def one_file_per_stem(files: list[Path], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+def one_file_per_stem(files: list[Path], suffixes: tuple[str, ...] = AUDIO_SUFFIXES) -> tuple[list[Path], list[str]]:
     """(files with one per stem, sorted; a message per file left out). Row ids name the stem, so x.ogg and
     x.flac would give the same rows twice: the first suffix in `suffixes` order is kept."""
     rank = {s: i for i, s in enumerate(suffixes)}
@@ -160,8 +162,8 @@ def align_rows(ref_ids: list[str], ids: list[str], probs: np.ndarray) -> np.ndar
     index = {r: i for i, r in enumerate(ids)}
     last: dict[str, int] = {}
     for i, r in enumerate(ids):
-        last[r.rsplit("_", 1)[0]] = i
-    pick = [index.get(r, last.get(r.rsplit("_", 1)[0], -1)) for r in ref_ids]
+        last[row_stem(r)] = i
+    pick = [index.get(r, last.get(row_stem(r), -1)) for r in ref_ids]
     out = probs[np.maximum(pick, 0)].copy()
     out[np.asarray(pick) < 0] = np.nan  # no row of that file at all: treated as undecodable
     return out
@@ -210,7 +212,7 @@ def mean_by_owner(preds: list[np.ndarray], owners: list[int], n_owners: int) -> 
 def postprocess_rows(row_ids: list[str], probs: np.ndarray, post: dict) -> np.ndarray:
     """Apply `postprocess` to each soundscape's consecutive rows (row_id `<stem>_<end second>`)."""
     out = probs.copy()
-    stems = [r.rsplit("_", 1)[0] for r in row_ids]
+    stems = [row_stem(r) for r in row_ids]
     start = 0
     for i in range(1, len(stems) + 1):
         if i == len(stems) or stems[i] != stems[start]:

@@ -38,6 +38,8 @@ import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from src.submission import row_ids
+
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = (
@@ -529,17 +531,16 @@ def _solution(test_jobs: list[dict], results: dict[int, dict], species: list[Spe
     if abs(n_win * win - total) > 1e-9:
         raise ValueError(f"soundscape_s={total} is not a multiple of window_s={win}")
     starts = np.arange(n_win) * win
-    row_ids, blocks = [], []
+    ids, blocks = [], []
     for job in test_jobs:
-        stem = Path(job["path"]).stem
-        row_ids += [f"{stem}_{round(float(s + win))}" for s in starts]
+        ids += row_ids(Path(job["path"]).stem, n_win, win)
         y = np.zeros((n_win, len(species)), dtype=np.int64)
         for s, a, b in results[job["id"]]["events"]:
             overlap = np.clip(np.minimum(b, starts + win) - np.maximum(a, starts), 0.0, None)
             need = min(float(cfg["solution_min_overlap_s"]), float(cfg["solution_min_overlap_frac"]) * (b - a))
             y[overlap >= need - 1e-9, s] = 1
         blocks.append(y)
-    return row_ids, (np.concatenate(blocks) if blocks else np.zeros((0, len(species)), dtype=np.int64))
+    return ids, (np.concatenate(blocks) if blocks else np.zeros((0, len(species)), dtype=np.int64))
 
 
 def _write_all(root: Path, cfg: DictConfig) -> str:
@@ -588,21 +589,21 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
         "common_name": [sp.common_name for sp in tax],
         "class_name": ["Aves"] * len(tax),
     }).write_csv(root / "taxonomy.csv")
-    row_ids, sol = _solution(test_jobs, results, species, cfg)
-    pl.DataFrame({"row_id": row_ids, **{c: sol[:, j] for c, j in zip(cols, col_idx)}}).write_csv(
+    test_ids, sol = _solution(test_jobs, results, species, cfg)
+    pl.DataFrame({"row_id": test_ids, **{c: sol[:, j] for c, j in zip(cols, col_idx)}}).write_csv(
         root / "solution.csv")
     # the unlabelled soundscapes' truth, for measuring pseudo-labels only: no stage trains on it
     amb_ids, amb_sol = _solution(amb_jobs, results, species, cfg)
     pl.DataFrame({"row_id": amb_ids, **{c: amb_sol[:, j] for c, j in zip(cols, col_idx)}},
                  schema={"row_id": pl.Utf8, **{c: pl.Int64 for c in cols}}).write_csv(root / TRUTH_CSV)
-    pl.DataFrame({"row_id": row_ids, **{c: np.full(len(row_ids), 1.0 / len(cols)) for c in cols}}).write_csv(
+    pl.DataFrame({"row_id": test_ids, **{c: np.full(len(test_ids), 1.0 / len(cols)) for c in cols}}).write_csv(
         root / "sample_submission.csv")
 
     sr = int(cfg.sample_rate)
     secs = [sum(j["n"] for j in js) / sr for js in (rec_jobs, amb_jobs, test_jobs)]
     return (f"{len(species)} species, {len(rec_jobs)} train recordings ({secs[0]:.0f} s), "
             f"{len(amb_jobs)} train soundscapes ({secs[1]:.0f} s, {int(amb_sol.sum())} positive labels), {len(test_jobs)} test soundscapes "
-            f"({secs[2]:.0f} s, {len(row_ids)} windows, {int(sol.sum())} positive labels)")
+            f"({secs[2]:.0f} s, {len(test_ids)} windows, {int(sol.sum())} positive labels)")
 
 
 def make_competition(out: Path, cfg: Any) -> Path:
