@@ -249,8 +249,9 @@ def _stage_pseudo(root: Path, args) -> dict:
 
 
 def _stage_kernel(root: Path, args) -> dict:
+    from src.blend import combine_members
     from src.competition import load_competition
-    from src.soundscape import combine_members, predict_soundscapes
+    from src.soundscape import predict_soundscapes
     from src.submission import write_submission
     comp = load_competition(root, "birdclef2025")
     files = comp.soundscape_files()

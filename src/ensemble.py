@@ -21,13 +21,14 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from src.blend import BLENDS, blend, class_ranks
+from src.blend import BLENDS, blend, class_ranks, combine_members, mean_by_owner
 from src.competition import load_competition
 from src.config import fold_number, load_run_config, run_folds
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import primary_one_hot, score, submission_score
-from src.soundscape import combine_members, list_soundscapes, mean_by_owner, postprocess_rows, predict_model_groups
+from src.postprocess import postprocess_rows
+from src.soundscape import list_soundscapes, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 from src.valsets import labels_matrix
 

@@ -36,7 +36,7 @@ from src.soundscape import check_windows
 log = logging.getLogger(__name__)
 
 # the kernel-safe modules, each after those it imports from (their `from src.` lines are dropped)
-KERNEL_MODULES = ["io", "audio", "submission", "blend", "soundscape", "runtimes", "kernel_main"]
+KERNEL_MODULES = ["io", "audio", "submission", "postprocess", "blend", "soundscape", "runtimes", "kernel_main"]
 SRC = Path(__file__).resolve().parent
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from src.blend import combine_members
 from src.runtimes import ensure_runtime, export_problem, load_models
-from src.soundscape import align_rows, combine_members, list_soundscapes, n_windows, predict_model_groups
+from src.soundscape import align_rows, list_soundscapes, n_windows, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, row_ids, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
