@@ -184,7 +184,7 @@ def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfi
             teacher_diff = export_teacher_fold(fold_dir, out, dataset / "teachers", waves, float(cfg.tol))
             fold_diffs = {r: teacher_diff for r in runtimes}
         else:
-            fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol))
+            fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol), int(cfg.export_max_batch))
         for r in runtimes:
             diffs[r][f"{run}/{name}"] = fold_diffs[r]
         # the kernel checks each file against its digest and runs the fallback export of a corrupt one
