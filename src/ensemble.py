@@ -293,6 +293,30 @@ def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_c
     return ids, preds, problems
 
 
+def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:
+    """Blend, weights and post-processing fitted on the members' OOF: on the validation-soundscape OOF when every
+    member has one (unless `ensemble.fit.oof=clip`), else on the clip OOF with the configured post-processing.
+    Returns (classes, blend method, weights, post-processing, summary of the scores)."""
+    runs_dir, ens, metric = Path(cfg.runs_dir), cfg.ensemble, str(cfg.data.metric)
+    base, oof, classes = load_oof(runs_dir, exps)
+    clip = fit_clips(base, oof, classes, exps, ens, metric)
+    method, weights, summary = clip["method"], clip["weights"], clip["summary"]
+    post = OmegaConf.to_container(ens.postprocess, resolve=True)
+    sound = load_soundscape_oof(runs_dir, exps, classes)
+    if sound is None and ens.fit.oof == "soundscape":
+        raise ValueError("ensemble.fit.oof=soundscape needs every member's oof_soundscape.parquet: "
+                         f"python -m src.valsets +runs=[{','.join(exps)}]")
+    if sound is not None and ens.fit.oof != "clip":
+        sfit = fit_soundscapes(*sound, classes, ens, metric)
+        method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
+        summary |= sfit["summary"] | {"oof_score": summary["blend_oof_nested"][method]}
+    elif sound is not None:  # clip choices and the configured post-processing, scored on the soundscapes
+        sbase, spreds = sound
+        summary["soundscape_oof_score"] = score(labels_matrix(sbase, classes), postprocess_rows(
+            sbase["row_id"].to_list(), blend(spreds, weights, method, float(ens.power)), post), metric)
+    return classes, method, weights, post, summary
+
+
 def run(cfg: DictConfig) -> dict:
     """Fit the blend on OOF, predict the test soundscapes, write the ensemble folder; returns its summary."""
     exps = list(cfg.runs)
@@ -302,71 +326,63 @@ def run(cfg: DictConfig) -> dict:
     name = cfg.name or "+".join(exps) + ("+full" if cfg.full_data else "")
     out_dir = Path(cfg.ensembles_dir) / name
     ens = cfg.ensemble
-    metric = str(cfg.data.metric)
-
-    base, oof, classes = load_oof(runs_dir, exps)
-    fit = fit_clips(base, oof, classes, exps, ens, metric)
-    method, weights = fit["method"], fit["weights"]
-    post = OmegaConf.to_container(ens.postprocess, resolve=True)
-    sound = load_soundscape_oof(runs_dir, exps, classes)
-    if sound is None and ens.fit.oof == "soundscape":
-        raise ValueError("ensemble.fit.oof=soundscape needs every member's oof_soundscape.parquet: "
-                         f"python -m src.valsets +runs=[{','.join(exps)}]")
-    if sound is not None and ens.fit.oof != "clip":
-        sfit = fit_soundscapes(*sound, classes, ens, metric)
-        method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
-        fit["summary"] |= sfit["summary"] | {"oof_score": fit["summary"]["blend_oof_nested"][method]}
-    elif sound is not None:  # clip choices and the configured post-processing, scored on the soundscapes
-        sbase, spreds = sound
-        fit["summary"]["soundscape_oof_score"] = score(labels_matrix(sbase, classes), postprocess_rows(
-            sbase["row_id"].to_list(), blend(spreds, weights, method, float(ens.power)), post), metric)
+    classes, method, weights, post, scores = fit(cfg, exps)
 
     comp = load_competition(cfg.data.root, cfg.data.layout)
     if comp.classes != classes:
         raise ValueError(f"{comp.sample_submission}: classes differ from the runs' (trained on another competition?)")
     fallback = class_prior(cfg, classes) if ens.fallback == "prior" else np.zeros(len(classes), np.float32)
     members = [member_entry(runs_dir, e, float(w), bool(cfg.full_data)) for e, w in zip(exps, weights)]
+    summary = {"name": name, "metric": str(cfg.data.metric), "blend": method, "power": float(ens.power),
+               "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
+               "members": [{k: m[k] for k in ("run", "folds", "models", "weight") if k in m} for m in members],
+               "full_data": bool(cfg.full_data),
+               **scores, "classes": classes, "fallback": fallback.tolist(),
+               "inference": OmegaConf.to_container(ens, resolve=True) | {"postprocess": post},
+               "data": {"name": cfg.data.name, "competition": cfg.data.competition}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary |= predict_test(cfg, comp, members, summary, out_dir)
+    with atomic_write(out_dir / "ensemble.yaml") as tmp:
+        OmegaConf.save(OmegaConf.create(summary), tmp)
+    return summary
+
+
+def predict_test(cfg: DictConfig, comp, members: list[dict], summary: dict, out_dir: Path) -> dict:
+    """Predict the competition's test soundscapes with the fitted ensemble (`summary`: blend, power, classes,
+    fallback, inference.postprocess), write and validate `out_dir/submission.csv` and, when a solution.csv lies
+    beside them, score.json. Returns the summary's test fields ({} without test soundscapes)."""
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     files, skipped = list_soundscapes(comp.test_dir)
     for problem in skipped:
         log.warning(problem)
-    summary = {"name": name, "metric": metric, "blend": method, "power": float(ens.power),
-               "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
-               "members": [{k: m[k] for k in ("run", "folds", "models", "weight") if k in m} for m in members],
-               "full_data": bool(cfg.full_data),
-               **fit["summary"], "classes": classes, "fallback": fallback.tolist(),
-               "inference": OmegaConf.to_container(ens, resolve=True) | {"postprocess": post},
-               "data": {"name": cfg.data.name, "competition": cfg.data.competition}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if files:
-        ids, preds, problems = predict_members(members, files, cfg, len(classes),
-                                               lambda d: eager_runtime(d, int(cfg.threads)))
-        probs = combine_members(preds, weights, method, float(ens.power), ids, post, fallback)
-        sample_rows, _ = read_sample_submission(comp.sample_submission)
-        rows = expected_rows(ids, sample_rows)
-        probs, align_problems = align(ids, probs, rows, fallback)
-        for p in problems + align_problems:
-            log.warning(p)
-        write_submission(out_dir / "submission.csv", rows, classes, probs)
-        validate_file(out_dir / "submission.csv", comp.sample_submission, ids)
-        summary["test_problems"] = problems + align_problems
-        print(f"wrote {out_dir / 'submission.csv'}: {len(rows)} rows from {len(files)} soundscapes "
-              f"({len(problems)} unreadable)")
-        solution = comp.test_dir.parent / "solution.csv"
-        if solution.exists():
-            sol = pl.read_csv(solution)
-            sub = pl.read_csv(out_dir / "submission.csv")
-            result = {metric: submission_score(sol, sub, metric)}
-            with atomic_write(out_dir / "score.json") as tmp:
-                Path(tmp).write_text(json.dumps(result, indent=1))
-            summary["test_score"] = result[metric]
-            print(f"test {metric} against {solution}: {result[metric]:.4f}")
-    else:
+    if not files:
         print(f"{comp.test_dir}: no test soundscapes (Kaggle fills it at scoring time): no submission written")
-    with atomic_write(out_dir / "ensemble.yaml") as tmp:
-        OmegaConf.save(OmegaConf.create(summary), tmp)
-    return summary
+        return {}
+    classes, fallback = summary["classes"], np.asarray(summary["fallback"], np.float32)
+    ids, preds, problems = predict_members(members, files, cfg, len(classes),
+                                           lambda d: eager_runtime(d, int(cfg.threads)))
+    probs = combine_members(preds, [m["weight"] for m in members], summary["blend"], summary["power"], ids,
+                            summary["inference"]["postprocess"], fallback)
+    sample_rows, _ = read_sample_submission(comp.sample_submission)
+    rows = expected_rows(ids, sample_rows)
+    probs, align_problems = align(ids, probs, rows, fallback)
+    for p in problems + align_problems:
+        log.warning(p)
+    write_submission(out_dir / "submission.csv", rows, classes, probs)
+    validate_file(out_dir / "submission.csv", comp.sample_submission, ids)
+    print(f"wrote {out_dir / 'submission.csv'}: {len(rows)} rows from {len(files)} soundscapes "
+          f"({len(problems)} unreadable)")
+    test = {"test_problems": problems + align_problems}
+    solution = comp.test_dir.parent / "solution.csv"
+    if solution.exists():
+        metric = summary["metric"]
+        result = {metric: submission_score(pl.read_csv(solution), pl.read_csv(out_dir / "submission.csv"), metric)}
+        with atomic_write(out_dir / "score.json") as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1))
+        test["test_score"] = result[metric]
+        print(f"test {metric} against {solution}: {result[metric]:.4f}")
+    return test
 
 
 @hydra.main(config_path="../configs", config_name="ensemble", version_base=None)
