@@ -1,7 +1,7 @@
 """Entry point of the generated Kaggle inference script (see `src.kernel`).
 
-Kernel-safe: uses only the functions of the other inlined modules (audio, soundscape, blend,
-runtimes, submission) plus the standard library and numpy. Reads `/kaggle/input` and writes
+Kernel-safe: uses only the functions of the other inlined modules (`src.kernel.KERNEL_MODULES`: io, audio,
+submission, postprocess, blend, soundscape, runtimes) plus the standard library and numpy. Reads `/kaggle/input` and writes
 `/kaggle/working/submission.csv`; `KAGGLE_INPUT_DIR` / `KAGGLE_WORKING_DIR` override both.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`src.kernel`: build (script + metadata + weights dataset), run offline against a /kaggle/input-like
-folder, the script run alone (no `src`, no network) with a corrupt test soundscape, and `push --dry-run`.
+folder, the script run alone (no `src`, no network) with a corrupt test soundscape, and `push dry_run=true`.
 
 The kernel is built once per module from an ensemble of the tiny pipeline's two runs, with the default
 runtime (onnx: frontend.ts + backbone.onnx) and its TorchScript fallback. The onnxruntime wheel it ships
@@ -319,7 +319,7 @@ def test_run_without_input_says_what_to_pass(built):
         kernel.run(compose("kernel", []), root)
 
 
-# --- push --dry-run ----------------------------------------------------------------------------------------
+# --- push dry_run=true ------------------------------------------------------------------------------------
 
 def test_push_dry_run_prints_the_dataset_and_kernel_calls(built, tmp_path, monkeypatch, capsys, caplog):
     import src.push as push_module
