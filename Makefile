@@ -21,14 +21,14 @@ demo: setup
 	$(PY) -m src.train data=demo experiment=demo model=mobilenetv3_small exp=demo_mnv3 fold=0
 	$(PY) -m src.train data=demo experiment=demo model=regnety_002 exp=demo_regnet fold=0
 	$(PY) -m src.ensemble data=demo runs=[demo_mnv3,demo_regnet] name=demo
-	$(PY) -m src.kernel build ensemble=demo
-	$(PY) -m src.kernel run kernels/demo input=data/kaggle_input competition_root=data/demo \
+	$(PY) -m src.kernel build name=demo
+	$(PY) -m src.kernel run name=demo input=data/kaggle_input competition_root=data/demo \
 	  compare=ensembles/demo/submission.csv
 	$(PY) -m src.train data=demo experiment=demo model=mobilenetv3_small exp=demo_mnv3 fold=all
 	$(PY) -m src.train data=demo experiment=demo model=regnety_002 exp=demo_regnet fold=all
 	$(PY) -m src.ensemble data=demo runs=[demo_mnv3,demo_regnet] name=demo_full full_data=true
-	$(PY) -m src.kernel build ensemble=demo_full
-	$(PY) -m src.kernel run kernels/demo_full input=data/kaggle_input competition_root=data/demo \
+	$(PY) -m src.kernel build name=demo_full
+	$(PY) -m src.kernel run name=demo_full input=data/kaggle_input competition_root=data/demo \
 	  compare=ensembles/demo_full/submission.csv
 	$(PY) -m src.leaderboard
 

@@ -121,7 +121,7 @@ def export_quietly(exporter: Callable, model: torch.nn.Module, example: torch.Te
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):
-        exporter(model, example, out_dir)
+        exporter(model, example, out_dir, int(OmegaConf.load(REPO / "configs" / "kernel.yaml").export_max_batch))
     return time.perf_counter() - t0
 
 

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from src import config as cfglib
 from src.augment import BatchAugment, NoiseBank, build_wave_augment
-from src.dataset import ChunkDataset
+from src.dataset import ChunkDataset, rating_weights
 from src.models import build_model
 from src.samplers import build_sampler
 from src.train import TrainForward, loss_fn
@@ -76,7 +76,7 @@ def build_dataset(cfg, cache: Path, augment: bool) -> tuple[ChunkDataset, pl.Dat
         wave_aug = build_wave_augment(cfg.aug.wave, sr, noise if noise and len(noise) else None)
     jitter = (cfg.prepare.chunk_s - cfg.prepare.overlap_s) / 2 if cfg.sampler.random_offset else 0.0
     ds = ChunkDataset(chunks, cache, classes, sr, float(cfg.audio.window_s), cfg.labels.secondary, jitter, wave_aug,
-                      cfg.labels.rating_weight)
+                      rating_weights(cfg.labels))
     return ds, chunks, classes
 
 

@@ -136,7 +136,7 @@ def build_loader(root: Path, workers: int, batches: int):
     from torch.utils.data import DataLoader
 
     from src.augment import NoiseBank, build_wave_augment
-    from src.dataset import ChunkDataset
+    from src.dataset import ChunkDataset, rating_weights
     from src.samplers import build_sampler
     from src.train import load_chunk_index, split_fold
     cfg = train_config(root, workers, f"train.num_workers={workers}")
@@ -148,7 +148,7 @@ def build_loader(root: Path, workers: int, batches: int):
     wave_aug = build_wave_augment(cfg.aug.wave, sr, noise)
     jitter = (cfg.prepare.chunk_s - cfg.prepare.overlap_s) / 2
     train_ds = ChunkDataset(train_df, cache, classes, sr, window, cfg.labels.secondary, jitter, wave_aug,
-                            cfg.labels.rating_weight)
+                            rating_weights(cfg.labels))
     ChunkDataset(val_df, cache, classes, sr, window, cfg.labels.secondary)
     sampler = build_sampler(cfg.sampler, train_df["primary_label"].to_numpy(), cfg.seed)
     torch.manual_seed(0)
@@ -253,8 +253,9 @@ def _stage_pseudo(root: Path, args) -> dict:
 
 
 def _stage_kernel(root: Path, args) -> dict:
+    from src.blend import combine_members
     from src.competition import load_competition
-    from src.soundscape import combine_members, predict_soundscapes
+    from src.soundscape import predict_soundscapes
     from src.submission import write_submission
     comp = load_competition(root, "birdclef2025")
     files = comp.soundscape_files()

@@ -11,9 +11,18 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")  # also the preference among files of one stem
+
 
 class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
+
+
+def list_audio(folder: str | Path | None) -> list[Path]:
+    """Audio files (AUDIO_SUFFIXES, any case) directly in `folder`, sorted; [] when it is None or missing."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def load_audio(path: str | Path, sample_rate: int, min_duration_s: float = 0.0,

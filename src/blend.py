@@ -1,10 +1,13 @@
-"""Blending member predictions: mean, weighted mean, power mean, rank mean.
+"""Blending member predictions: mean, weighted mean, power mean, rank mean; a member's models averaged; the
+blend post-processed per file (`combine_members`, what the ensemble and the kernel submit).
 
-Kernel-safe (numpy only): `src.kernel` inlines this file into the Kaggle script.
+Kernel-safe (numpy + `src.postprocess`): `src.kernel` inlines this file into the Kaggle script.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from src.postprocess import postprocess_rows
 
 BLENDS = ("mean", "weighted", "power", "rank")
 
@@ -44,3 +47,23 @@ def blend(preds: list[np.ndarray], weights: list[float] | None = None, method: s
     else:
         out = np.tensordot(w, stack, axes=1)
     return out.astype(np.float32)
+
+
+def mean_by_owner(preds: list[np.ndarray], owners: list[int], n_owners: int) -> list[np.ndarray]:
+    """Average the models of each owner (an ensemble member's folds): owner o gets the mean of the
+    `preds[k]` with `owners[k] == o`."""
+    return [np.mean([p for p, o in zip(preds, owners, strict=True) if o == owner], axis=0) for owner in range(n_owners)]
+
+
+def combine_members(preds: list[np.ndarray], weights: list[float], method: str, power: float, row_ids: list[str],
+                    post: dict, fallback: np.ndarray) -> np.ndarray:
+    """Blend member predictions, post-process each file, and give undecodable files' rows the fallback.
+
+    Members mark undecodable files with NaN rows (`predict_soundscapes(..., fallback=NaN)`), so the
+    fallback reaches the submission as it is instead of being blended and smoothed.
+    """
+    bad = np.isnan(preds[0]).any(axis=1)
+    clean = [np.nan_to_num(p, nan=0.0) for p in preds]
+    out = postprocess_rows(row_ids, blend(clean, weights, method, power), post)
+    out[bad] = fallback
+    return np.clip(out, 0.0, 1.0)

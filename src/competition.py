@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from src.audio import list_audio
+
 log = logging.getLogger(__name__)
 
 # File names of each layout, as Kaggle ships each year's data.
@@ -50,16 +52,6 @@ class Competition:
     def soundscape_files(self) -> list[Path]:
         """Unlabelled training soundscapes (background noise), sorted; [] if the layout has none."""
         return list_audio(self.soundscape_dir) if self.soundscape_dir else []
-
-
-AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")
-
-
-def list_audio(folder: Path | None) -> list[Path]:
-    """Audio files (ogg/mp3/wav/flac) directly in `folder`, sorted by name."""
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def parse_label_list(text: str | None) -> list[str]:

@@ -1,14 +1,65 @@
-"""Config helpers shared by every command: Hydra resolvers, run naming, loading saved configs."""
+"""Config helpers shared by every command: the command line, Hydra resolvers, run naming and run folders,
+loading saved configs.
+
+Every command reads configs/<name>.yaml with `key=value` overrides composed by Hydra (`+key=value` adds a
+key, `group=option` picks a config group's file). Single-stage commands are `@hydra.main` functions; a tool
+with several actions takes the action word first (`python -m src.kernel build name=demo`): `command_config`.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+class CommandLineError(ValueError):
+    """An action or override the command does not know; the message says what it takes."""
+
+
+def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """configs/<name>.yaml composed with Hydra `key=value` overrides, as `@hydra.main` composes its config
+    (Hydra's compose API). A key the config lacks is a CommandLineError naming it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside another Hydra context (a test, a Hydra command)
+            return hydra_compose(config_name=name, overrides=list(overrides))
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            return hydra_compose(config_name=name, overrides=list(overrides))
+    except HydraException as err:
+        unknown = re.search(r"Could not override '([^']+)'", str(err))
+        if unknown:
+            raise CommandLineError(f"unknown option {unknown.group(1)!r}: configs/{name}.yaml has no such key "
+                                   f"(its keys: {', '.join(_keys(name))})") from None
+        raise CommandLineError(f"configs/{name}.yaml: {err}") from None
+
+
+def _keys(name: str) -> list[str]:
+    return [str(k) for k in OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml") if k != "defaults"]
+
+
+def command_config(name: str, actions: tuple[str, ...], argv: list[str] | None = None,
+                   default: str | None = None) -> tuple[str, DictConfig]:
+    """`python -m src.<name> [action] key=value ...`: (the action word, configs/<name>.yaml composed with the
+    overrides). The action is the first word without `=` (written first by convention); with none, `default`.
+    An unknown or missing action is a CommandLineError."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = [k for k, arg in enumerate(argv) if "=" not in arg]
+    action = argv.pop(words[0]) if words else default
+    if action not in actions:
+        raise CommandLineError(f"usage: python -m src.{name} {'|'.join(actions)} key=value ... (got "
+                               f"{action!r}; the keys are those of configs/{name}.yaml)")
+    return action, compose(name, argv)
 
 
 def _root_tag(root: str) -> str:
@@ -36,6 +87,18 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ("exp", "fold", "resu
 def run_name(cfg: DictConfig) -> str:
     """The run's folder name under runs/: `exp` if given, else `<model.name>-<config hash>`."""
     return str(cfg.exp) if cfg.get("exp") else f"{cfg.model.name}-{config_hash(cfg)}"
+
+
+def fold_number(fold_dir: str | Path) -> int | None:
+    """k of a CV fold folder `runs/<exp>/fold<k>/`; None for any other folder (the full-data fits `foldall*`)."""
+    digits = Path(fold_dir).name.removeprefix("fold")
+    return int(digits) if Path(fold_dir).name.startswith("fold") and digits.isdigit() else None
+
+
+def run_folds(exp_dir: str | Path) -> list[tuple[int, Path]]:
+    """The CV fold folders of a run `runs/<exp>/` as (k, folder), by k (finished or not; no `foldall*`)."""
+    found = [(fold_number(d), d) for d in Path(exp_dir).glob("fold*") if d.is_dir()]
+    return sorted((k, d) for k, d in found if k is not None)
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,14 @@ from src.competition import multi_hot
 from src.prepare import cache_path, load_cached
 
 
+def rating_weights(labels: Mapping) -> tuple[float, float] | None:
+    """ChunkDataset's `rating_weight` from the `labels` config: (stars of an unrated recording, the scale a
+    rating is divided by) when `labels.rating_weight`, else None (every sample weighs 1)."""
+    if not labels.get("rating_weight"):
+        return None
+    return float(labels.rating_unrated), float(labels.rating_scale)
+
+
 class ChunkDataset(Dataset):
     """5 s windows of cached recordings with multi-hot targets.
 
@@ -23,22 +31,31 @@ class ChunkDataset(Dataset):
     Returns (wave (samples,), target (C,), loss mask (C,), sample weight ()).
     """
 
+    cache_kind = "audio"  # the cache folder of the recordings (src.prepare.cache_path)
+
     def __init__(self, chunks: pl.DataFrame, cache_dir: Path, classes: list[str], sample_rate: int, window_s: float,
                  secondary: float | None, jitter_s: float = 0.0, wave_augment: Callable | None = None,
-                 rating_weight: bool = False):
-        self.chunks = chunks
+                 rating_weight: tuple[float, float] | None = None):
+        self._windows(chunks, cache_dir, sample_rate, window_s, jitter_s, wave_augment)
+        y, mask = multi_hot(chunks["primary_label"].to_list(), chunks["secondary_labels"].to_list(), classes, secondary)
+        self.targets, self.masks = torch.from_numpy(y), torch.from_numpy(mask)
+        rating = chunks["rating"].to_numpy().astype(np.float32)
+        if rating_weight is None:
+            self.weights = torch.from_numpy(np.ones_like(rating))
+        else:  # unrated (0) recordings count as `unrated` stars
+            unrated, scale = rating_weight
+            self.weights = torch.from_numpy((np.where(rating > 0, rating, unrated) / scale).astype(np.float32))
+
+    def _windows(self, table: pl.DataFrame, cache_dir: Path, sample_rate: int, window_s: float, jitter_s: float,
+                 wave_augment: Callable | None) -> None:
+        """Where each row's window starts in its cached recording, and how it is cut (shared by the subclasses)."""
+        self.chunks = table
         self.cache_dir = Path(cache_dir)
         self.window = round(window_s * sample_rate)
         self.jitter = round(jitter_s * sample_rate)
         self.wave_augment = wave_augment
-        self.filenames = chunks["filename"].to_list()
-        self.starts = (chunks["start_s"].to_numpy() * sample_rate).round().astype(np.int64)
-        y, mask = multi_hot(chunks["primary_label"].to_list(), chunks["secondary_labels"].to_list(), classes, secondary)
-        self.targets, self.masks = torch.from_numpy(y), torch.from_numpy(mask)
-        rating = chunks["rating"].to_numpy().astype(np.float32)
-        # unrated (0) recordings count as average ones
-        self.weights = torch.from_numpy(np.where(rating > 0, rating, 3.0) / 5.0 if rating_weight
-                                        else np.ones_like(rating))
+        self.filenames = table["filename"].to_list()
+        self.starts = (table["start_s"].to_numpy() * sample_rate).round().astype(np.int64)
         self._audio: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -46,7 +63,7 @@ class ChunkDataset(Dataset):
 
     def _recording(self, filename: str) -> np.ndarray:
         if filename not in self._audio:  # memory maps are cheap; the OS page cache does the rest
-            self._audio[filename] = load_cached(cache_path(self.cache_dir, filename))
+            self._audio[filename] = load_cached(cache_path(self.cache_dir, filename, self.cache_kind))
         return self._audio[filename]
 
     def crop(self, row: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -79,24 +96,14 @@ class PseudoWindowDataset(ChunkDataset):
     Indexed like ChunkDataset; returns (wave, soft target (C,), loss mask of ones (C,), `weight`).
     """
 
+    cache_kind = "soundscapes"
+
     def __init__(self, table: pl.DataFrame, cache_dir: Path, classes: list[str], sample_rate: int, window_s: float,
                  weight: float = 1.0, jitter_s: float = 0.0, wave_augment: Callable | None = None):
-        self.chunks = table
-        self.cache_dir = Path(cache_dir)
-        self.window = round(window_s * sample_rate)
-        self.jitter = round(jitter_s * sample_rate)
-        self.wave_augment = wave_augment
-        self.filenames = table["filename"].to_list()
-        self.starts = (table["start_s"].to_numpy() * sample_rate).round().astype(np.int64)
+        self._windows(table, cache_dir, sample_rate, window_s, jitter_s, wave_augment)
         self.targets = torch.from_numpy(table.select(classes).to_numpy().astype(np.float32))
         self.masks = torch.ones_like(self.targets)
         self.weights = torch.full((table.height,), float(weight))
-        self._audio = {}
-
-    def _recording(self, filename: str) -> np.ndarray:
-        if filename not in self._audio:
-            self._audio[filename] = load_cached(cache_path(self.cache_dir, filename, "soundscapes"))
-        return self._audio[filename]
 
 
 class PseudoBatches:

@@ -21,12 +21,14 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from src.blend import BLENDS, blend, class_ranks
-from src.competition import AUDIO_SUFFIXES, load_competition
+from src.blend import BLENDS, blend, class_ranks, combine_members, mean_by_owner
+from src.competition import load_competition
+from src.config import fold_number, load_run_config, run_folds
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import primary_one_hot, score, submission_score
-from src.soundscape import combine_members, mean_by_owner, one_file_per_stem, postprocess_rows, predict_model_groups
+from src.postprocess import postprocess_rows
+from src.soundscape import list_soundscapes, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
 from src.valsets import labels_matrix
 
@@ -35,8 +37,8 @@ log = logging.getLogger(__name__)
 
 def fold_dirs(runs_dir: Path, exp: str) -> list[Path]:
     """Finished folds of a run (those with oof.parquet and best.pt, or teacher.json for a teacher run), sorted."""
-    dirs = sorted(p for p in (runs_dir / exp).glob("fold*")
-                  if ((p / "best.pt").exists() or (p / "teacher.json").exists()) and (p / "oof.parquet").exists())
+    dirs = [p for _, p in run_folds(runs_dir / exp)
+            if ((p / "best.pt").exists() or (p / "teacher.json").exists()) and (p / "oof.parquet").exists()]
     if not dirs:
         raise FileNotFoundError(f"{runs_dir / exp}: no finished fold (best.pt + oof.parquet); "
                                 f"train one with `python -m src.train exp={exp} fold=0`")
@@ -57,7 +59,7 @@ def member_entry(runs_dir: Path, exp: str, weight: float, full_data: bool) -> di
     with `full_data` its full-data fits, listed as `models` for the kernel) and its weight (fitted on OOF)."""
     folds = fold_dirs(runs_dir, exp)
     models = full_data_dirs(runs_dir, exp) if full_data else folds
-    entry = {"run": exp, "folds": [int(d.name.removeprefix("fold")) for d in folds], "weight": weight,
+    entry = {"run": exp, "folds": [fold_number(d) for d in folds], "weight": weight,
              "fold_dirs": [str(d) for d in models]}
     return entry | ({"models": [d.name for d in models]} if full_data else {})
 
@@ -69,13 +71,12 @@ def load_oof(runs_dir: Path, exps: list[str]) -> tuple[pl.DataFrame, list[np.nda
     for exp in exps:
         parts = []
         for d in fold_dirs(runs_dir, exp):
-            run_classes = list(OmegaConf.load(d / "config.yaml").classes)
+            run_classes = list(load_run_config(d).classes)
             if classes is None:
                 classes = run_classes
             elif run_classes != classes:
                 raise ValueError(f"{d}: its classes differ from the other members' (different competition?)")
-            fold = int(d.name.removeprefix("fold"))
-            parts.append(pl.read_parquet(d / "oof.parquet").with_columns(pl.lit(fold).alias("fold")))
+            parts.append(pl.read_parquet(d / "oof.parquet").with_columns(pl.lit(fold_number(d)).alias("fold")))
         frames.append(pl.concat(parts))
     base = frames[0].select(*keys, "fold", "primary_label")
     for f in frames[1:]:
@@ -190,7 +191,7 @@ def load_soundscape_oof(runs_dir: Path, exps: list[str], classes: list[str]
                   "blend and post-processing are fitted on the clip OOF")
             return None
         frames.append(pl.concat([pl.read_parquet(d / "oof_soundscape.parquet").with_columns(
-            pl.lit(int(d.name.removeprefix("fold"))).alias("fold")) for d in dirs]))
+            pl.lit(fold_number(d)).alias("fold")) for d in dirs]))
     base = frames[0].select("row_id", "filename", "labels", "fold")
     for f in frames[1:]:
         base = base.join(f.select("row_id"), on="row_id", how="inner", maintain_order="left")
@@ -277,7 +278,7 @@ def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_c
     """Each member's test probabilities (its folds averaged; NaN rows for undecodable files);
     `runtime_for(fold_dir)` gives a predict fn. Folds that cut the audio alike decode each file once."""
     owners, dirs = zip(*[(i, Path(d)) for i, m in enumerate(members) for d in m["fold_dirs"]], strict=True)
-    audio = [OmegaConf.load(d / "config.yaml").audio for d in dirs]
+    audio = [load_run_config(d).audio for d in dirs]
 
     def load_group(ks: list[int]):
         predicts = [runtime_for(dirs[k]) for k in ks]
@@ -292,6 +293,30 @@ def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_c
     return ids, preds, problems
 
 
+def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:
+    """Blend, weights and post-processing fitted on the members' OOF: on the validation-soundscape OOF when every
+    member has one (unless `ensemble.fit.oof=clip`), else on the clip OOF with the configured post-processing.
+    Returns (classes, blend method, weights, post-processing, summary of the scores)."""
+    runs_dir, ens, metric = Path(cfg.runs_dir), cfg.ensemble, str(cfg.data.metric)
+    base, oof, classes = load_oof(runs_dir, exps)
+    clip = fit_clips(base, oof, classes, exps, ens, metric)
+    method, weights, summary = clip["method"], clip["weights"], clip["summary"]
+    post = OmegaConf.to_container(ens.postprocess, resolve=True)
+    sound = load_soundscape_oof(runs_dir, exps, classes)
+    if sound is None and ens.fit.oof == "soundscape":
+        raise ValueError("ensemble.fit.oof=soundscape needs every member's oof_soundscape.parquet: "
+                         f"python -m src.valsets +runs=[{','.join(exps)}]")
+    if sound is not None and ens.fit.oof != "clip":
+        sfit = fit_soundscapes(*sound, classes, ens, metric)
+        method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
+        summary |= sfit["summary"] | {"oof_score": summary["blend_oof_nested"][method]}
+    elif sound is not None:  # clip choices and the configured post-processing, scored on the soundscapes
+        sbase, spreds = sound
+        summary["soundscape_oof_score"] = score(labels_matrix(sbase, classes), postprocess_rows(
+            sbase["row_id"].to_list(), blend(spreds, weights, method, float(ens.power)), post), metric)
+    return classes, method, weights, post, summary
+
+
 def run(cfg: DictConfig) -> dict:
     """Fit the blend on OOF, predict the test soundscapes, write the ensemble folder; returns its summary."""
     exps = list(cfg.runs)
@@ -301,71 +326,63 @@ def run(cfg: DictConfig) -> dict:
     name = cfg.name or "+".join(exps) + ("+full" if cfg.full_data else "")
     out_dir = Path(cfg.ensembles_dir) / name
     ens = cfg.ensemble
-    metric = str(cfg.data.metric)
-
-    base, oof, classes = load_oof(runs_dir, exps)
-    fit = fit_clips(base, oof, classes, exps, ens, metric)
-    method, weights = fit["method"], fit["weights"]
-    post = OmegaConf.to_container(ens.postprocess, resolve=True)
-    sound = load_soundscape_oof(runs_dir, exps, classes)
-    if sound is None and ens.fit.oof == "soundscape":
-        raise ValueError("ensemble.fit.oof=soundscape needs every member's oof_soundscape.parquet: "
-                         f"python -m src.valsets +runs=[{','.join(exps)}]")
-    if sound is not None and ens.fit.oof != "clip":
-        sfit = fit_soundscapes(*sound, classes, ens, metric)
-        method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
-        fit["summary"] |= sfit["summary"] | {"oof_score": fit["summary"]["blend_oof_nested"][method]}
-    elif sound is not None:  # clip choices and the configured post-processing, scored on the soundscapes
-        sbase, spreds = sound
-        fit["summary"]["soundscape_oof_score"] = score(labels_matrix(sbase, classes), postprocess_rows(
-            sbase["row_id"].to_list(), blend(spreds, weights, method, float(ens.power)), post), metric)
+    classes, method, weights, post, scores = fit(cfg, exps)
 
     comp = load_competition(cfg.data.root, cfg.data.layout)
     if comp.classes != classes:
         raise ValueError(f"{comp.sample_submission}: classes differ from the runs' (trained on another competition?)")
     fallback = class_prior(cfg, classes) if ens.fallback == "prior" else np.zeros(len(classes), np.float32)
     members = [member_entry(runs_dir, e, float(w), bool(cfg.full_data)) for e, w in zip(exps, weights)]
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    files, skipped = one_file_per_stem(comp.test_files(), AUDIO_SUFFIXES)
-    for problem in skipped:
-        log.warning(problem)
-    summary = {"name": name, "metric": metric, "blend": method, "power": float(ens.power),
+    summary = {"name": name, "metric": str(cfg.data.metric), "blend": method, "power": float(ens.power),
                "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
                "members": [{k: m[k] for k in ("run", "folds", "models", "weight") if k in m} for m in members],
                "full_data": bool(cfg.full_data),
-               **fit["summary"], "classes": classes, "fallback": fallback.tolist(),
+               **scores, "classes": classes, "fallback": fallback.tolist(),
                "inference": OmegaConf.to_container(ens, resolve=True) | {"postprocess": post},
                "data": {"name": cfg.data.name, "competition": cfg.data.competition}}
     out_dir.mkdir(parents=True, exist_ok=True)
-    if files:
-        ids, preds, problems = predict_members(members, files, cfg, len(classes),
-                                               lambda d: eager_runtime(d, int(cfg.threads)))
-        probs = combine_members(preds, weights, method, float(ens.power), ids, post, fallback)
-        sample_rows, _ = read_sample_submission(comp.sample_submission)
-        rows = expected_rows(ids, sample_rows)
-        probs, align_problems = align(ids, probs, rows, fallback)
-        for p in problems + align_problems:
-            log.warning(p)
-        write_submission(out_dir / "submission.csv", rows, classes, probs)
-        validate_file(out_dir / "submission.csv", comp.sample_submission, ids)
-        summary["test_problems"] = problems + align_problems
-        print(f"wrote {out_dir / 'submission.csv'}: {len(rows)} rows from {len(files)} soundscapes "
-              f"({len(problems)} unreadable)")
-        solution = comp.test_dir.parent / "solution.csv"
-        if solution.exists():
-            sol = pl.read_csv(solution)
-            sub = pl.read_csv(out_dir / "submission.csv")
-            result = {metric: submission_score(sol, sub, metric)}
-            with atomic_write(out_dir / "score.json") as tmp:
-                Path(tmp).write_text(json.dumps(result, indent=1))
-            summary["test_score"] = result[metric]
-            print(f"test {metric} against {solution}: {result[metric]:.4f}")
-    else:
-        print(f"{comp.test_dir}: no test soundscapes (Kaggle fills it at scoring time): no submission written")
+    summary |= predict_test(cfg, comp, members, summary, out_dir)
     with atomic_write(out_dir / "ensemble.yaml") as tmp:
         OmegaConf.save(OmegaConf.create(summary), tmp)
     return summary
+
+
+def predict_test(cfg: DictConfig, comp, members: list[dict], summary: dict, out_dir: Path) -> dict:
+    """Predict the competition's test soundscapes with the fitted ensemble (`summary`: blend, power, classes,
+    fallback, inference.postprocess), write and validate `out_dir/submission.csv` and, when a solution.csv lies
+    beside them, score.json. Returns the summary's test fields ({} without test soundscapes)."""
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    files, skipped = list_soundscapes(comp.test_dir)
+    for problem in skipped:
+        log.warning(problem)
+    if not files:
+        print(f"{comp.test_dir}: no test soundscapes (Kaggle fills it at scoring time): no submission written")
+        return {}
+    classes, fallback = summary["classes"], np.asarray(summary["fallback"], np.float32)
+    ids, preds, problems = predict_members(members, files, cfg, len(classes),
+                                           lambda d: eager_runtime(d, int(cfg.threads)))
+    probs = combine_members(preds, [m["weight"] for m in members], summary["blend"], summary["power"], ids,
+                            summary["inference"]["postprocess"], fallback)
+    sample_rows, _ = read_sample_submission(comp.sample_submission)
+    rows = expected_rows(ids, sample_rows)
+    probs, align_problems = align(ids, probs, rows, fallback)
+    for p in problems + align_problems:
+        log.warning(p)
+    write_submission(out_dir / "submission.csv", rows, classes, probs)
+    validate_file(out_dir / "submission.csv", comp.sample_submission, ids)
+    print(f"wrote {out_dir / 'submission.csv'}: {len(rows)} rows from {len(files)} soundscapes "
+          f"({len(problems)} unreadable)")
+    test = {"test_problems": problems + align_problems}
+    solution = comp.test_dir.parent / "solution.csv"
+    if solution.exists():
+        metric = summary["metric"]
+        result = {metric: submission_score(pl.read_csv(solution), pl.read_csv(out_dir / "submission.csv"), metric)}
+        with atomic_write(out_dir / "score.json") as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1))
+        test["test_score"] = result[metric]
+        print(f"test {metric} against {solution}: {result[metric]:.4f}")
+    return test
 
 
 @hydra.main(config_path="../configs", config_name="ensemble", version_base=None)

@@ -63,18 +63,19 @@ def _trace_frozen(module: torch.nn.Module, example: torch.Tensor, path: Path) ->
     frozen.save(str(path))
 
 
-def _export_torchscript(model: ProbabilityModel, example: torch.Tensor, out_dir: Path) -> None:
-    """model.ts: the whole waveform -> probability model, traced and frozen."""
+def _export_torchscript(model: ProbabilityModel, example: torch.Tensor, out_dir: Path, max_batch: int) -> None:
+    """model.ts: the whole waveform -> probability model, traced and frozen (any batch size)."""
     _trace_frozen(model.to(memory_format=torch.channels_last), example, out_dir / "model.ts")
 
 
-def _export_split(model: ProbabilityModel, example: torch.Tensor, out_dir: Path) -> None:
-    """frontend.ts (waveform -> mel, TorchScript) + backbone.onnx (mel -> probabilities, dynamic batch)."""
+def _export_split(model: ProbabilityModel, example: torch.Tensor, out_dir: Path, max_batch: int) -> None:
+    """frontend.ts (waveform -> mel, TorchScript) + backbone.onnx (mel -> probabilities, batches of 1 to
+    `max_batch`)."""
     bird = model.model
     _trace_frozen(bird.frontend, example, out_dir / "frontend.ts")
     with torch.no_grad():
         mel = bird.frontend(example)
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1, max=int(max_batch))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(MelProbabilityModel(bird).eval(), (mel,), str(out_dir / "backbone.onnx"),
@@ -83,13 +84,19 @@ def _export_split(model: ProbabilityModel, example: torch.Tensor, out_dir: Path)
                           external_data=False)  # one self-contained file for the Kaggle dataset
 
 
+# runtime -> exporter(model, example batch, out_dir, max_batch)
 EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_split, "openvino": _export_split}
 
 
 def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str], check_waves: np.ndarray,
-                tol: float = 1e-4) -> dict[str, float]:
+                tol: float = 1e-4, max_batch: int | None = None) -> dict[str, float]:
     """Export one fold to each format in `formats` and return each export's max abs difference from
-    the eager model on `check_waves` (B, samples). Raises if a difference exceeds `tol`."""
+    the eager model on `check_waves` (B, samples). Raises if a difference exceeds `tol`. `max_batch`: the
+    largest batch an ONNX backbone takes (default configs/kernel.yaml `export_max_batch`)."""
+    if max_batch is None:
+        from src.config import compose
+
+        max_batch = int(compose("kernel").export_max_batch)
     model, _ = load_fold_model(run_fold_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +110,7 @@ def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str
         if fmt not in EXPORTERS:
             raise ValueError(f"export format {fmt!r}: use {sorted(EXPORTERS)}")
         if RUNTIME_FILES[fmt] not in exported:  # onnx and openvino run the same files
-            EXPORTERS[fmt](model, example, out_dir)
+            EXPORTERS[fmt](model, example, out_dir, max_batch)
             exported.add(RUNTIME_FILES[fmt])
         got = load_runtime(fmt, out_dir)(check_waves)
         diffs[fmt] = float(np.abs(got - reference).max())

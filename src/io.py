@@ -1,5 +1,8 @@
 """Atomic file writes: everything is written under a temporary name and renamed, so an interrupted
-command never leaves a half-written file behind."""
+command never leaves a half-written file behind.
+
+Kernel-safe (standard library only): `src.kernel` inlines this file (the submission is written with it).
+"""
 from __future__ import annotations
 
 import os

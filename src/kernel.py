@@ -1,13 +1,14 @@
-"""`python -m src.kernel build|run|push`: the self-contained Kaggle inference kernel.
+"""`python -m src.kernel build|plan|run|push name=<ensemble>`: the self-contained Kaggle inference kernel.
 
-build ensemble=<name>   exports every member model and writes kernels/<name>/{kernel,dataset}/
-plan ensemble=<name> [budget_min=90 margin=0.25]
+build name=<ensemble>   exports every member model and writes kernels/<name>/{kernel,dataset}/
+plan name=<ensemble> [budget_min=90 margin=0.25]
                         times each member as the kernel runs it and projects it to Kaggle's CPU kernel
-run kernels/<name> input=DIR [competition_root=PATH budget_min=X python=PATH|3.12]
-                        runs the generated script here, offline, with DIR laid out like /kaggle/input
-push kernels/<name> [--dry-run]
-                        uploads the weights dataset and pushes the kernel with the kaggle CLI
+run name=<ensemble> input=DIR [competition_root=PATH budget_min=X python=PATH|3.12]
+                        runs kernels/<name>/'s script here, offline, with DIR laid out like /kaggle/input
+push name=<ensemble> [dry_run=true]
+                        uploads the weights dataset and pushes the kernel with the kaggle CLI (src.push)
 
+Options: `key=value` overrides of configs/kernel.yaml.
 The script is generated from the same source files as `src` (audio, soundscape, blend, runtimes,
 submission, kernel_main), with their `from src.` imports removed: one implementation, no copy.
 """
@@ -29,13 +30,15 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import CONFIG_DIR
+from src import config as cfglib
+from src.config import load_run_config
 from src.runtimes import export_files, file_digest
 from src.soundscape import check_windows
 
 log = logging.getLogger(__name__)
 
-KERNEL_MODULES = ["audio", "soundscape", "blend", "runtimes", "submission", "kernel_main"]
+# the kernel-safe modules, each after those it imports from (their `from src.` lines are dropped)
+KERNEL_MODULES = ["io", "audio", "submission", "postprocess", "blend", "soundscape", "runtimes", "kernel_main"]
 SRC = Path(__file__).resolve().parent
 
 
@@ -61,25 +64,18 @@ def generate_script(competition: str, dataset_slug: str) -> str:
 
 
 def kaggle_user(cfg: DictConfig) -> str:
-    """The Kaggle user of the ids: config, KAGGLE_USERNAME, ~/.kaggle/kaggle.json, or a placeholder."""
-    if cfg.user:
-        return str(cfg.user)
-    if os.environ.get("KAGGLE_USERNAME"):
-        return os.environ["KAGGLE_USERNAME"]
-    creds = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
-    try:
-        return json.loads(creds.read_text())["username"]
-    except (OSError, ValueError, KeyError):
-        from src.push import PLACEHOLDER_USER
+    """The Kaggle user of the ids: `user`, else the credentials' (src.push.kaggle_username: kaggle's own search
+    order), else a placeholder that `push` refuses."""
+    from src.push import PLACEHOLDER_USER, kaggle_username
 
-        return PLACEHOLDER_USER
+    return str(cfg.user) if cfg.user else kaggle_username() or PLACEHOLDER_USER
 
 
 def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     """Real-audio 5 s windows (from the run's prepared cache) to check each export on."""
     from src.dataset import ChunkDataset
 
-    cfg = OmegaConf.load(run_fold_dir / "config.yaml")
+    cfg = load_run_config(run_fold_dir)
     chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet").filter(~pl.col("silent"))
     rows = chunks.sample(min(count, chunks.height), seed=0)
     cache_rate = int(json.loads((Path(cfg.data.cache_dir) / "manifest.json").read_text())["sample_rate"])
@@ -159,29 +155,25 @@ def frontend_id(run_cfg: DictConfig) -> str:
 
 
 def load_ensemble(cfg: DictConfig) -> dict:
-    """ensembles/<cfg.ensemble>/ensemble.yaml as a dict, with a clear error when it is missing."""
-    if not cfg.ensemble:
-        raise ValueError("which ensemble? python -m src.kernel build|plan ensemble=<name> (see ensembles/)")
-    ens_path = Path(cfg.ensembles_dir) / cfg.ensemble / "ensemble.yaml"
+    """ensembles/<cfg.name>/ensemble.yaml as a dict, with a clear error when it is missing."""
+    if not cfg.name:
+        raise ValueError("which ensemble? python -m src.kernel build|plan name=<ensemble> (see ensembles/)")
+    ens_path = Path(cfg.ensembles_dir) / cfg.name / "ensemble.yaml"
     if not ens_path.exists():
-        raise FileNotFoundError(f"{ens_path} not found: run `python -m src.ensemble runs=[...] name={cfg.ensemble}` first")
+        raise FileNotFoundError(f"{ens_path} not found: run `python -m src.ensemble runs=[...] name={cfg.name}` first")
     return OmegaConf.to_container(OmegaConf.load(ens_path), resolve=True)
-
-
-def member_models(member: dict) -> list[str]:
-    """A member's model folders under runs/<run>/: its `models` (full-data fits, `foldall`...) or `fold<k>`."""
-    return list(member.get("models") or [f"fold{f}" for f in member["folds"]])
 
 
 def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Export every member model to `dataset/models/<run>/<model>/` (+ model.json); returns each runtime's
     max abs difference to the PyTorch model per `<run>/<model>`. Refuses members with different windows."""
     from src.export import export_fold, export_teacher_fold
+    from src.kernel_main import member_models
     from src.runtimes import is_teacher_dir
 
     runs_dir = Path(ens.get("runs_dir", "runs"))
     models = [(m["run"], name) for m in ens["members"] for name in member_models(m)]
-    run_cfgs = {key: OmegaConf.load(runs_dir / key[0] / key[1] / "config.yaml") for key in models}
+    run_cfgs = {key: load_run_config(runs_dir / key[0] / key[1]) for key in models}
     check_windows([(int(c.audio.sample_rate), float(c.audio.window_s)) for c in run_cfgs.values()],
                   [f"{run}/{name}" for run, name in run_cfgs])
     diffs: dict[str, dict[str, float]] = {r: {} for r in runtimes}
@@ -192,7 +184,7 @@ def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfi
             teacher_diff = export_teacher_fold(fold_dir, out, dataset / "teachers", waves, float(cfg.tol))
             fold_diffs = {r: teacher_diff for r in runtimes}
         else:
-            fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol))
+            fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol), int(cfg.export_max_batch))
         for r in runtimes:
             diffs[r][f"{run}/{name}"] = fold_diffs[r]
         # the kernel checks each file against its digest and runs the fallback export of a corrupt one
@@ -207,8 +199,8 @@ def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfi
 def build(cfg: DictConfig) -> Path:
     """Export the ensemble's models and write kernels/<name>/; returns that folder."""
     ens = load_ensemble(cfg)
-    root = Path(cfg.kernels_dir) / cfg.ensemble
-    slug = cfg.slug or f"birdclef-{cfg.ensemble}".lower().replace("_", "-")
+    root = Path(cfg.kernels_dir) / cfg.name
+    slug = cfg.slug or f"birdclef-{cfg.name}".lower().replace("_", "-")
     user = kaggle_user(cfg)
     competition = ens["data"]["competition"]
     staging = root.with_name(root.name + ".tmp")
@@ -228,7 +220,7 @@ def build(cfg: DictConfig) -> Path:
         config["plan"] = measure_members(config, dataset, cfg)
         if not print_plan(config["plan"], cfg, budget_min, margin)[-1]["fits"]:
             log.warning("%s: the ensemble is projected over the %.0f min budget minus the %.0f%% margin on Kaggle; "
-                        "the kernel's time guard will drop the last members (see the plan above)", cfg.ensemble,
+                        "the kernel's time guard will drop the last members (see the plan above)", cfg.name,
                         budget_min, 100 * margin)
     (dataset / "ensemble.json").write_text(json.dumps(config, indent=1))
     (dataset / "dataset-metadata.json").write_text(json.dumps(
@@ -362,7 +354,7 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
     competition = meta["competition_sources"][0]
     dataset_slug = meta["dataset_sources"][0].split("/", 1)[1]
     if not cfg.input:
-        raise ValueError("python -m src.kernel run kernels/<name> input=DIR (a folder laid out like /kaggle/input)")
+        raise ValueError("python -m src.kernel run name=<ensemble> input=DIR (a folder laid out like /kaggle/input)")
     input_dir = Path(cfg.input)
     input_dir.mkdir(parents=True, exist_ok=True)
     _link(input_dir / dataset_slug, kernel_root / "dataset")
@@ -399,7 +391,7 @@ def run(cfg: DictConfig, kernel_root: Path) -> Path:
         print(f"kernel vs {cfg.compare}: max abs difference {diff:.1e} (tolerance {cfg.tol})")
         if diff > float(cfg.tol):
             raise RuntimeError(f"{out} differs from {cfg.compare} by {diff:.1e} > {cfg.tol}: rebuild the kernel "
-                               "from this ensemble (python -m src.kernel build ensemble=...)")
+                               "from this ensemble (python -m src.kernel build name=...)")
     import soundfile as sf
 
     audio_min = sum(_duration(sf, p) for p in files) / 60
@@ -484,39 +476,32 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target.resolve(), target_is_directory=True)
 
 
-def _config(overrides: list[str]) -> DictConfig:
-    """configs/kernel.yaml with `key=value` overrides (unknown keys are an error)."""
-    cfg = OmegaConf.load(Path(CONFIG_DIR) / "kernel.yaml")
-    OmegaConf.set_struct(cfg, True)
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+def built_kernel(cfg: DictConfig) -> Path:
+    """kernels_dir/<name>/, which `build` wrote; exits with what to run when it is not there."""
+    if not cfg.name:
+        sys.exit("which kernel? python -m src.kernel run|push name=<ensemble> (see kernels/)")
+    kernel_root = Path(cfg.kernels_dir) / cfg.name
+    if not (kernel_root / "kernel" / "kernel-metadata.json").exists():
+        sys.exit(f"{kernel_root}: not a built kernel (no kernel/kernel-metadata.json); "
+                 f"run python -m src.kernel build name={cfg.name}")
+    return kernel_root
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: python -m src.kernel build ensemble=<name> | plan ensemble=<name> [budget_min=90 margin=0.25] | "
-             "run kernels/<name> input=DIR [competition_root=PATH budget_min=X python=3.12] | push kernels/<name> "
-             "[--dry-run]")
-    if not argv or argv[0] not in ("build", "plan", "run", "push"):
-        sys.exit(usage)
-    command, rest = argv[0], argv[1:]
-    dry_run = "--dry-run" in rest
-    positional = [a for a in rest if "=" not in a and not a.startswith("--")]
-    cfg = _config([a for a in rest if "=" in a])
-    if command in ("build", "plan"):
-        (build if command == "build" else plan)(cfg)
-        return
-    if len(positional) != 1:
-        sys.exit(usage)
-    kernel_root = Path(positional[0])
-    if not (kernel_root / "kernel" / "kernel-metadata.json").exists():
-        sys.exit(f"{kernel_root}: not a built kernel (no kernel/kernel-metadata.json); "
-                 "run python -m src.kernel build ensemble=<name>")
-    if command == "run":
-        run(cfg, kernel_root)
+    """`python -m src.kernel build|plan|run|push key=value ...` (see the module's docstring)."""
+    try:
+        action, cfg = cfglib.command_config("kernel", ("build", "plan", "run", "push"), argv)
+    except cfglib.CommandLineError as err:
+        sys.exit(str(err))
+    if action in ("build", "plan"):
+        (build if action == "build" else plan)(cfg)
+    elif action == "run":
+        run(cfg, built_kernel(cfg))
     else:
         from src.push import push
 
-        push(kernel_root, dry_run=dry_run, message=f"birdclef {kernel_root.name}")
+        kernel_root = built_kernel(cfg)
+        push(kernel_root, dry_run=bool(cfg.dry_run), message=f"birdclef {kernel_root.name}", settings=cfg.push)
 
 
 if __name__ == "__main__":

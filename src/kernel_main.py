@@ -1,7 +1,7 @@
 """Entry point of the generated Kaggle inference script (see `src.kernel`).
 
-Kernel-safe: uses only the functions of the other inlined modules (audio, soundscape, blend,
-runtimes, submission) plus the standard library and numpy. Reads `/kaggle/input` and writes
+Kernel-safe: uses only the functions of the other inlined modules (`src.kernel.KERNEL_MODULES`: io, audio,
+submission, postprocess, blend, soundscape, runtimes) plus the standard library and numpy. Reads `/kaggle/input` and writes
 `/kaggle/working/submission.csv`; `KAGGLE_INPUT_DIR` / `KAGGLE_WORKING_DIR` override both.
 """
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from src.blend import combine_members
 from src.runtimes import ensure_runtime, export_problem, load_models
-from src.soundscape import align_rows, combine_members, n_windows, one_file_per_stem, predict_model_groups, row_ids
-from src.submission import align, expected_rows, read_sample_submission, write_submission
+from src.soundscape import align_rows, list_soundscapes, n_windows, predict_model_groups
+from src.submission import align, expected_rows, read_sample_submission, row_ids, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
 DATASET_SLUG = "birdclef-weights"  # replaced by src.kernel build
-AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")  # also the preference among files of one stem
 UNREADABLE_ENSEMBLE_VALUE = 0.5  # every value of the crash fallback when ensemble.json cannot be read
 
 
@@ -65,11 +65,10 @@ def list_test_soundscapes(test_dir: Path) -> list[Path]:
     saved: the hidden test files appear only at scoring). One file per stem (a row id names the stem):
     see `one_file_per_stem`."""
     log = logging.getLogger("kernel")
-    files = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if test_dir.is_dir() else []
+    files, skipped = list_soundscapes(test_dir)
     if not files:
         log.warning("%s: %s: writing the sample submission's rows with the fallback", test_dir,
                     "no audio files" if test_dir.is_dir() else "not found")
-    files, skipped = one_file_per_stem(files, AUDIO_SUFFIXES)
     for problem in skipped:
         log.warning(problem)
     return files
@@ -111,11 +110,15 @@ def time_budget(cfg: dict) -> tuple[float, float]:
     return budget, margin
 
 
+def member_models(member: dict) -> list[str]:
+    """A member's model folders under runs/<run>/ (and the kernel's models/<run>/): its `models` (full-data
+    fits, e.g. `foldall`), else its folds (`fold<k>`)."""
+    return list(member.get("models") or [f"fold{f}" for f in member["folds"]])
+
+
 def member_dirs(cfg: dict, weights_dir: Path) -> list[list[Path]]:
-    """Each member's exported model folders: `models/<run>/<model>` for its `models` (full-data fits,
-    e.g. `foldall`), else for its folds (`fold<k>`)."""
-    return [[weights_dir / "models" / m["run"] / name for name in (m.get("models") or [f"fold{f}" for f in m["folds"]])]
-            for m in cfg["members"]]
+    """Each member's exported model folders: `models/<run>/<model>` for each of its `member_models`."""
+    return [[weights_dir / "models" / m["run"] / name for name in member_models(m)] for m in cfg["members"]]
 
 
 def predict_member(files: list[Path], kinds: list[str], dirs: list[Path], specs: list[dict], n_classes: int,
@@ -231,10 +234,9 @@ def run_kernel() -> Path:
     for p in problems:
         log.warning(p)
     fallback = np.asarray(cfg["fallback"], np.float32)
-    probs = _reorder_columns(probs, classes, sample_classes, fallback)
+    probs = _reorder_columns(probs, classes, sample_classes)
     rows = expected_rows(ids, sample_rows)
-    probs, align_problems = align(ids, probs, rows, _reorder_columns(fallback[None], classes, sample_classes,
-                                                                     fallback)[0])
+    probs, align_problems = align(ids, probs, rows, _reorder_columns(fallback[None], classes, sample_classes)[0])
     for p in align_problems:
         log.warning(p)
     out = working / "submission.csv"
@@ -244,7 +246,8 @@ def run_kernel() -> Path:
     return out
 
 
-def _reorder_columns(probs: np.ndarray, classes: list[str], target: list[str], fallback: np.ndarray) -> np.ndarray:
+def _reorder_columns(probs: np.ndarray, classes: list[str], target: list[str]) -> np.ndarray:
+    """`probs` (columns `classes`) with the columns `target` (the sample submission's); 0 where a class is new."""
     if classes == target:
         return probs
     index = {c: i for i, c in enumerate(classes)}
@@ -265,7 +268,7 @@ def fallback_rows(weights_dir: Path, files: list[Path], classes: list[str]) -> t
                       round(spec["window_s"] * spec["sample_rate"]))
     ids = [r for f in files for r in row_ids(f.stem, count, spec["window_s"])]
     prior = np.asarray(cfg["fallback"], np.float32)
-    return ids, _reorder_columns(prior[None], cfg["classes"], classes, prior)[0]
+    return ids, _reorder_columns(prior[None], cfg["classes"], classes)[0]
 
 
 def write_fallback_submission() -> Path:

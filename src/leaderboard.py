@@ -1,7 +1,7 @@
 """`python -m src.leaderboard`: the local CV leaderboard of every run and ensemble.
 
-Usage (plain `key=value` arguments, no Hydra):
-    python -m src.leaderboard [runs_dir=runs ensembles_dir=ensembles out=. lb_file=...]
+Usage (`key=value` overrides of configs/leaderboard.yaml):
+    python -m src.leaderboard [table] [runs_dir=runs ensembles_dir=ensembles out=. lb_file=...]
         one row per experiment, best CV first: backbone, the config keys that differ between
         experiments, folds done, mean CV and per-fold scores, the soundscape CV (validation soundscapes,
         src.valsets) beside it, padded cmAP, training time, git commit(s), public LB when recorded, the
@@ -9,10 +9,9 @@ Usage (plain `key=value` arguments, no Hydra):
         correlation of each CV with the public LB and with the local test score. Printed, and written to `<out>/leaderboard.md`,
         `<out>/leaderboard.csv` and (with >= 2 public LB scores) `<out>/leaderboard_cv_lb.png`.
     python -m src.leaderboard lb exp=<name> score=<float> [note=...]
-        records a public LB score in `configs/leaderboard/public_lb.csv` (exp,score,date,note;
-        a later entry for an exp replaces the earlier), then rebuilds the leaderboard.
-    python -m src.leaderboard compare A B
-        per-species ROC-AUC difference of run B against run A over the folds both have.
+        records a public LB score in `lb_file` (default `<out>/public_lb.csv`, beside leaderboard.csv:
+        exp,score,date,note; a later entry for an exp replaces the earlier), then rebuilds the leaderboard.
+Per-species differences between two runs: `python -m src.report compare a=A b=B`.
 
 Every number comes from what the runs and ensembles saved (`metrics.json`, `config.yaml`,
 `ensemble.yaml`, `score.json`); nothing is recomputed here.
@@ -32,7 +31,9 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
+from src import config as cfglib
 from src import metrics as metriclib
+from src.config import load_run_config, run_folds
 from src.io import atomic_write
 
 # Config keys that name, place or schedule a run rather than change what it learns. A dotted key is
@@ -64,11 +65,6 @@ def _read_json(path: Path) -> dict:
         raise LeaderboardError(f"{path} is not valid JSON ({err}): re-run that fold or delete its folder") from err
 
 
-def _fold_dirs(exp_dir: Path) -> list[tuple[int, Path]]:
-    dirs = [(int(d.name[4:]), d) for d in exp_dir.glob("fold*") if d.is_dir() and d.name[4:].isdigit()]
-    return sorted(dirs)
-
-
 def read_run(exp_dir: Path) -> dict | None:
     """One experiment folder `runs/<exp>/` -> {'exp', 'metrics': {fold: metrics.json}, 'config': dict}.
 
@@ -76,7 +72,7 @@ def read_run(exp_dir: Path) -> dict | None:
     None when no fold has finished. `config` is the first finished fold's config.yaml as a plain dict.
     """
     metrics, config = {}, None
-    for fold, fold_dir in _fold_dirs(exp_dir):
+    for fold, fold_dir in run_folds(exp_dir):
         path = fold_dir / "metrics.json"
         if not path.exists():
             print(f"note: skipping {fold_dir}: no metrics.json yet (still training, or it crashed)", file=sys.stderr)
@@ -88,7 +84,7 @@ def read_run(exp_dir: Path) -> dict | None:
                                    "re-run that fold")
         metrics[fold] = m
         if config is None and (fold_dir / "config.yaml").exists():
-            config = OmegaConf.to_container(OmegaConf.load(fold_dir / "config.yaml"), resolve=False)
+            config = OmegaConf.to_container(load_run_config(fold_dir), resolve=False)
     if not metrics:
         return None
     return {"exp": exp_dir.name, "metrics": metrics, "config": config or {}}
@@ -461,111 +457,24 @@ def leaderboard(runs_dir: Path, ensembles_dir: Path, out: Path, lb_file: Path, c
     return rows
 
 
-# ---------------------------------------------------------------- compare
-
-def compare_runs(runs_dir: Path, a: str, b: str) -> dict:
-    """Per-species ROC-AUC of run `b` minus run `a`, each the mean of `per_class_auc` over the folds both have.
-
-    Returns {'folds', 'cv_a', 'cv_b', 'metric', 'species': [(name, auc_a, auc_b, diff), ...] worst first}.
-    """
-    runs = {}
-    for name in (a, b):
-        run = read_run(runs_dir / name) if (runs_dir / name).is_dir() else None
-        if run is None:
-            raise LeaderboardError(f"{runs_dir / name}/ has no finished fold (metrics.json): check the name "
-                                   f"(python -m src.leaderboard lists them) or train it with "
-                                   f"python -m src.train exp={name} fold=0")
-        runs[name] = run
-    folds = sorted(set(runs[a]["metrics"]) & set(runs[b]["metrics"]))
-    if not folds:
-        raise LeaderboardError(f"{a} has folds {sorted(runs[a]['metrics'])} and {b} has folds "
-                               f"{sorted(runs[b]['metrics'])}: no fold in common; train the missing fold")
-
-    def mean_per_class(name: str) -> dict[str, float]:
-        per_fold = [runs[name]["metrics"][k].get("per_class_auc") or {} for k in folds]
-        species = {s for d in per_fold for s in d}
-        means = {s: _mean([d.get(s) for d in per_fold]) for s in species}
-        return {s: v for s, v in means.items() if v is not None}
-
-    auc_a, auc_b = mean_per_class(a), mean_per_class(b)
-    species = [(s, auc_a[s], auc_b[s], auc_b[s] - auc_a[s]) for s in sorted(set(auc_a) & set(auc_b))]
-    species.sort(key=lambda t: (t[3], t[0]))
-    cv = {n: float(np.mean([runs[n]["metrics"][k]["score"] for k in folds])) for n in (a, b)}
-    return {"folds": folds, "cv_a": cv[a], "cv_b": cv[b], "metric": runs[a]["metrics"][folds[0]]["metric"],
-            "species": species}
-
-
-def print_comparison(result: dict, a: str, b: str, top: int = 15) -> None:
-    species = result["species"]
-    diffs = np.array([t[3] for t in species])
-    print(f"{b} vs {a} over folds {result['folds']}: CV ({result['metric']}) "
-          f"{result['cv_a']:.4f} -> {result['cv_b']:.4f} ({result['cv_b'] - result['cv_a']:+.4f})")
-    if not species:
-        print("no species with a per-class AUC in both runs")
-        return
-    print(f"per-species AUC ({len(species)} species): mean diff {diffs.mean():+.4f}, "
-          f"better {int((diffs > 0).sum())}, worse {int((diffs < 0).sum())}, same {int((diffs == 0).sum())}")
-    width = max(len("species"), *(len(t[0]) for t in species))
-
-    def block(title: str, items: list[tuple]) -> None:
-        print(f"\n{title}")
-        print(f"  {'species'.ljust(width)}  {a[:10]:>10}  {b[:10]:>10}  {'diff':>8}")
-        for name, va, vb, d in items:
-            print(f"  {name.ljust(width)}  {va:10.4f}  {vb:10.4f}  {d:+8.4f}")
-
-    if len(species) <= 2 * top:
-        block("all species, worst first (B - A):", species)
-    else:
-        block(f"worst {top} species (B - A):", species[:top])
-        block(f"best {top} species (B - A):", species[::-1][:top])
-
-
 # ---------------------------------------------------------------- command line
 
-DEFAULTS = {"runs_dir": "runs", "ensembles_dir": "ensembles", "out": ".",
-            "lb_file": "configs/leaderboard/public_lb.csv", "exp": None, "score": None, "note": ""}
-
-
-def _parse_argv(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    positional, opts = [], dict(DEFAULTS)
-    for arg in argv:
-        if "=" in arg:
-            key, value = arg.split("=", 1)
-            if key not in DEFAULTS:
-                raise LeaderboardError(f"unknown option {key!r}: use {', '.join(f'{k}=' for k in DEFAULTS)}")
-            opts[key] = value
-        else:
-            positional.append(arg)
-    return positional, opts
-
-
 def main(argv: list[str] | None = None) -> int:
+    """`python -m src.leaderboard [table] key=value ...` / `lb exp=<name> score=<float> [note=...]`."""
     try:
-        positional, opts = _parse_argv(sys.argv[1:] if argv is None else argv)
-        runs_dir, ensembles_dir = Path(opts["runs_dir"]), Path(opts["ensembles_dir"])
-        out, lb_file = Path(opts["out"]), Path(opts["lb_file"])
-        command = positional[0] if positional else "table"
+        command, cfg = cfglib.command_config("leaderboard", ("table", "lb"), argv, default="table")
+        runs_dir, ensembles_dir, out, lb_file = (Path(cfg[k]) for k in ("runs_dir", "ensembles_dir", "out", "lb_file"))
         if command == "lb":
-            if not opts["exp"] or opts["score"] is None:
+            if not cfg.exp or cfg.score is None:
                 raise LeaderboardError("usage: python -m src.leaderboard lb exp=<name> score=<float> [note=...]")
             try:
-                score = float(opts["score"])
+                score = float(cfg.score)
             except ValueError:
-                raise LeaderboardError(f"score={opts['score']!r} is not a number (e.g. score=0.842)") from None
-            record_public_lb(lb_file, opts["exp"], score, opts["note"])
-            print(f"recorded public LB {score} for {opts['exp']} in {lb_file}\n")
-            leaderboard(runs_dir, ensembles_dir, out, lb_file)
-        elif command == "compare":
-            if len(positional) != 3:
-                raise LeaderboardError("usage: python -m src.leaderboard compare <exp A> <exp B> [runs_dir=runs]")
-            a, b = positional[1:]
-            print_comparison(compare_runs(runs_dir, a, b), a, b)
-        elif command == "table" and len(positional) <= 1:
-            leaderboard(runs_dir, ensembles_dir, out, lb_file)
-        else:
-            raise LeaderboardError(f"unknown command {' '.join(positional)!r}: use no command (the table), "
-                                   "`lb exp=... score=...` or `compare A B`")
-    except LeaderboardError as err:
+                raise LeaderboardError(f"score={cfg.score!r} is not a number (e.g. score=0.842)") from None
+            record_public_lb(lb_file, str(cfg.exp), score, str(cfg.note))
+            print(f"recorded public LB {score} for {cfg.exp} in {lb_file}\n")
+        leaderboard(runs_dir, ensembles_dir, out, lb_file, int(cfg.config_width))
+    except (LeaderboardError, cfglib.CommandLineError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

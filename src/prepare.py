@@ -289,12 +289,7 @@ def prepare(cfg: DictConfig) -> dict:
     cache_dir = open_cache(cfg)
     sr = int(cfg.audio.sample_rate)
     meta = comp.meta
-    max_s = None if cfg.prepare.get("max_duration_s") is None else float(cfg.prepare.max_duration_s)
-    unsafe = {p: f"{p}: filename {f!r} leaves train_audio/ (an absolute path or '..'): fix that row of the "
-                 "metadata (filenames are relative to train_audio/)" for f, p in zip(meta["filename"], meta["path"])
-              if _escapes(f)}
-    jobs = [CacheJob(p, str(cache_path(cache_dir, f)), sr, float(cfg.prepare.min_duration_s), max_s)
-            for f, p in zip(meta["filename"], meta["path"]) if p not in unsafe]
+    jobs, unsafe = _recording_jobs(meta, cache_dir, cfg)
     soundscapes = comp.soundscape_files()
     limit = cfg.prepare.soundscapes
     soundscapes = soundscapes if limit is None else soundscapes[: int(limit)]
@@ -314,6 +309,40 @@ def prepare(cfg: DictConfig) -> dict:
     sres = windows["filename"].unique().to_list()
     bad += sbad
 
+    _write_index(cache_dir, meta, results, chunks, bad)
+    manifest = {"root": str(Path(cfg.data.root).resolve()), "layout": cfg.data.layout, "sample_rate": sr,
+                "chunk_s": cfg.prepare.chunk_s, "overlap_s": cfg.prepare.overlap_s, "settings": cache_settings(cfg),
+                "classes": comp.classes,
+                "recordings": len(meta), "bad": len(bad), "chunks": chunks.height,
+                "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems,
+                "soundscapes": len(sres), "soundscape_windows": windows.height}
+    with atomic_write(cache_dir / "manifest.json") as tmp:
+        Path(tmp).write_text(json.dumps(manifest, indent=1))
+
+    silent_frac = manifest["silent"] / max(chunks.height, 1)
+    _print_class_report(class_report(good, chunks, comp.classes))
+    print(f"cached {len(n_samples)}/{len(meta)} recordings ({sum(n_samples.values()) / sr / 3600:.2f} h), "
+          f"{len(sres)} soundscapes, {chunks.height} chunks, silent fraction {silent_frac:.1%}, "
+          f"{len(bad)} bad file(s){' -> ' + str(cache_dir / 'bad_files.csv') if bad else ''}")
+    return manifest | {"silent_fraction": silent_frac, "bad_files": bad}
+
+
+def _recording_jobs(meta: pl.DataFrame, cache_dir: Path, cfg: DictConfig) -> tuple[list[CacheJob], dict[str, str]]:
+    """The cache job of every training recording, and {path: problem} of those whose filename leaves
+    train_audio/ (never decoded)."""
+    sr = int(cfg.audio.sample_rate)
+    max_s = None if cfg.prepare.get("max_duration_s") is None else float(cfg.prepare.max_duration_s)
+    unsafe = {p: f"{p}: filename {f!r} leaves train_audio/ (an absolute path or '..'): fix that row of the "
+                 "metadata (filenames are relative to train_audio/)" for f, p in zip(meta["filename"], meta["path"])
+              if _escapes(f)}
+    jobs = [CacheJob(p, str(cache_path(cache_dir, f)), sr, float(cfg.prepare.min_duration_s), max_s)
+            for f, p in zip(meta["filename"], meta["path"]) if p not in unsafe]
+    return jobs, unsafe
+
+
+def _write_index(cache_dir: Path, meta: pl.DataFrame, results: dict, chunks: pl.DataFrame,
+                 bad: list[tuple[str, str]]) -> None:
+    """recordings.parquet (each recording's samples, or its problem), chunks.parquet and bad_files.csv."""
     recordings = pl.DataFrame({
         "filename": meta["filename"],
         "n_samples": [results[p][0] for p in meta["path"]],
@@ -325,26 +354,15 @@ def prepare(cfg: DictConfig) -> dict:
     with atomic_write(cache_dir / "bad_files.csv") as tmp:
         pl.DataFrame({"filename": [b[0] for b in bad], "problem": [b[1] for b in bad]},
                      schema={"filename": pl.Utf8, "problem": pl.Utf8}).write_csv(tmp)
-    manifest = {"root": str(Path(cfg.data.root).resolve()), "layout": cfg.data.layout, "sample_rate": sr,
-                "chunk_s": cfg.prepare.chunk_s, "overlap_s": cfg.prepare.overlap_s, "settings": cache_settings(cfg),
-                "classes": comp.classes,
-                "recordings": len(meta), "bad": len(bad), "chunks": chunks.height,
-                "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems,
-                "soundscapes": len(sres), "soundscape_windows": windows.height}
-    with atomic_write(cache_dir / "manifest.json") as tmp:
-        Path(tmp).write_text(json.dumps(manifest, indent=1))
 
-    report = class_report(good, chunks, comp.classes)
-    silent_frac = manifest["silent"] / max(chunks.height, 1)
+
+def _print_class_report(report: pl.DataFrame) -> None:
+    """The non-silent chunks per class, fewest first, and the classes without a training recording."""
     with pl.Config(tbl_rows=12, tbl_hide_dataframe_shape=True):
         print(f"non-silent chunks per class (fewest first):\n{report.filter(pl.col('recordings') > 0)}")
     empty = report.filter(pl.col("recordings") == 0)["primary_label"].to_list()
     if empty:
         print(f"{len(empty)} classes have no training recording: {empty[:10]}{'...' if len(empty) > 10 else ''}")
-    print(f"cached {len(n_samples)}/{len(meta)} recordings ({sum(n_samples.values()) / sr / 3600:.2f} h), "
-          f"{len(sres)} soundscapes, {chunks.height} chunks, silent fraction {silent_frac:.1%}, "
-          f"{len(bad)} bad file(s){' -> ' + str(cache_dir / 'bad_files.csv') if bad else ''}")
-    return manifest | {"silent_fraction": silent_frac, "bad_files": bad}
 
 
 def open_cache(cfg: DictConfig) -> Path:

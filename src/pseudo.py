@@ -21,14 +21,15 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src import config as _config  # noqa: F401  (registers the root_tag resolver)
+from src.blend import combine_members
 from src.competition import load_competition
+from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
 from src.ensemble import fold_dirs, predict_members
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import macro_auc
+from src.postprocess import postprocess_rows
 from src.prepare import load_soundscape_index
-from src.soundscape import combine_members, postprocess_rows
 
 log = logging.getLogger(__name__)
 KEYS = ["filename", "window", "start_s", "end_s"]
@@ -70,7 +71,7 @@ def teacher_classes(teacher: dict) -> list[str]:
     """The class list every fold of the teacher was trained on (they must agree)."""
     classes = None
     for d in (d for m in teacher["members"] for d in m["fold_dirs"]):
-        fold_classes = list(OmegaConf.load(Path(d) / "config.yaml").classes)
+        fold_classes = list(load_run_config(d).classes)
         if classes is not None and fold_classes != classes:
             raise PseudoLabelError(f"{d}: its classes differ from the teacher's other folds'")
         classes = fold_classes

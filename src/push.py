@@ -7,11 +7,14 @@ dataset-metadata.json) and returns the `kaggle` CLI calls it runs (or, with `dry
     kaggle datasets create -p kernels/<name>/dataset --dir-mode zip     (`datasets version -m ...` once it exists)
     kaggle kernels push -p kernels/<name>/kernel
 
-Before anything it checks both metadata files (BirdCLEF rules: CPU only, internet off; the kernel mounts
-the weights dataset) and runs the kaggle package's own kernel-metadata checks offline
-(`validate_with_kaggle_cli`). Credentials are read from the environment or kaggle.json, never written.
-The kaggle package authenticates when imported, so this module never imports it: the CLI and the
-offline check run in subprocesses.
+What this adds to the kaggle CLI: the BirdCLEF rules kaggle does not check (CPU only, internet off, the kernel
+mounts the weights dataset and the competition, no placeholder user), kaggle's own kernel-metadata check run
+offline before anything is uploaded (`validate_with_kaggle_cli`), the choice of create or version, the wait
+until the uploaded dataset is processed, and the failures kaggle prints while exiting 0. The rest (ids,
+titles, slugs, licences, the code file) kaggle checks itself. Credentials are looked up in kaggle's own
+order (`credentials`, also what `src.kernel build` names the ids with), never written. The kaggle package
+authenticates when imported, so this module never imports it: the CLI and the offline check run in
+subprocesses. Timeouts: configs/kernel.yaml `push`.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -33,8 +37,6 @@ log = logging.getLogger(__name__)
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
 PLACEHOLDER_USER = "your-kaggle-username"  # what `src.kernel build` writes when it knows no Kaggle user
-KERNEL_KEYS = ("id", "title", "code_file", "language", "kernel_type", "dataset_sources", "competition_sources")
-DATASET_KEYS = ("id", "title", "licenses")
 # kaggle's CLI prints these and still exits 0, so the output is checked as well as the exit code.
 _CLI_FAILURE = re.compile(r"^(?:Dataset (?:version )?creation error:|Kernel push error:"
                           r"|The following are not valid (?:dataset|competition|kernel) sources).*$", re.MULTILINE)
@@ -44,54 +46,66 @@ class PushError(RuntimeError):
     """Metadata, credentials or a kaggle CLI call that stops the push; the message says what to fix."""
 
 
-def push(kernel_root: str | Path, dry_run: bool = False,
-         message: str = "new weights from src.kernel build") -> list[list[str]]:
+def push(kernel_root: str | Path, dry_run: bool = False, message: str = "new weights from src.kernel build",
+         settings: Mapping | None = None) -> list[list[str]]:
     """Upload `kernel_root/dataset` as a Kaggle dataset, wait until it is ready, then push `kernel_root/kernel`.
 
     Returns the two calls: `kaggle datasets create|version ...` and `kaggle kernels push ...`
     (`message` is the dataset version note). With `dry_run` nothing is sent and no credentials are
     needed: problems are logged as warnings and the calls printed, shell-quoted, one per line, with
     `create` standing for `version` when the dataset already exists. Otherwise raises PushError on bad
-    metadata, missing credentials or the first failing call.
+    metadata, missing credentials or the first failing call. `settings`: the timeouts (configs/kernel.yaml
+    `push`, the default).
     """
+    settings = settings or _settings()
     kernel_root = Path(kernel_root)
     kernel_dir, dataset_dir = kernel_root / "kernel", kernel_root / "dataset"
     dataset_id = _read_json(dataset_dir / DATASET_METADATA).get("id") or "<dataset id>"
     create = ["kaggle", "datasets", "create", "-p", str(dataset_dir), "--dir-mode", "zip"]
     version = ["kaggle", "datasets", "version", "-p", str(dataset_dir), "-m", message, "--dir-mode", "zip"]
     kernel_push = ["kaggle", "kernels", "push", "-p", str(kernel_dir)]
-
     problems = _metadata_problems(kernel_root)
     if dry_run:
-        for problem in problems:
-            log.warning("%s", problem)
-        try:
-            if not problems:
-                validate_with_kaggle_cli(kernel_dir)
-        except PushError as err:
-            log.warning("%s", err)
-        username = None
-        try:
-            username = _credentials()
-        except PushError as err:
-            log.warning("%s (needed for the real push)", err)
-        _owner_check(dataset_dir, kernel_dir, username or os.environ.get("KAGGLE_USERNAME"))
+        _dry_run(kernel_root, problems, settings)
         print(f"# dry run, nothing is sent to Kaggle; `datasets create` becomes "
               f"`{shlex.join(version)}` if {dataset_id} already exists")
         print(shlex.join(create))
         print(shlex.join(kernel_push))
         return [create, kernel_push]
-
     if problems:
         raise PushError("the kernel is not ready to push:\n  " + "\n  ".join(problems))
-    username = _credentials()
-    validate_with_kaggle_cli(kernel_dir)
+    username = credentials()
+    validate_with_kaggle_cli(kernel_dir, settings)
     _owner_check(dataset_dir, kernel_dir, username)
     calls = [version if _dataset_exists(dataset_id) else create, kernel_push]
     _run_checked(calls[0])
-    _wait_until_ready(dataset_id, then=kernel_push)
+    _wait_until_ready(dataset_id, kernel_push, float(settings["ready_timeout_s"]), float(settings["poll_s"]))
     _run_checked(calls[1])
     return calls
+
+
+def _settings() -> Mapping:
+    """configs/kernel.yaml `push` (timeouts)."""
+    from src.config import compose
+
+    return compose("kernel").push
+
+
+def _dry_run(kernel_root: Path, problems: list[str], settings: Mapping) -> None:
+    """Every check of a real push, each failure logged as a warning instead of stopping it."""
+    for problem in problems:
+        log.warning("%s", problem)
+    try:
+        if not problems:
+            validate_with_kaggle_cli(kernel_root / "kernel", settings)
+    except PushError as err:
+        log.warning("%s", err)
+    username = None
+    try:
+        username = credentials()
+    except PushError as err:
+        log.warning("%s (needed for the real push)", err)
+    _owner_check(kernel_root / "dataset", kernel_root / "kernel", username or os.environ.get("KAGGLE_USERNAME"))
 
 
 def _owner_check(dataset_dir: Path, kernel_dir: Path, username: str | None) -> None:
@@ -102,26 +116,28 @@ def _owner_check(dataset_dir: Path, kernel_dir: Path, username: str | None) -> N
     others = sorted({i for i in ids if _is_ref(i) and i.split("/")[0] not in (username, PLACEHOLDER_USER)})
     if username and others:
         log.warning("%s belong(s) to another user than the credentials' %r: the upload fails unless %r may write "
-                    "there; rebuild with `python -m src.kernel build ensemble=<name> user=%s`", ", ".join(others),
+                    "there; rebuild with `python -m src.kernel build name=<ensemble> user=%s`", ", ".join(others),
                     username, username, username)
 
 
-def validate_with_kaggle_cli(kernel_dir: str | Path) -> None:
+def validate_with_kaggle_cli(kernel_dir: str | Path, settings: Mapping | None = None) -> None:
     """Check `kernel_dir/kernel-metadata.json` with kaggle's own `KaggleApi.kernels_push`, offline.
 
     Runs it in a subprocess with dummy credentials, a throwaway HOME/KAGGLE_CONFIG_DIR, sockets disabled
     and `KernelsApiClient.save_kernel` (the request it would send) replaced by a sentinel: reaching
     the sentinel means kaggle parsed and accepted the metadata. Raises PushError with kaggle's message
     otherwise, or if kaggle's parsed request would turn internet or a GPU on. kaggle's warnings (e.g.
-    a title that does not slugify to the id) are logged.
+    a title that does not slugify to the id) are logged. `settings["check_timeout_s"]` bounds the subprocess.
     """
+    settings = settings or _settings()
     kernel_dir = Path(kernel_dir)
     with tempfile.TemporaryDirectory(prefix="kaggle-check-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
         env |= {"HOME": home, "XDG_CONFIG_HOME": home, "KAGGLE_CONFIG_DIR": home,
                 "KAGGLE_USERNAME": "dummy", "KAGGLE_KEY": "0" * 32}
         proc = subprocess.run([sys.executable, "-c", _KAGGLE_CHECK, str(kernel_dir)], env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
+                              capture_output=True, text=True, timeout=float(settings["check_timeout_s"]),
+                              check=False)
     lines = proc.stdout.strip().splitlines()
     try:
         verdict = json.loads(lines[-1])
@@ -193,9 +209,10 @@ def _is_false(value) -> bool:
     return value is False or (isinstance(value, str) and value.lower() == "false")
 
 
-def _load_metadata(path: Path, keys: tuple[str, ...], problems: list[str]) -> dict | None:
+def _load_metadata(path: Path, problems: list[str]) -> dict | None:
+    """The metadata file's JSON object, or None with the reason added to `problems`."""
     if not path.is_file():
-        problems.append(f"{path}: missing; build it with `python -m src.kernel build ensemble=<name>`")
+        problems.append(f"{path}: missing; build it with `python -m src.kernel build name=<ensemble>`")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -205,60 +222,47 @@ def _load_metadata(path: Path, keys: tuple[str, ...], problems: list[str]) -> di
     if not isinstance(data, dict):
         problems.append(f"{path}: must hold a JSON object; rebuild it with `python -m src.kernel build`")
         return None
-    missing = [k for k in keys if k not in data]
-    if missing:
-        problems.append(f"{path}: missing key(s) {', '.join(missing)}; add them or rebuild with "
-                        f"`python -m src.kernel build`")
     return data
 
 
 def _metadata_problems(kernel_root: Path) -> list[str]:
-    """Every problem in the two metadata files, each naming the file and the fix; [] when ready to push."""
+    """What breaks the BirdCLEF rules or the kernel's link to its weights in the two metadata files, each naming
+    the file and the fix; [] when ready to push. (Ids, titles, licences and the code file kaggle checks itself.)"""
     kernel_file = kernel_root / "kernel" / KERNEL_METADATA
     dataset_file = kernel_root / "dataset" / DATASET_METADATA
     problems: list[str] = []
-    kernel = _load_metadata(kernel_file, KERNEL_KEYS, problems)
-    dataset = _load_metadata(dataset_file, DATASET_KEYS, problems)
+    kernel = _load_metadata(kernel_file, problems)
+    dataset = _load_metadata(dataset_file, problems)
     if kernel is not None:
-        if "id" in kernel and not _is_ref(kernel["id"]):
-            problems.append(f'{kernel_file}: "id" must be "<username>/<kernel-slug>", got {kernel["id"]!r}')
-        code_file = kernel.get("code_file")
-        if code_file and not (kernel_file.parent / code_file).is_file():
-            problems.append(f'{kernel_file}: "code_file" {code_file!r} is not in {kernel_file.parent}; '
-                            f"rebuild the kernel or point code_file at its script")
-        internet = "BirdCLEF kernels run with internet off (kaggle turns it on when the key is missing)"
-        for key, why in (("enable_internet", internet), ("enable_gpu", "BirdCLEF scoring is CPU-only")):
-            if not _is_false(kernel.get(key)):
-                shown = json.dumps(kernel[key]) if key in kernel else "missing"
-                problems.append(f'{kernel_file}: "{key}" is {shown}; {why}: set "{key}": false')
-        if not _is_false(kernel.get("enable_tpu", False)):
-            problems.append(f'{kernel_file}: "enable_tpu" is {json.dumps(kernel["enable_tpu"])}; BirdCLEF '
-                            f'scoring is CPU-only: set "enable_tpu": false')
-        if "competition_sources" in kernel and not kernel["competition_sources"]:
-            problems.append(f'{kernel_file}: "competition_sources" is empty; add the competition '
-                            f'(e.g. "birdclef-2025") so the kernel sees the test soundscapes')
-    if dataset is not None:
-        dataset_id, title, licenses = dataset.get("id"), dataset.get("title"), dataset.get("licenses")
-        if "id" in dataset and not _is_ref(dataset_id):
-            problems.append(f'{dataset_file}: "id" must be "<username>/<dataset-slug>", got {dataset_id!r}')
-        elif dataset_id and not 6 <= len(dataset_id.split("/")[1]) <= 50:
-            problems.append(f'{dataset_file}: the slug in "id" {dataset_id!r} must be 6 to 50 characters')
-        if "title" in dataset and not (isinstance(title, str) and 6 <= len(title) <= 50):
-            problems.append(f'{dataset_file}: "title" {title!r} must be 6 to 50 characters')
-        if "licenses" in dataset and not (isinstance(licenses, list) and len(licenses) == 1
-                                          and isinstance(licenses[0], dict) and licenses[0].get("name")):
-            problems.append(f'{dataset_file}: "licenses" must be exactly one {{"name": ...}}, '
-                            f'e.g. [{{"name": "CC0-1.0"}}]')
+        problems += _rule_problems(kernel, kernel_file)
     for path, data in ((kernel_file, kernel), (dataset_file, dataset)):
         if data is not None and _is_ref(data.get("id")) and data["id"].split("/")[0] == PLACEHOLDER_USER:
             problems.append(f'{path}: "id" {data["id"]!r} carries the placeholder user {PLACEHOLDER_USER!r}: '
-                            "rebuild with `python -m src.kernel build ensemble=<name> user=<your Kaggle username>` "
+                            "rebuild with `python -m src.kernel build name=<ensemble> user=<your Kaggle username>` "
                             "(or set KAGGLE_USERNAME before building)")
     if kernel is not None and dataset is not None and _is_ref(dataset.get("id")):
         sources = kernel.get("dataset_sources") or []
         if dataset["id"] not in sources:
             problems.append(f'{kernel_file}: "dataset_sources" {sources} lacks the weights dataset '
                             f'"{dataset["id"]}" of {dataset_file}; add it so the kernel can read the weights')
+    return problems
+
+
+def _rule_problems(kernel: dict, kernel_file: Path) -> list[str]:
+    """BirdCLEF's rules for the kernel: CPU only, internet off (kaggle turns it on when the key is missing), the
+    competition mounted."""
+    problems = []
+    internet = "BirdCLEF kernels run with internet off (kaggle turns it on when the key is missing)"
+    for key, why in (("enable_internet", internet), ("enable_gpu", "BirdCLEF scoring is CPU-only")):
+        if not _is_false(kernel.get(key)):
+            shown = json.dumps(kernel[key]) if key in kernel else "missing"
+            problems.append(f'{kernel_file}: "{key}" is {shown}; {why}: set "{key}": false')
+    if not _is_false(kernel.get("enable_tpu", False)):
+        problems.append(f'{kernel_file}: "enable_tpu" is {json.dumps(kernel["enable_tpu"])}; BirdCLEF '
+                        f'scoring is CPU-only: set "enable_tpu": false')
+    if not kernel.get("competition_sources"):
+        problems.append(f'{kernel_file}: "competition_sources" is empty; add the competition '
+                        f'(e.g. "birdclef-2025") so the kernel sees the test soundscapes')
     return problems
 
 
@@ -272,7 +276,16 @@ def _config_dir() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
 
 
-def _credentials() -> str | None:
+def kaggle_username() -> str | None:
+    """The Kaggle user of the credentials kaggle would use (`credentials`), else KAGGLE_USERNAME; None if neither
+    (`src.kernel build` then writes PLACEHOLDER_USER into the ids)."""
+    try:
+        return credentials() or os.environ.get("KAGGLE_USERNAME") or None
+    except PushError:
+        return os.environ.get("KAGGLE_USERNAME") or None
+
+
+def credentials() -> str | None:
     """Check that kaggle 2.2.4 will find credentials, in its order; returns the username when known.
 
     Access token (KAGGLE_API_TOKEN, its value or a file it names; ~/.kaggle/access_token), then
@@ -371,7 +384,7 @@ def _dataset_exists(dataset_id: str) -> bool:
                     "dataset exists is unknown: nothing was uploaded; check the network and push again")
 
 
-def _wait_until_ready(dataset_id: str, then: list[str], timeout_s: float = 1800, poll_s: float = 15) -> None:
+def _wait_until_ready(dataset_id: str, then: list[str], timeout_s: float, poll_s: float) -> None:
     """Poll `kaggle datasets status` until the upload is processed, so the kernel mounts the new weights.
 
     `then` is the call that waits on it, named in the error if the dataset fails or takes too long.

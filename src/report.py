@@ -1,4 +1,5 @@
-"""`python -m src.report run=runs/<exp>/fold<k> [worst_k=6]`: plots and a listening list for one run.
+"""`python -m src.report [plots] run=runs/<exp>/fold<k> [worst_k=6]`: plots and a listening list for one run;
+`python -m src.report compare a=<exp A> b=<exp B>`: per-species ROC-AUC of run B against run A.
 
 Reads the run's `oof.parquet` (validation predictions) and `config.yaml` (the class order); truth is
 the one-hot of `primary_label`, as in the run's metrics. Writes into `<run>/report/`:
@@ -8,7 +9,8 @@ the one-hot of `primary_label`, as in the run's metrics. Writes into `<run>/repo
     score_hist.png       predicted scores of positives vs negatives, pooled and per worst species
     listen.csv           the chunks to listen to: highest-scoring negatives ('false positive') and
                          lowest-scoring positives ('missed positive')
-Training calls `write_report` at the end of a run (train.report=true).
+Training calls `write_report` at the end of a run (train.report=true). `compare` reads the two runs'
+metrics.json (`per_class_auc`, averaged over the folds both have). Options: configs/report.yaml.
 """
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
-from omegaconf import OmegaConf
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
+from src import config as cfglib
+from src.config import load_run_config
 from src.io import atomic_write
+from src.leaderboard import LeaderboardError, read_run
 from src.metrics import per_class_auc, primary_one_hot
 
 DPI = 110
@@ -38,7 +42,7 @@ def load_predictions(run_dir: Path) -> tuple[pl.DataFrame, list[str], np.ndarray
     for path in (config_path, oof_path):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run of python -m src.train?")
-    classes = [str(c) for c in OmegaConf.load(config_path).get("classes") or []]
+    classes = [str(c) for c in load_run_config(run_dir).get("classes") or []]
     if not classes:
         raise ValueError(f"{config_path} has no `classes` list: re-run training to save the full config")
     oof = pl.read_parquet(oof_path)
@@ -240,17 +244,90 @@ def write_report(run_dir: Path, worst_k: int = 6, listen_n: int = 50) -> Path:
     return out
 
 
+# ---------------------------------------------------------------- compare two runs
+
+def compare_runs(runs_dir: Path, a: str, b: str) -> dict:
+    """Per-species ROC-AUC of run `b` minus run `a`, each the mean of `per_class_auc` over the folds both have.
+
+    Returns {'folds', 'cv_a', 'cv_b', 'metric', 'species': [(name, auc_a, auc_b, diff), ...] worst first}.
+    """
+    runs = {}
+    for name in (a, b):
+        run = read_run(runs_dir / name) if (runs_dir / name).is_dir() else None
+        if run is None:
+            raise FileNotFoundError(f"{runs_dir / name}/ has no finished fold (metrics.json): check the name "
+                                   f"(python -m src.leaderboard lists them) or train it with "
+                                   f"python -m src.train exp={name} fold=0")
+        runs[name] = run
+    folds = sorted(set(runs[a]["metrics"]) & set(runs[b]["metrics"]))
+    if not folds:
+        raise ValueError(f"{a} has folds {sorted(runs[a]['metrics'])} and {b} has folds "
+                               f"{sorted(runs[b]['metrics'])}: no fold in common; train the missing fold")
+
+    def mean_per_class(name: str) -> dict[str, float]:
+        per_fold = [runs[name]["metrics"][k].get("per_class_auc") or {} for k in folds]
+        species = {s for d in per_fold for s in d}
+        means = {s: [v for v in (d.get(s) for d in per_fold) if v is not None and not math.isnan(v)]
+                 for s in species}
+        return {s: float(np.mean(v)) for s, v in means.items() if v}
+
+    auc_a, auc_b = mean_per_class(a), mean_per_class(b)
+    species = [(s, auc_a[s], auc_b[s], auc_b[s] - auc_a[s]) for s in sorted(set(auc_a) & set(auc_b))]
+    species.sort(key=lambda t: (t[3], t[0]))
+    cv = {n: float(np.mean([runs[n]["metrics"][k]["score"] for k in folds])) for n in (a, b)}
+    return {"folds": folds, "cv_a": cv[a], "cv_b": cv[b], "metric": runs[a]["metrics"][folds[0]]["metric"],
+            "species": species}
+
+
+def print_comparison(result: dict, a: str, b: str, top: int = 15) -> None:
+    species = result["species"]
+    diffs = np.array([t[3] for t in species])
+    print(f"{b} vs {a} over folds {result['folds']}: CV ({result['metric']}) "
+          f"{result['cv_a']:.4f} -> {result['cv_b']:.4f} ({result['cv_b'] - result['cv_a']:+.4f})")
+    if not species:
+        print("no species with a per-class AUC in both runs")
+        return
+    print(f"per-species AUC ({len(species)} species): mean diff {diffs.mean():+.4f}, "
+          f"better {int((diffs > 0).sum())}, worse {int((diffs < 0).sum())}, same {int((diffs == 0).sum())}")
+    width = max(len("species"), *(len(t[0]) for t in species))
+
+    def block(title: str, items: list[tuple]) -> None:
+        print(f"\n{title}")
+        print(f"  {'species'.ljust(width)}  {a[:10]:>10}  {b[:10]:>10}  {'diff':>8}")
+        for name, va, vb, d in items:
+            print(f"  {name.ljust(width)}  {va:10.4f}  {vb:10.4f}  {d:+8.4f}")
+
+    if len(species) <= 2 * top:
+        block("all species, worst first (B - A):", species)
+    else:
+        block(f"worst {top} species (B - A):", species[:top])
+        block(f"best {top} species (B - A):", species[::-1][:top])
+
+
+# ---------------------------------------------------------------- command line
+
 def main(argv: list[str] | None = None) -> int:
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
-    unknown = sorted(set(args) - {"run", "worst_k", "listen_n"})
-    if "run" not in args or unknown:
-        print("usage: python -m src.report run=runs/<exp>/fold<k> [worst_k=6] [listen_n=50]", file=sys.stderr)
-        return 1
+    """`python -m src.report [plots] run=runs/<exp>/fold<k>` / `python -m src.report compare a=<exp> b=<exp>`."""
     try:
-        out = write_report(Path(args["run"]), int(args.get("worst_k", 6)), int(args.get("listen_n", 50)))
-    except (FileNotFoundError, ValueError) as err:
+        action, cfg = cfglib.command_config("report", ("plots", "compare"), argv, default="plots")
+        if action == "compare":
+            if not cfg.a or not cfg.b:
+                raise ValueError("usage: python -m src.report compare a=<exp A> b=<exp B> [runs_dir=runs]")
+            print_comparison(compare_runs(Path(cfg.runs_dir), str(cfg.a), str(cfg.b)), str(cfg.a), str(cfg.b),
+                             int(cfg.top))
+            return 0
+        if not cfg.run:
+            raise ValueError("usage: python -m src.report run=runs/<exp>/fold<k> [worst_k=6] [listen_n=50]")
+        out = write_report(Path(cfg.run), int(cfg.worst_k), int(cfg.listen_n))
+    except (FileNotFoundError, ValueError, LeaderboardError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    print_listening_list(out)
+    return 0
+
+
+def print_listening_list(out: Path) -> None:
+    """The top 10 of each kind of `out/listen.csv`, and what the report folder holds."""
     listen = pl.read_csv(out / "listen.csv")
     with pl.Config(tbl_rows=10, tbl_cols=-1, fmt_str_lengths=40, tbl_hide_dataframe_shape=True):
         for kind in ("false positive", "missed positive"):
@@ -258,7 +335,6 @@ def main(argv: list[str] | None = None) -> int:
             top = listen.filter(pl.col("kind") == kind).head(10).drop("kind")
             print(top if kind == "false positive" else top.drop("primary_label"))
     print(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
-    return 0
 
 
 if __name__ == "__main__":

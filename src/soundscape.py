@@ -1,6 +1,7 @@
-"""Soundscape inference: 5 s windows, batching across files, test-time shifts, post-processing.
+"""Soundscape inference: the test files, 5 s windows, batching across files, test-time shifts, several models
+decoded once.
 
-Kernel-safe: numpy + the other kernel-safe modules (`src.audio`, `src.runtimes`); `src.kernel`
+Kernel-safe: numpy + the other kernel-safe modules (`src.audio`, `src.submission`); `src.kernel`
 inlines this file into the Kaggle script, stripping the `from src.` imports.
 """
 from __future__ import annotations
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.audio import AudioError, load_audio
-from src.blend import blend
+from src.audio import AUDIO_SUFFIXES, AudioError, list_audio, load_audio
+from src.submission import row_ids, row_stem
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,13 @@ def n_windows(n_samples: int, window: int) -> int:
     return max(1, -(-n_samples // window))
 
 
-def row_ids(stem: str, count: int, window_s: float) -> list[str]:
-    """`<stem>_<end second>` for consecutive windows (`soundscape_1_5`, `soundscape_1_10`, ...)."""
-    return [f"{stem}_{round((i + 1) * window_s)}" for i in range(count)]
+def list_soundscapes(folder: str | Path | None) -> tuple[list[Path], list[str]]:
+    """The audio files of `folder` (e.g. `test_soundscapes/`), one per stem, sorted, and a message per file
+    left out (`one_file_per_stem`); ([], []) when the folder is missing."""
+    return one_file_per_stem(list_audio(folder))
 
 
-def one_file_per_stem(files: list[Path], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+def one_file_per_stem(files: list[Path], suffixes: tuple[str, ...] = AUDIO_SUFFIXES) -> tuple[list[Path], list[str]]:
     """(files with one per stem, sorted; a message per file left out). Row ids name the stem, so x.ogg and
     x.flac would give the same rows twice: the first suffix in `suffixes` order is kept."""
     rank = {s: i for i, s in enumerate(suffixes)}
@@ -51,43 +53,6 @@ def cut_windows(y: np.ndarray, window: int, context: int = 0, shift: int = 0, co
     starts = offset + np.arange(count) * window
     idx = starts[:, None] + np.arange(length)[None, :]
     return padded[idx]
-
-
-def smooth(probs: np.ndarray, kernel: list[float] | None) -> np.ndarray:
-    """Weighted average over neighbouring windows of one file (kernel centred, edges renormalised)."""
-    if not kernel or len(kernel) == 1:
-        return probs
-    k = np.asarray(kernel, np.float64)
-    half = len(k) // 2
-    n = len(probs)
-    out = np.zeros_like(probs, dtype=np.float64)
-    norm = np.zeros((n, 1))
-    for j, w in enumerate(k):
-        off = j - half
-        lo, hi = max(0, -off), min(n, n - off)
-        if lo < hi:
-            out[lo:hi] += w * probs[lo + off:hi + off]
-            norm[lo:hi] += w
-    return (out / norm).astype(probs.dtype)
-
-
-def file_prior(probs: np.ndarray, mode: str | None, power: float, weight: float = 1.0) -> np.ndarray:
-    """Rescale each window by the file-level evidence of each class: p * agg(p over file)^power.
-
-    A species heard clearly somewhere in the soundscape is more likely in its faint windows too.
-    `weight` blends the rescaled and raw probabilities.
-    """
-    if not mode:
-        return probs
-    agg = probs.max(axis=0, keepdims=True) if mode == "max" else probs.mean(axis=0, keepdims=True)
-    return (1 - weight) * probs + weight * probs * agg ** power
-
-
-def postprocess(probs: np.ndarray, cfg: dict) -> np.ndarray:
-    """Apply the post-processing config (`smoothing`, `file_prior`) to one file's window probabilities."""
-    out = smooth(probs, cfg.get("smoothing"))
-    prior = cfg.get("file_prior") or {}
-    return file_prior(out, prior.get("mode"), float(prior.get("power", 1.0)), float(prior.get("weight", 1.0)))
 
 
 def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np.ndarray], n_classes: int,
@@ -160,8 +125,8 @@ def align_rows(ref_ids: list[str], ids: list[str], probs: np.ndarray) -> np.ndar
     index = {r: i for i, r in enumerate(ids)}
     last: dict[str, int] = {}
     for i, r in enumerate(ids):
-        last[r.rsplit("_", 1)[0]] = i
-    pick = [index.get(r, last.get(r.rsplit("_", 1)[0], -1)) for r in ref_ids]
+        last[row_stem(r)] = i
+    pick = [index.get(r, last.get(row_stem(r), -1)) for r in ref_ids]
     out = probs[np.maximum(pick, 0)].copy()
     out[np.asarray(pick) < 0] = np.nan  # no row of that file at all: treated as undecodable
     return out
@@ -199,35 +164,3 @@ def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
         for j, i in enumerate(indices):
             out[i] = probs[:, j * n_classes:(j + 1) * n_classes]
     return ref_ids or [], [out[i] for i in range(len(audio_keys))], problems
-
-
-def mean_by_owner(preds: list[np.ndarray], owners: list[int], n_owners: int) -> list[np.ndarray]:
-    """Average the models of each owner (an ensemble member's folds): owner o gets the mean of the
-    `preds[k]` with `owners[k] == o`."""
-    return [np.mean([p for p, o in zip(preds, owners, strict=True) if o == owner], axis=0) for owner in range(n_owners)]
-
-
-def postprocess_rows(row_ids: list[str], probs: np.ndarray, post: dict) -> np.ndarray:
-    """Apply `postprocess` to each soundscape's consecutive rows (row_id `<stem>_<end second>`)."""
-    out = probs.copy()
-    stems = [r.rsplit("_", 1)[0] for r in row_ids]
-    start = 0
-    for i in range(1, len(stems) + 1):
-        if i == len(stems) or stems[i] != stems[start]:
-            out[start:i] = postprocess(probs[start:i], post)
-            start = i
-    return out
-
-
-def combine_members(preds: list[np.ndarray], weights: list[float], method: str, power: float, row_ids: list[str],
-                    post: dict, fallback: np.ndarray) -> np.ndarray:
-    """Blend member predictions, post-process each file, and give undecodable files' rows the fallback.
-
-    Members mark undecodable files with NaN rows (`predict_soundscapes(..., fallback=NaN)`), so the
-    fallback reaches the submission as it is instead of being blended and smoothed.
-    """
-    bad = np.isnan(preds[0]).any(axis=1)
-    clean = [np.nan_to_num(p, nan=0.0) for p in preds]
-    out = postprocess_rows(row_ids, blend(clean, weights, method, power), post)
-    out[bad] = fallback
-    return np.clip(out, 0.0, 1.0)

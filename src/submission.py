@@ -1,19 +1,30 @@
-"""Writing and validating `submission.csv` (row_id + one column per class, values in [0, 1]).
+"""Row ids, and writing and validating `submission.csv` (row_id + one column per class, values in [0, 1]).
 
-Kernel-safe (csv + numpy only): `src.kernel` inlines this file.
+Kernel-safe (csv + numpy + `src.io`): `src.kernel` inlines this file.
 """
 from __future__ import annotations
 
 import csv
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from src.io import atomic_write
+
 
 class SubmissionError(ValueError):
     """A submission that Kaggle would reject; the message says what is wrong."""
+
+
+def row_ids(stem: str, count: int, window_s: float) -> list[str]:
+    """`<stem>_<end second>` for consecutive windows (`soundscape_1_5`, `soundscape_1_10`, ...)."""
+    return [f"{stem}_{round((i + 1) * window_s)}" for i in range(count)]
+
+
+def row_stem(row_id: str) -> str:
+    """The soundscape a row id names (its file stem): `soundscape_1_10` -> `soundscape_1`."""
+    return row_id.rsplit("_", 1)[0]
 
 
 def read_sample_submission(path: str | Path) -> tuple[list[str], list[str]]:
@@ -34,8 +45,8 @@ def expected_rows(predicted_ids: list[str], sample_rows: list[str]) -> list[str]
     window at all, the sample's rows."""
     if not predicted_ids:  # no test file at all (a Kaggle notebook when it is saved): the sample's rows
         return sample_rows
-    stems = {r.rsplit("_", 1)[0] for r in sample_rows}
-    predicted_stems = {r.rsplit("_", 1)[0] for r in predicted_ids}
+    stems = {row_stem(r) for r in sample_rows}
+    predicted_stems = {row_stem(r) for r in predicted_ids}
     return sample_rows if sample_rows and stems <= predicted_stems else predicted_ids
 
 
@@ -60,15 +71,11 @@ def write_submission(path: str | Path, row_ids: list[str], classes: list[str], p
     """Write the CSV atomically (temporary name, then rename) after validating it."""
     probs = np.asarray(probs, np.float32)
     check(row_ids, classes, probs, row_ids, classes)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["row_id", *classes])
         for rid, row in zip(row_ids, probs):
             writer.writerow([rid, *(f"{v:.6g}" for v in row)])
-    os.replace(tmp, path)
 
 
 def check(row_ids: list[str], classes: list[str], probs: np.ndarray, want_rows: list[str], want_classes: list[str]) -> None:

@@ -38,6 +38,8 @@ import soundfile as sf
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from src.submission import row_ids
+
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = (
@@ -68,24 +70,17 @@ class Species:
     pulse_s: float = 0.0         # chirp_train: length of one chirp
 
 
-# The call-shape table. Bands are staggered so that the species differ in pitch as well as in shape.
+# The call-shape table, one species a line. Bands are staggered so that the species differ in pitch as well as
+# in shape.
 CALL_SHAPES: tuple[Species, ...] = (
-    Species("rising_whistler", "Rising Whistler", "Synthavis ascendens", "call", "upsweep",
-            2000, 3400, (0.25, 0.45), harmonics=2),
-    Species("falling_seedeater", "Falling Seedeater", "Synthavis descendens", "call", "downsweep",
-            6800, 8800, (0.3, 0.5), harmonics=2),
-    Species("reeling_trillbird", "Reeling Trillbird", "Synthavis tremulus", "song", "trill",
-            6000, 6400, (0.8, 1.6), rate=28),
-    Species("harmonic_crowlet", "Harmonic Crowlet", "Synthavis harmonicus", "call", "stack",
-            520, 600, (0.3, 0.6), harmonics=6),
-    Species("ticking_chirper", "Ticking Chirper", "Synthavis tictac", "call", "chirp_train",
-            8500, 10500, (0.5, 0.9), rate=11, pulse_s=0.035),
-    Species("buzzy_bunting", "Buzzy Bunting", "Synthavis bombus", "song", "buzz",
-            4600, 5600, (0.4, 0.8), rate=85),
-    Species("feebee_tit", "Fee-bee Tit", "Synthavis duplex", "song", "two_note",
-            3700, 4300, (0.5, 0.75), harmonics=2),
-    Species("wobbling_warbler", "Wobbling Warbler", "Synthavis vibrans", "song", "warble",
-            1100, 1700, (0.6, 1.0), rate=9),
+    Species("rising_whistler", "Rising Whistler", "Synthavis ascendens", "call", "upsweep", 2000, 3400, (0.25, 0.45), harmonics=2),
+    Species("falling_seedeater", "Falling Seedeater", "Synthavis descendens", "call", "downsweep", 6800, 8800, (0.3, 0.5), harmonics=2),
+    Species("reeling_trillbird", "Reeling Trillbird", "Synthavis tremulus", "song", "trill", 6000, 6400, (0.8, 1.6), rate=28),
+    Species("harmonic_crowlet", "Harmonic Crowlet", "Synthavis harmonicus", "call", "stack", 520, 600, (0.3, 0.6), harmonics=6),
+    Species("ticking_chirper", "Ticking Chirper", "Synthavis tictac", "call", "chirp_train", 8500, 10500, (0.5, 0.9), rate=11, pulse_s=0.035),
+    Species("buzzy_bunting", "Buzzy Bunting", "Synthavis bombus", "song", "buzz", 4600, 5600, (0.4, 0.8), rate=85),
+    Species("feebee_tit", "Fee-bee Tit", "Synthavis duplex", "song", "two_note", 3700, 4300, (0.5, 0.75), harmonics=2),
+    Species("wobbling_warbler", "Wobbling Warbler", "Synthavis vibrans", "song", "warble", 1100, 1700, (0.6, 1.0), rate=9),
 )
 _MAX_F = 0.45        # highest synthesised frequency, fraction of the sample rate (no aliasing)
 _TWO_NOTE = (0.4, 0.55)  # two_note: first note ends, second note starts (fractions of the call)
@@ -412,22 +407,8 @@ def _plan_recordings(rng: np.random.Generator, species: list[Species], cfg: Any)
         rid = int(m[f"{'inat' if is_inat[i] else 'xc'}_id_start"]) + int(ids[coll][i])
         stem = f"{coll}{rid}"
         snr = rng.uniform(*cfg["snr_db"])
-        tracks = [{"species": s, "mode": "fill", "t0": rng.uniform(*cfg["calls"]["first_call_s"]),
-                   "gap_scale": 1.0, "snr_db": snr}]
-        secondary: list[str] = []
-        if n_sp > 1 and rng.random() < float(cfg["secondary_prob"]):
-            s2 = int((s + rng.integers(1, n_sp)) % n_sp)
-            gap = float(cfg["secondary_gap_scale"])
-            tracks.append({"species": s2, "mode": "fill", "gap_scale": gap,
-                           "t0": rng.uniform(0, cfg["calls"]["bout_gap_s"][1] * gap),
-                           "snr_db": snr + rng.uniform(*cfg["secondary_rel_db"])})
-            secondary = [species[s2].label]
-        # better SNR reads as a better recording; iNat recordings carry no rating, as on Kaggle
-        lo, hi = cfg["snr_db"]
-        rating = 1 + 4 * (snr - lo) / max(hi - lo, 1e-9) + float(m["rating_noise"]) * rng.standard_normal()
-        rating = float(np.clip(np.round(rating * 2) / 2, 1.0, 5.0))
-        if is_inat[i] or rng.random() < float(m["unrated_prob"]):
-            rating = 0.0
+        tracks, secondary = _recording_tracks(rng, s, snr, species, cfg)
+        rating = _rating(rng, snr, bool(is_inat[i]), cfg)
         lat, lon = centres[s] + float(m["geo_jitter_deg"]) * rng.standard_normal(2)
         path = f"train_audio/{sp.label}/{stem}.ogg"
         rows.append({
@@ -452,6 +433,33 @@ def _plan_recordings(rng: np.random.Generator, species: list[Species], cfg: Any)
     return rows, jobs
 
 
+def _recording_tracks(rng: np.random.Generator, s: int, snr: float, species: list[Species], cfg: Any
+                      ) -> tuple[list[dict], list[str]]:
+    """A recording's render tracks (its species `s` calling throughout, sometimes a second species fainter)
+    and its secondary labels."""
+    n_sp = len(species)
+    tracks = [{"species": s, "mode": "fill", "t0": rng.uniform(*cfg["calls"]["first_call_s"]),
+               "gap_scale": 1.0, "snr_db": snr}]
+    if n_sp > 1 and rng.random() < float(cfg["secondary_prob"]):
+        s2 = int((s + rng.integers(1, n_sp)) % n_sp)
+        gap = float(cfg["secondary_gap_scale"])
+        tracks.append({"species": s2, "mode": "fill", "gap_scale": gap,
+                       "t0": rng.uniform(0, cfg["calls"]["bout_gap_s"][1] * gap),
+                       "snr_db": snr + rng.uniform(*cfg["secondary_rel_db"])})
+        return tracks, [species[s2].label]
+    return tracks, []
+
+
+def _rating(rng: np.random.Generator, snr: float, inat: bool, cfg: Any) -> float:
+    """1-5 stars in halves: better SNR reads as a better recording; 0 (unrated) for iNat recordings, as on
+    Kaggle, and for a share of the others."""
+    m = cfg["meta"]
+    lo, hi = cfg["snr_db"]
+    rating = 1 + 4 * (snr - lo) / max(hi - lo, 1e-9) + float(m["rating_noise"]) * rng.standard_normal()
+    rating = float(np.clip(np.round(rating * 2) / 2, 1.0, 5.0))
+    return 0.0 if inat or rng.random() < float(m["unrated_prob"]) else rating
+
+
 def _deal(rng: np.random.Generator, pool: list[int], k: int, n_species: int) -> list[int]:
     """k different species dealt from reshuffled decks (`pool`), so every species comes up in turn."""
     chosen: list[int] = []
@@ -470,7 +478,6 @@ def _plan_train_soundscapes(n_species: int, cfg: Any) -> list[dict]:
     Planned from their own random stream, so their number never reshuffles the rest of the competition.
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), _PLAN, _AMBIENT]))
-    n = round(float(cfg["soundscape_s"]) * int(cfg["sample_rate"]))
     n_amb = int(cfg["n_train_soundscapes"])
     pool: list[int] = []
     jobs = []
@@ -478,29 +485,34 @@ def _plan_train_soundscapes(n_species: int, cfg: Any) -> list[dict]:
         chosen = []
         if rng.random() < float(cfg["train_soundscape_call_prob"]):
             chosen = _deal(rng, pool, _irange(rng, cfg["train_soundscape_species"]), n_species)
-        tracks = [{"species": s, "mode": "bouts", "n_bouts": _irange(rng, cfg["train_soundscape_bouts"]),
-                   "snr_db": rng.uniform(*cfg["train_soundscape_snr_db"])} for s in chosen]
-        jobs.append({"path": f"train_soundscapes/train_soundscape_{i:0{_width(n_amb)}d}.ogg", "n": n,
-                     "seed": [int(cfg["seed"]), _AMBIENT, i], "peak_dbfs": rng.uniform(*cfg["peak_dbfs"]),
-                     "tracks": tracks})
+        jobs.append(_soundscape_job(rng, cfg, f"train_soundscapes/train_soundscape_{i:0{_width(n_amb)}d}.ogg",
+                                    [int(cfg["seed"]), _AMBIENT, i], chosen, cfg["train_soundscape_bouts"],
+                                    cfg["train_soundscape_snr_db"]))
     return jobs
 
 
 def _plan_test_soundscapes(rng: np.random.Generator, n_species: int, cfg: Any) -> list[dict]:
     """Render jobs for the test soundscapes (1-3 species each; truth in solution.csv)."""
-    n = round(float(cfg["soundscape_s"]) * int(cfg["sample_rate"]))
-    test = []
     n_test = int(cfg["n_test_soundscapes"])
     pool: list[int] = []
+    test = []
     for i in range(n_test):
         # species are dealt from reshuffled decks, so as many species as possible get test positives
         chosen = _deal(rng, pool, _irange(rng, cfg["test_species"]), n_species)
-        tracks = [{"species": s, "mode": "bouts", "n_bouts": _irange(rng, cfg["test_bouts_per_species"]),
-                   "snr_db": rng.uniform(*cfg["test_snr_db"])} for s in chosen]
-        test.append({"path": f"test_soundscapes/soundscape_{i:0{_width(n_test)}d}.ogg", "n": n,
-                     "seed": [int(cfg["seed"]), _TEST, i], "peak_dbfs": rng.uniform(*cfg["peak_dbfs"]),
-                     "tracks": tracks})
+        test.append(_soundscape_job(rng, cfg, f"test_soundscapes/soundscape_{i:0{_width(n_test)}d}.ogg",
+                                    [int(cfg["seed"]), _TEST, i], chosen, cfg["test_bouts_per_species"],
+                                    cfg["test_snr_db"]))
     return test
+
+
+def _soundscape_job(rng: np.random.Generator, cfg: Any, path: str, seed: list[int], species: list[int],
+                    bouts: list[int], snr_db: list[float]) -> dict:
+    """Render job of one soundscape: each of `species` calls in a number of bouts drawn from `bouts`, at an SNR
+    drawn from `snr_db` (dB); then its peak level."""
+    tracks = [{"species": s, "mode": "bouts", "n_bouts": _irange(rng, bouts), "snr_db": rng.uniform(*snr_db)}
+              for s in species]
+    return {"path": path, "n": round(float(cfg["soundscape_s"]) * int(cfg["sample_rate"])), "seed": seed,
+            "peak_dbfs": rng.uniform(*cfg["peak_dbfs"]), "tracks": tracks}
 
 
 def _width(n: int) -> int:
@@ -529,17 +541,16 @@ def _solution(test_jobs: list[dict], results: dict[int, dict], species: list[Spe
     if abs(n_win * win - total) > 1e-9:
         raise ValueError(f"soundscape_s={total} is not a multiple of window_s={win}")
     starts = np.arange(n_win) * win
-    row_ids, blocks = [], []
+    ids, blocks = [], []
     for job in test_jobs:
-        stem = Path(job["path"]).stem
-        row_ids += [f"{stem}_{round(float(s + win))}" for s in starts]
+        ids += row_ids(Path(job["path"]).stem, n_win, win)
         y = np.zeros((n_win, len(species)), dtype=np.int64)
         for s, a, b in results[job["id"]]["events"]:
             overlap = np.clip(np.minimum(b, starts + win) - np.maximum(a, starts), 0.0, None)
             need = min(float(cfg["solution_min_overlap_s"]), float(cfg["solution_min_overlap_frac"]) * (b - a))
             y[overlap >= need - 1e-9, s] = 1
         blocks.append(y)
-    return row_ids, (np.concatenate(blocks) if blocks else np.zeros((0, len(species)), dtype=np.int64))
+    return ids, (np.concatenate(blocks) if blocks else np.zeros((0, len(species)), dtype=np.int64))
 
 
 def _write_all(root: Path, cfg: DictConfig) -> str:
@@ -556,6 +567,41 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
     for i, job in enumerate(jobs):
         job["id"] = i
 
+    results = _render_all(jobs, root, species, plain, cfg)
+    labels = [sp.label for sp in species]
+    cols = sorted(labels)
+    col_idx = [labels.index(c) for c in cols]
+    rows.sort(key=lambda r: (r["primary_label"], r["filename"]))
+    pl.DataFrame(rows, schema={c: (pl.Float64 if c in ("latitude", "longitude", "rating") else pl.Utf8)
+                               for c in TRAIN_COLUMNS}).write_csv(root / "train.csv")
+    tax = sorted(species, key=lambda sp: sp.label)
+    pl.DataFrame({
+        "primary_label": [sp.label for sp in tax],
+        "inat_taxon_id": [int(cfg.meta.inat_taxon_start) + labels.index(sp.label) for sp in tax],
+        "scientific_name": [sp.scientific_name for sp in tax],
+        "common_name": [sp.common_name for sp in tax],
+        "class_name": ["Aves"] * len(tax),
+    }).write_csv(root / "taxonomy.csv")
+    test_ids, sol = _solution(test_jobs, results, species, cfg)
+    pl.DataFrame({"row_id": test_ids, **{c: sol[:, j] for c, j in zip(cols, col_idx)}}).write_csv(
+        root / "solution.csv")
+    # the unlabelled soundscapes' truth, for measuring pseudo-labels only: no stage trains on it
+    amb_ids, amb_sol = _solution(amb_jobs, results, species, cfg)
+    pl.DataFrame({"row_id": amb_ids, **{c: amb_sol[:, j] for c, j in zip(cols, col_idx)}},
+                 schema={"row_id": pl.Utf8, **{c: pl.Int64 for c in cols}}).write_csv(root / TRUTH_CSV)
+    pl.DataFrame({"row_id": test_ids, **{c: np.full(len(test_ids), 1.0 / len(cols)) for c in cols}}).write_csv(
+        root / "sample_submission.csv")
+
+    sr = int(cfg.sample_rate)
+    secs = [sum(j["n"] for j in js) / sr for js in (rec_jobs, amb_jobs, test_jobs)]
+    return (f"{len(species)} species, {len(rec_jobs)} train recordings ({secs[0]:.0f} s), "
+            f"{len(amb_jobs)} train soundscapes ({secs[1]:.0f} s, {int(amb_sol.sum())} positive labels), {len(test_jobs)} test soundscapes "
+            f"({secs[2]:.0f} s, {len(test_ids)} windows, {int(sol.sum())} positive labels)")
+
+
+def _render_all(jobs: list[dict], root: Path, species: list[Species], plain: dict, cfg: DictConfig
+                ) -> dict[int, dict]:
+    """Render every job's file into `root` (`cfg.workers` processes, 0 = all cores); returns job id -> result."""
     workers = int(cfg.workers) or len(os.sched_getaffinity(0))
     render = partial(_render, root=str(root), species=species, cfg=plain)
     # longest files first keeps all workers busy until the end
@@ -573,36 +619,7 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
                 for res in pool.imap_unordered(render, order):
                     results[res["id"]] = res
                     bar.update()
-
-    labels = [sp.label for sp in species]
-    cols = sorted(labels)
-    col_idx = [labels.index(c) for c in cols]
-    rows.sort(key=lambda r: (r["primary_label"], r["filename"]))
-    pl.DataFrame(rows, schema={c: (pl.Float64 if c in ("latitude", "longitude", "rating") else pl.Utf8)
-                               for c in TRAIN_COLUMNS}).write_csv(root / "train.csv")
-    tax = sorted(species, key=lambda sp: sp.label)
-    pl.DataFrame({
-        "primary_label": [sp.label for sp in tax],
-        "inat_taxon_id": [int(cfg.meta.inat_taxon_start) + labels.index(sp.label) for sp in tax],
-        "scientific_name": [sp.scientific_name for sp in tax],
-        "common_name": [sp.common_name for sp in tax],
-        "class_name": ["Aves"] * len(tax),
-    }).write_csv(root / "taxonomy.csv")
-    row_ids, sol = _solution(test_jobs, results, species, cfg)
-    pl.DataFrame({"row_id": row_ids, **{c: sol[:, j] for c, j in zip(cols, col_idx)}}).write_csv(
-        root / "solution.csv")
-    # the unlabelled soundscapes' truth, for measuring pseudo-labels only: no stage trains on it
-    amb_ids, amb_sol = _solution(amb_jobs, results, species, cfg)
-    pl.DataFrame({"row_id": amb_ids, **{c: amb_sol[:, j] for c, j in zip(cols, col_idx)}},
-                 schema={"row_id": pl.Utf8, **{c: pl.Int64 for c in cols}}).write_csv(root / TRUTH_CSV)
-    pl.DataFrame({"row_id": row_ids, **{c: np.full(len(row_ids), 1.0 / len(cols)) for c in cols}}).write_csv(
-        root / "sample_submission.csv")
-
-    sr = int(cfg.sample_rate)
-    secs = [sum(j["n"] for j in js) / sr for js in (rec_jobs, amb_jobs, test_jobs)]
-    return (f"{len(species)} species, {len(rec_jobs)} train recordings ({secs[0]:.0f} s), "
-            f"{len(amb_jobs)} train soundscapes ({secs[1]:.0f} s, {int(amb_sol.sum())} positive labels), {len(test_jobs)} test soundscapes "
-            f"({secs[2]:.0f} s, {len(row_ids)} windows, {int(sol.sum())} positive labels)")
+    return results
 
 
 def make_competition(out: Path, cfg: Any) -> Path:

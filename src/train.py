@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from src import config as cfglib
 from src.augment import BatchAugment, NoiseBank, build_wave_augment
-from src.dataset import ChunkDataset, PseudoBatches, PseudoWindowDataset
+from src.dataset import ChunkDataset, PseudoBatches, PseudoWindowDataset, rating_weights
 from src.folds import folds_path, load_folds
 from src.io import atomic_write
 from src.metrics import macro_auc, padded_cmap, per_class_auc, primary_one_hot
@@ -180,10 +180,10 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"auc": auc, "cmap": padded_cmap(y, p)}
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int, stride: int) -> int:
     """The torch seed epoch `epoch` starts from: a function of (run seed, epoch) only, so a resumed run repeats
-    the epoch exactly, and distinct for every epoch below 1000 of every run seed."""
-    return seed * 1000 + epoch
+    the epoch exactly, and distinct for every epoch below `stride` (train.epoch_seed_stride) of every run seed."""
+    return seed * stride + epoch
 
 
 Evaluator = Callable[["Run", torch.nn.Module], dict[str, float]]
@@ -292,7 +292,7 @@ def build_train_data(run: Run) -> tuple[Dataset, Sampler, DataLoader]:
     wave_aug = build_wave_augment(cfg.aug.wave, sr, noise if noise and len(noise) else None)
     jitter = (cfg.prepare.chunk_s - cfg.prepare.overlap_s) / 2 if cfg.sampler.random_offset else 0.0
     dataset = ChunkDataset(run.train_df, cache, run.classes, sr, window, cfg.labels.secondary, jitter, wave_aug,
-                           cfg.labels.rating_weight)
+                           rating_weights(cfg.labels))
     sampler = build_sampler(cfg.sampler, run.train_df["primary_label"].to_numpy(), cfg.seed, d.rank, d.world)
     loader = DataLoader(dataset, batch_size=int(cfg.train.batch_size) - pseudo_batch_size(cfg), sampler=sampler,
                         drop_last=True, num_workers=int(cfg.train.num_workers), pin_memory=run.device.type == "cuda",
@@ -350,7 +350,8 @@ def with_pseudo(run: Run, clips: DataLoader, wave_aug) -> DataLoader:
     k = pseudo_batch_size(cfg) or int(cfg.train.batch_size)
     mass = table.select(run.classes).to_numpy().sum(axis=1)
     sampler = MassSampler(mass, float(cfg.pseudo.sampler.power), float(cfg.pseudo.sampler.floor),
-                          len(clips) * k * d.world, int(cfg.seed) + 1, d.rank, d.world)
+                          len(clips) * k * d.world, int(cfg.seed) + int(cfg.pseudo.sampler.seed_offset), d.rank,
+                          d.world)
     windows = DataLoader(ds, batch_size=k, sampler=sampler, drop_last=True, num_workers=int(cfg.train.num_workers),
                          pin_memory=run.device.type == "cuda")
     mix = cfg.pseudo.mixup
@@ -434,7 +435,7 @@ def write_run_config(run: Run) -> None:
 def begin_epoch(run: Run, epoch: int) -> float:
     """Seeds, sampler and augs for `epoch`, the backbone frozen or not; returns the epoch's lr scale."""
     cfg = run.cfg
-    torch.manual_seed(epoch_seed(int(cfg.seed), epoch))
+    torch.manual_seed(epoch_seed(int(cfg.seed), epoch, int(cfg.train.epoch_seed_stride)))
     run.batch_aug.set_epoch(epoch)
     run.sampler.set_epoch(epoch)
     freeze = int(cfg.train.freeze_epochs)

@@ -34,7 +34,8 @@ from src.folds import folds_path, load_folds
 from src.io import atomic_write
 from src.metrics import macro_auc, padded_cmap
 from src.prepare import cache_path, load_cached
-from src.soundscape import n_windows, predict_soundscapes, row_ids
+from src.soundscape import n_windows, predict_soundscapes
+from src.submission import row_ids
 from src.synth import noise_bed, write_ogg
 
 log = logging.getLogger(__name__)

@@ -316,7 +316,7 @@ def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipe
     assert fitted["oof_score"] == fitted["blend_oof_nested"][fitted["blend"]]  # the clip CV of the blend it uses
     # the in-sample choice is the best candidate on all rows: at least as good as no post-processing there
     from src.blend import blend
-    from src.soundscape import postprocess_rows
+    from src.postprocess import postprocess_rows
     from src.valsets import labels_matrix
     base, preds = ensemble.load_soundscape_oof(scored_runs, ["tiny_a", "tiny_b"], fitted["classes"])
     y, ids = labels_matrix(base, fitted["classes"]), base["row_id"].to_list()

@@ -1,5 +1,5 @@
 """`src.kernel`: build (script + metadata + weights dataset), run offline against a /kaggle/input-like
-folder, the script run alone (no `src`, no network) with a corrupt test soundscape, and `push --dry-run`.
+folder, the script run alone (no `src`, no network) with a corrupt test soundscape, and `push dry_run=true`.
 
 The kernel is built once per module from an ensemble of the tiny pipeline's two runs, with the default
 runtime (onnx: frontend.ts + backbone.onnx) and its TorchScript fallback. The onnxruntime wheel it ships
@@ -24,6 +24,7 @@ import polars as pl
 import pytest
 
 from src import ensemble, kernel
+from src.config import compose
 from src.submission import read_sample_submission, validate_file
 from tests.pipeline import compose_named
 
@@ -45,7 +46,7 @@ def built(tiny_pipeline, tmp_path_factory):
     wheels.mkdir()
     for tag in ("cp312", "cp311"):  # Kaggle's current Python and the previous one (kernel.yaml kaggle_pythons)
         (wheels / f"onnxruntime-{version('onnxruntime')}-{tag}-{tag}-manylinux_2_28_x86_64.whl").write_bytes(b"stand-in")
-    kernel.main(["build", f"ensemble={NAME}", f"ensembles_dir={root / 'ensembles'}", f"kernels_dir={root / 'kernels'}",
+    kernel.main(["build", f"name={NAME}", f"ensembles_dir={root / 'ensembles'}", f"kernels_dir={root / 'kernels'}",
                  "runtime=onnx", "fallback_runtime=torchscript", f"wheels_dir={wheels}", "user=tester",
                  "check_windows=4"])
     return root / "kernels" / NAME, root / "ensembles" / NAME
@@ -127,7 +128,7 @@ def test_script_is_self_contained(built):
 def test_run_matches_the_ensemble_submission(built, tiny_pipeline, tmp_path):
     root, ens_dir = built
     comp = copy_competition(tiny_pipeline, tmp_path / "comp")
-    cfg = kernel._config([f"input={tmp_path / 'input'}", f"competition_root={comp}"])
+    cfg = compose("kernel", [f"input={tmp_path / 'input'}", f"competition_root={comp}"])
     out = kernel.run(cfg, root)
     validate_file(out, comp / "sample_submission.csv")
     assert_same_submission(out, ens_dir / "submission.csv")
@@ -315,10 +316,10 @@ def test_crash_fallback_without_a_readable_ensemble_json(built, tiny_pipeline, t
 def test_run_without_input_says_what_to_pass(built):
     root, _ = built
     with pytest.raises(ValueError, match="input=DIR"):
-        kernel.run(kernel._config([]), root)
+        kernel.run(compose("kernel", []), root)
 
 
-# --- push --dry-run ----------------------------------------------------------------------------------------
+# --- push dry_run=true ------------------------------------------------------------------------------------
 
 def test_push_dry_run_prints_the_dataset_and_kernel_calls(built, tmp_path, monkeypatch, capsys, caplog):
     import src.push as push_module
@@ -334,7 +335,7 @@ def test_push_dry_run_prints_the_dataset_and_kernel_calls(built, tmp_path, monke
 
     monkeypatch.setattr(push_module, "_run", forbidden)
     with caplog.at_level(logging.WARNING, logger="src.push"):
-        kernel.main(["push", str(root), "--dry-run"])
+        kernel.main(["push", f"name={root.name}", f"kernels_dir={root.parent}", "dry_run=true"])
     lines = capsys.readouterr().out.splitlines()
     assert f"kaggle datasets create -p {root / 'dataset'} --dir-mode zip" in lines
     assert f"kaggle kernels push -p {root / 'kernel'}" in lines
@@ -347,9 +348,9 @@ def test_cli_usage_errors(tmp_path):
     with pytest.raises(SystemExit, match="usage"):
         kernel.main(["deploy"])
     with pytest.raises(SystemExit, match="not a built kernel"):
-        kernel.main(["run", str(tmp_path), "input=x"])
+        kernel.main(["run", f"name={tmp_path.name}", f"kernels_dir={tmp_path.parent}", "input=x"])
     with pytest.raises(FileNotFoundError, match="ensemble.yaml not found"):
-        kernel.main(["build", "ensemble=nothing_here", f"ensembles_dir={tmp_path}"])
+        kernel.main(["build", "name=nothing_here", f"ensembles_dir={tmp_path}"])
 
 
 # --- time guard --------------------------------------------------------------------------------------------
@@ -360,7 +361,7 @@ def test_time_guard_drops_the_last_member_and_still_writes_every_row(built, tiny
     as `src.ensemble` predicts them with that member only."""
     root, _ = built
     comp = copy_competition(tiny_pipeline, tmp_path / "comp")
-    out = kernel.run(kernel._config([f"input={tmp_path / 'input'}", f"competition_root={comp}", "budget_min=0.002",
+    out = kernel.run(compose("kernel", [f"input={tmp_path / 'input'}", f"competition_root={comp}", "budget_min=0.002",
                                      "margin=0.0"]), root)
     log = capsys.readouterr().err
     assert "time guard" in log and "dropped tiny_b" in log and "1 of 2 member(s)" in log
@@ -405,7 +406,7 @@ def test_plan_prints_the_projected_table(built, capsys):
     """`plan`: one row per member with its seconds per file here, the projected Kaggle minutes and the cumulative;
     the projection is s/file x 700 files / (4 Kaggle cores / threads timed) + model loading."""
     _, ens_dir = built
-    rows = kernel.plan(kernel._config([f"ensemble={NAME}", f"ensembles_dir={ens_dir.parent}", "plan_files=1",
+    rows = kernel.plan(compose("kernel", [f"name={NAME}", f"ensembles_dir={ens_dir.parent}", "plan_files=1",
                                        "check_windows=2", "budget_min=90", "margin=0.25", "plan_threads=1"]))
     out = capsys.readouterr().out
     assert "member" in out and "Kaggle min" in out and "cumulative" in out

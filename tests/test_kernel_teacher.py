@@ -27,7 +27,7 @@ def built_teacher(tiny_pipeline, tiny_teacher, tmp_path_factory):
     wheels = root / "wheels"
     wheels.mkdir()
     (wheels / f"onnxruntime-{version('onnxruntime')}-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"stand-in")
-    kernel.main(["build", f"ensemble={NAME}", f"ensembles_dir={root / 'ensembles'}", f"kernels_dir={root / 'kernels'}",
+    kernel.main(["build", f"name={NAME}", f"ensembles_dir={root / 'ensembles'}", f"kernels_dir={root / 'kernels'}",
                  "runtime=onnx", "fallback_runtime=torchscript", f"wheels_dir={wheels}", "user=tester",
                  f"slug={SLUG}", "check_windows=4"])
     return root / "kernels" / NAME, root / "ensembles" / NAME

@@ -128,45 +128,12 @@ def test_cv_lb_correlation() -> None:
     assert leaderboard.cv_lb_correlation(rows[:1]) is None
 
 
-def test_compare_orders_species_by_difference(tmp_path: Path, capsys) -> None:
-    runs = tmp_path / "runs"
-    classes = ["sp_a", "sp_b", "sp_c", "sp_d"]
-    for exp, fold, per_class in (("A", 0, [0.9, 0.8, 0.7, 0.6]), ("A", 1, [0.9, 0.8, 0.7, 0.6]),
-                                 ("B", 0, [0.5, 0.8, 0.9, 0.7]), ("B", 2, [0.0, 0.0, 0.0, 0.0])):
-        run = make_fake_run(runs, exp, fold, classes=classes)
-        metrics = json.loads((run / "metrics.json").read_text())
-        metrics["per_class_auc"] = dict(zip(classes, per_class))
-        (run / "metrics.json").write_text(json.dumps(metrics))
-    result = leaderboard.compare_runs(runs, "A", "B")
-    assert result["folds"] == [0]  # only the fold both have
-    assert [s for s, *_ in result["species"]] == ["sp_a", "sp_b", "sp_d", "sp_c"]
-    assert result["species"][0][3] == pytest.approx(-0.4)
-    assert result["species"][-1][3] == pytest.approx(0.2)
-
-    assert _run_cli(tmp_path, "compare", "A", "B") == 0
-    out = capsys.readouterr().out
-    assert out.index("sp_a") < out.index("sp_b") < out.index("sp_d") < out.index("sp_c")
-    assert "B vs A over folds [0]" in out and "mean diff -0.0250" in out
-
-
-def test_compare_lists_worst_and_best_fifteen(tmp_path: Path, capsys) -> None:
-    runs = tmp_path / "runs"
-    make_fake_run(runs, "A", 0, n_classes=40, seed=1)
-    make_fake_run(runs, "B", 0, n_classes=40, seed=2)
-    assert _run_cli(tmp_path, "compare", "A", "B") == 0
-    out = capsys.readouterr().out
-    assert "worst 15 species" in out and "best 15 species" in out
-
-
 def test_errors_name_the_file_and_the_fix(tmp_path: Path, capsys) -> None:
     assert _run_cli(tmp_path) == 1
     err = capsys.readouterr().err
     assert f"no runs in {tmp_path / 'runs'}/" in err and "python -m src.train fold=0" in err
 
     make_fake_run(tmp_path / "runs", "A", 0)
-    assert _run_cli(tmp_path, "compare", "A", "missing") == 1
-    assert "missing" in capsys.readouterr().err
-
     bad = tmp_path / "runs" / "A" / "fold0" / "metrics.json"
     bad.write_text("{not json")
     assert _run_cli(tmp_path) == 1

@@ -58,7 +58,7 @@ def fake_kaggle(monkeypatch):
     the dataset is already on Kaggle and `fail` the call that prints kaggle's error line."""
     monkeypatch.setenv("KAGGLE_USERNAME", "tester")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
-    monkeypatch.setattr(push_module, "validate_with_kaggle_cli", lambda kernel_dir: None)
+    monkeypatch.setattr(push_module, "validate_with_kaggle_cli", lambda kernel_dir, settings=None: None)
     state = {"calls": [], "existing": False, "fail": None}
 
     def run(cmd, echo=True):
@@ -200,7 +200,7 @@ def test_placeholder_user_is_flagged_in_the_dry_run_and_stops_the_push(tmp_path,
 def test_dry_run_warns_when_the_ids_are_not_kaggle_usernames(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
-    monkeypatch.setattr(push_module, "validate_with_kaggle_cli", lambda kernel_dir: None)
+    monkeypatch.setattr(push_module, "validate_with_kaggle_cli", lambda kernel_dir, settings=None: None)
     with caplog.at_level(logging.WARNING, logger="src.push"):
         push(make_kernel(tmp_path), dry_run=True)
     assert "tester/birdclef-2025-demo, tester/birdclef-demo-weights belong(s) to another user than the " \

@@ -1,6 +1,8 @@
-"""The per-run report (`python -m src.report run=...`), on a fake run that follows the file contract."""
+"""The per-run report (`python -m src.report run=...`) and the comparison of two runs (`compare a=... b=...`), on
+fake runs that follow the file contract."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -64,3 +66,43 @@ def test_cli_prints_top_ten_and_names_missing_files(tmp_path: Path, capsys) -> N
     assert report.main([f"run={tmp_path / 'runs' / 'nope' / 'fold0'}"]) == 1
     assert "nope/fold0/config.yaml not found" in capsys.readouterr().err
     assert report.main([]) == 1
+
+
+def _compare(tmp_path: Path, a: str, b: str) -> int:
+    return report.main(["compare", f"a={a}", f"b={b}", f"runs_dir={tmp_path / 'runs'}"])
+
+
+def test_compare_orders_species_by_difference(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    classes = ["sp_a", "sp_b", "sp_c", "sp_d"]
+    for exp, fold, per_class in (("A", 0, [0.9, 0.8, 0.7, 0.6]), ("A", 1, [0.9, 0.8, 0.7, 0.6]),
+                                 ("B", 0, [0.5, 0.8, 0.9, 0.7]), ("B", 2, [0.0, 0.0, 0.0, 0.0])):
+        run = make_fake_run(runs, exp, fold, classes=classes)
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["per_class_auc"] = dict(zip(classes, per_class))
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    result = report.compare_runs(runs, "A", "B")
+    assert result["folds"] == [0]  # only the fold both have
+    assert [s for s, *_ in result["species"]] == ["sp_a", "sp_b", "sp_d", "sp_c"]
+    assert result["species"][0][3] == pytest.approx(-0.4)
+    assert result["species"][-1][3] == pytest.approx(0.2)
+
+    assert _compare(tmp_path, "A", "B") == 0
+    out = capsys.readouterr().out
+    assert out.index("sp_a") < out.index("sp_b") < out.index("sp_d") < out.index("sp_c")
+    assert "B vs A over folds [0]" in out and "mean diff -0.0250" in out
+
+
+def test_compare_lists_worst_and_best_fifteen(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    make_fake_run(runs, "A", 0, n_classes=40, seed=1)
+    make_fake_run(runs, "B", 0, n_classes=40, seed=2)
+    assert _compare(tmp_path, "A", "B") == 0
+    out = capsys.readouterr().out
+    assert "worst 15 species" in out and "best 15 species" in out
+
+
+def test_compare_names_a_missing_run(tmp_path: Path, capsys) -> None:
+    make_fake_run(tmp_path / "runs", "A", 0)
+    assert _compare(tmp_path, "A", "missing") == 1
+    assert "missing" in capsys.readouterr().err

@@ -9,9 +9,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from src import kernel
+from src.config import compose
 from src.runtimes import RUNTIME_FILES, RUNTIME_MODULES, ensure_module, ensure_runtime, load_runtime
 
 
@@ -85,7 +85,7 @@ def test_load_runtime_names_the_missing_file(tmp_path):
 
 
 def kernel_cfg(tmp_path, **overrides):
-    cfg = kernel._config([])
+    cfg = compose("kernel", [])
     cfg.wheel_cache = str(tmp_path / "cache")
     cfg.update(overrides)
     return cfg
@@ -148,7 +148,7 @@ def test_collect_wheels_failure_names_the_fix(tmp_path, monkeypatch):
 
 
 def test_kernel_yaml_names_a_wheel_list_for_every_runtime():
-    cfg = OmegaConf.load(Path(kernel.CONFIG_DIR) / "kernel.yaml")
+    cfg = compose("kernel")
     runtimes = {k for k in cfg.wheels if not k.startswith("teacher_")}  # teacher_<suffix>: a teacher model's runtime
     assert runtimes == set(RUNTIME_FILES) and cfg.runtime in RUNTIME_FILES
 

@@ -13,15 +13,9 @@ import soundfile as sf
 from conftest import tone, write_audio
 
 from src.audio import load_audio
-from src.soundscape import (
-    cut_windows,
-    file_prior,
-    n_windows,
-    postprocess,
-    predict_soundscapes,
-    row_ids,
-    smooth,
-)
+from src.postprocess import file_prior, postprocess, smooth
+from src.soundscape import cut_windows, n_windows, predict_soundscapes
+from src.submission import row_ids
 
 SR = 1000  # a low rate keeps the hand-computed windows small; load_audio does not resample at its own rate
 
