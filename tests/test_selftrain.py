@@ -35,9 +35,10 @@ def test_one_round_end_to_end(tiny_pipeline, tmp_path):
     ens = tmp_path / "ensembles"
     assert [r["ensemble"] for r in summary["rounds"]] == ["tiny_r0", "tiny_r1"]
     assert summary["rounds"][0]["members"] == ["tiny_a"] and summary["rounds"][1]["members"] == ["tiny_st_r1"]
-    assert summary["selected_by"] == "oof_score"
-    best = max(summary["rounds"], key=lambda r: r["oof_score"])
-    assert summary["best_round"] == best["round"]
+    key = summary["selected_by"]
+    assert key == "soundscape_auc" and all(r[key] is not None for r in summary["rounds"])  # valsets exist
+    assert summary["best_round"] == selftrain.best_round(summary["rounds"], key, cfg.min_gain)[0]
+    best = summary["rounds"][summary["best_round"]]
     chosen = OmegaConf.load(ens / "tiny" / "ensemble.yaml")
     assert chosen.name == "tiny" and chosen.selftrain_round == best["round"]
     assert (ens / "tiny" / "submission.csv").exists()
@@ -82,7 +83,7 @@ def test_probe_students_refit_on_pseudo_labelled_windows(tiny_pipeline, tiny_tea
     teacher = [o for o in overrides if o.startswith(("teacher", "probe."))]
     student = f"{{exp: tinyperch_st, command: probe, overrides: {_q(teacher)}}}"
     cfg = selftrain_config(tiny_pipeline, tmp_path, "rounds=1", "round0=tinyperch", f"students=[{student}]",
-                           "keep_runs=[tinyperch]", "pseudo_overrides=[threads=1]")
+                           "keep_runs=[tinyperch]", "pseudo_overrides=['threads=1']")
     summary = selftrain.selftrain(cfg)
     assert summary["rounds"][1]["members"] == ["tinyperch", "tinyperch_st_r1"]
     run = tiny_pipeline.runs_dir / "tinyperch_st_r1" / "fold0"
