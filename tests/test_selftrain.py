@@ -80,7 +80,7 @@ def test_probe_students_refit_on_pseudo_labelled_windows(tiny_pipeline, tiny_tea
     """The xc45 recipe on the tiny teacher: round 0 is the zero-shot run, each round refits the embedding probe
     on the chunks plus every pseudo-labelled window's cached embedding, blended with the kept zero-shot run."""
     overrides, classes = tiny_teacher
-    teacher = [o for o in overrides if o.startswith(("teacher", "probe."))]
+    teacher = [o for o in overrides if o.startswith(("teacher", "probe.", "experiment=", "folds.", "prepare."))]
     student = f"{{exp: tinyperch_st, command: probe, overrides: {_q(teacher)}}}"
     cfg = selftrain_config(tiny_pipeline, tmp_path, "rounds=1", "round0=tinyperch", f"students=[{student}]",
                            "keep_runs=[tinyperch]", "pseudo_overrides=['threads=1']")
