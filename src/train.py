@@ -329,7 +329,8 @@ def load_pseudo_windows(cfg: DictConfig, classes: list[str]) -> pl.DataFrame:
         index = load_soundscape_index(cfg.data.cache_dir).select("filename", "window", "silent")
         table = table.join(index, on=["filename", "window"], how="inner").filter(~pl.col("silent")).drop("silent")
     beds = set(bed_soundscapes(cfg) or []) if cfg.train.soundscape_cv else set()
-    table = table.filter(~pl.col("filename").map_elements(lambda f: Path(f).stem in beds, return_dtype=pl.Boolean))
+    reserved = [f for f in table["filename"].unique().to_list() if Path(f).stem in beds]
+    table = table.filter(~pl.col("filename").is_in(reserved))
     if table.height == 0:
         raise ValueError(f"{cfg.pseudo.path}: no pseudo-labelled window left (all silent, not in this cache or "
                          "reserved as validation beds: valsets.bed_share)")

@@ -70,6 +70,11 @@ def fold_dir(cfg: DictConfig, fold: int) -> Path:
     return Path(cfg.data.cache_dir) / "valsets" / f"{path.stem}-{digest}" / f"fold{fold}"
 
 
+def cached_soundscapes(cache_dir: str | Path) -> list[str]:
+    """Stems of the unlabelled soundscapes prepare cached (`<cache_dir>/soundscapes/<stem>.npy`), sorted."""
+    return sorted(p.stem for p in (Path(cache_dir) / "soundscapes").glob("*.npy"))
+
+
 def bed_soundscapes(cfg: DictConfig) -> list[str] | None:
     """The cached unlabelled soundscapes (stems) reserved as beds, `valsets.bed_share` of them (every k-th by
     name): self-training never trains on their windows, so a student cannot learn the validation beds.
@@ -80,8 +85,7 @@ def bed_soundscapes(cfg: DictConfig) -> list[str] | None:
     if not 0 < float(share) < 1:
         raise ValueError(f"valsets.bed_share={share}: a share in (0, 1), or null (beds from every soundscape, "
                          "none reserved from self-training)")
-    stems = sorted(p.stem for p in (Path(cfg.data.cache_dir) / "soundscapes").glob("*.npy"))
-    return stems[::max(1, round(1 / float(share)))]
+    return cached_soundscapes(cfg.data.cache_dir)[::max(1, round(1 / float(share)))]
 
 
 def quiet_windows(cache_dir: Path, window: int, quantile: float, preemphasis: float,
@@ -203,9 +207,8 @@ def build_fold(cfg: DictConfig, fold: int, classes: list[str]) -> tuple[Path | N
     vs, sr, cache = settings(cfg), int(cfg.audio.sample_rate), Path(cfg.data.cache_dir)
     window = round(float(cfg.audio.window_s) * sr)
     beds = bed_soundscapes(cfg)
-    if beds is None:
-        beds = sorted(p.stem for p in (cache / "soundscapes").glob("*.npy"))
-    pool = quiet_windows(cache, window, float(vs.bed_quantile), float(cfg.prepare.preemphasis), beds)
+    pool = quiet_windows(cache, window, float(vs.bed_quantile), float(cfg.prepare.preemphasis),
+                         cached_soundscapes(cache) if beds is None else beds)
     if not pool:
         problems.append(f"{cache / 'soundscapes'}: no unlabelled soundscape cached: the beds are generated "
                         "coloured noise (src.synth.noise_bed) instead of real ambience")
