@@ -74,18 +74,19 @@ def kaggle_user(cfg: DictConfig) -> str:
 def check_waves(run_fold_dir: Path, count: int) -> np.ndarray:
     """Real-audio 5 s windows (from the run's prepared cache) to check each export on."""
     from src.dataset import ChunkDataset
+    from src.prepare import cache_rate
 
     cfg = load_run_config(run_fold_dir)
     chunks = pl.read_parquet(Path(cfg.data.cache_dir) / "chunks.parquet").filter(~pl.col("silent"))
     rows = chunks.sample(min(count, chunks.height), seed=0)
-    cache_rate = int(json.loads((Path(cfg.data.cache_dir) / "manifest.json").read_text())["sample_rate"])
-    windows = ChunkDataset(rows, Path(cfg.data.cache_dir), list(cfg.classes), cache_rate,
+    rate = cache_rate(cfg.data.cache_dir)
+    windows = ChunkDataset(rows, Path(cfg.data.cache_dir), list(cfg.classes), rate,
                            float(cfg.audio.window_s), secondary=None)
     waves = np.stack([windows.crop(i, rng=None) for i in range(rows.height)])
-    if cache_rate != int(cfg.audio.sample_rate):  # a teacher run hears another rate (BirdNET: 48 kHz)
+    if rate != int(cfg.audio.sample_rate):  # a teacher run hears another rate (BirdNET: 48 kHz)
         import soxr
 
-        waves = np.ascontiguousarray(soxr.resample(waves.T, cache_rate, int(cfg.audio.sample_rate), "HQ").T)
+        waves = np.ascontiguousarray(soxr.resample(waves.T, rate, int(cfg.audio.sample_rate), "HQ").T)
     return waves
 
 

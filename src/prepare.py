@@ -59,6 +59,14 @@ def cache_settings(cfg: DictConfig) -> dict[str, dict[str, object]]:
                       "prepare.soundscape_min_s": float(cfg.prepare.soundscape_min_s)}}
 
 
+def cache_rate(cache_dir: str | Path) -> int:
+    """The sample rate of the prepared cache at `cache_dir` (its manifest): the rate of every cached array."""
+    path = Path(cache_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python -m src.prepare` for this data first")
+    return int(json.loads(path.read_text())["sample_rate"])
+
+
 def settings_differences(cfg: DictConfig, sections: tuple[str, ...] = ("decode", "index")) -> list[str]:
     """`key=<cache's> (now <cfg's>)` for every setting of `sections` where `cfg` differs from what the cache
     at `data.cache_dir` recorded (settings it did not record are not compared); [] without a manifest."""

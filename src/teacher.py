@@ -35,7 +35,7 @@ from src import config as _config  # noqa: F401  (registers the root_tag resolve
 from src.audio import AudioError, from_int16, load_audio
 from src.competition import Competition, load_competition
 from src.io import atomic_write
-from src.prepare import cache_path, load_cached
+from src.prepare import cache_path, cache_rate, load_cached
 from src.runtimes import TeacherError, TeacherModel, mapped_scores
 from src.soundscape import cut_windows, n_windows
 
@@ -279,8 +279,7 @@ def _soundscape_waves(job: Job, teacher: TeacherModel, window: int) -> tuple[np.
 def make_jobs(cfg: DictConfig, comp: Competition, out_dir: Path) -> list[Job]:
     """One job per training recording (its chunks) and per soundscape of the configured sources."""
     cache = Path(cfg.data.cache_dir)
-    manifest = json.loads((cache / "manifest.json").read_text())
-    rate = int(manifest["sample_rate"])
+    rate = cache_rate(cache)
     mix = cfg.teacher_cache.mix
     beds = [str(p) for p in sorted((cache / "soundscapes").glob(f"{mix.beds}.npy"))] if int(mix.copies) else []
     if int(mix.copies) and not beds:

@@ -33,7 +33,7 @@ from src.chunks import chunk_energy_db
 from src.folds import folds_path, load_folds
 from src.io import atomic_write
 from src.metrics import macro_auc, padded_cmap
-from src.prepare import cache_path, load_cached
+from src.prepare import cache_path, cache_rate, load_cached
 from src.soundscape import n_windows, predict_soundscapes
 from src.submission import row_ids
 from src.synth import noise_bed, write_ogg
@@ -63,8 +63,10 @@ def fold_dir(cfg: DictConfig, fold: int) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python -m src.folds data={cfg.data.name} "
                                 f"data.root={cfg.data.root} folds.n={cfg.folds.n}` first")
+    # mixed from the prepared cache at its own rate, whatever rate the scored run hears (BirdNET: 48 kHz), so
+    # that every run of a data root is scored on the same soundscapes
     key = {"folds": hashlib.sha1(path.read_bytes()).hexdigest(), "valsets": OmegaConf.to_container(settings(cfg)),
-           "sample_rate": int(cfg.audio.sample_rate), "window_s": float(cfg.audio.window_s),
+           "sample_rate": cache_rate(cfg.data.cache_dir), "window_s": float(cfg.audio.window_s),
            "preemphasis": float(cfg.prepare.preemphasis)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return Path(cfg.data.cache_dir) / "valsets" / f"{path.stem}-{digest}" / f"fold{fold}"
@@ -204,7 +206,7 @@ def build_fold(cfg: DictConfig, fold: int, classes: list[str]) -> tuple[Path | N
                         f"scored on its soundscapes: {absent[:10]}{'...' if len(absent) > 10 else ''}")
     if good.height == 0 or (out / "labels.parquet").exists():
         return (out if good.height else None), problems
-    vs, sr, cache = settings(cfg), int(cfg.audio.sample_rate), Path(cfg.data.cache_dir)
+    vs, sr, cache = settings(cfg), cache_rate(cfg.data.cache_dir), Path(cfg.data.cache_dir)
     window = round(float(cfg.audio.window_s) * sr)
     beds = bed_soundscapes(cfg)
     pool = quiet_windows(cache, window, float(vs.bed_quantile), float(cfg.prepare.preemphasis),

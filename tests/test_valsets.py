@@ -69,6 +69,23 @@ def test_fold_soundscapes_hold_only_that_folds_recordings(tmp_path):
             assert all(level(_tone_freq(other)) < 20 for level in spectrum.values()), other
 
 
+def test_a_run_at_another_rate_gets_the_same_soundscapes_at_true_pitch(tmp_path):
+    """A teacher run hears 48 kHz (BirdNET): its sets are the cache's own (mixed at the cache's 32 kHz), not
+    32 kHz samples written as 48 kHz (every call 1.5x too high)."""
+    cfg = _prepared(tmp_path)
+    classes = _classes(cfg)
+    teacher_cfg = cfg.copy()
+    teacher_cfg.audio.sample_rate = 48000
+    assert fold_dir(teacher_cfg, 0) == fold_dir(cfg, 0)
+    vs = load_fold(teacher_cfg, 0, classes)
+    row = vs.calls.row(0, named=True)
+    y = load_audio(vs.files[0].with_name(f"{row['soundscape']}.ogg"), 48000)
+    mag, freqs = np.abs(np.fft.rfft(y)), np.fft.rfftfreq(len(y), 1 / 48000)
+    level = lambda f: mag[np.abs(freqs - f) < 3].max() / np.median(mag)  # noqa: E731
+    assert level(_tone_freq(row["filename"])) > 50
+    assert level(1.5 * _tone_freq(row["filename"])) < 20
+
+
 def test_labels_follow_the_audibility_rule(tmp_path):
     """An 8 s tone placed at 3 s: window 0 holds 2 s of it (-4 dB from the full window 1), window 2 holds 1 s
     (-7 dB), window 3 none. With a -5 dB rule only windows 0 and 1 are positive; with -10 dB window 2 too."""
