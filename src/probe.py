@@ -27,7 +27,7 @@ from src import config as cfglib
 from src.competition import multi_hot
 from src.io import atomic_write
 from src.metrics import per_class_auc, primary_one_hot
-from src.runtimes import probe_forward
+from src.runtimes import make_head
 from src.teacher import cache_dir, load_cache, model_files
 from src.train import git_commit, load_chunk_index, load_pseudo_windows, scores, split_fold
 
@@ -149,17 +149,11 @@ def train_probe(cfg: DictConfig) -> dict:
         extra = pseudo_set(cfg, windows, emb, classes)
         weights = fit_probe(x, y, cfg.probe, extra=extra, extra_weight=float(cfg.pseudo.weight))
         n_train, n_pseudo = len(x), 0 if extra is None else len(extra[0])
-    known = np.array([bool(m) for m in spec["mapping"]])
+    head = make_head(spec, weights)
 
     def predict(rows: pl.DataFrame) -> np.ndarray:
         index = rows["row"].to_numpy()
-        zero_shot = np.asarray(zero[index])
-        if weights is None:
-            return zero_shot
-        probs = probe_forward(np.asarray(emb[index]), weights)
-        w = spec["zero_shot_weight"]
-        probs[:, known] = (1 - w) * probs[:, known] + w * zero_shot[:, known]
-        return probs
+        return head(emb[index], zero[index])
 
     val_rows = cached_rows(windows, val_df, copies=False)
     # the validation chunks mixed into ambience (their cached copies): a check closer to the soundscapes

@@ -421,11 +421,33 @@ def probe_forward(emb: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray
     return activation(h, "sigmoid")
 
 
-def load_teacher_run(run_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """Predict function of a teacher run folder (`teacher.json` [+ `probe.npz`]): (B, samples) -> (B, classes).
+def make_head(spec: dict, weights: dict[str, np.ndarray] | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A teacher run's head: (embeddings, mapped scores) of some windows -> (B, classes) probabilities, whether
+    the teacher's outputs are live or cached. head zero_shot (`weights` None): the mapped scores as they are.
+    head probe: the probe on the embeddings, blended with the mapped scores on the classes the teacher knows
+    (`spec["zero_shot_weight"]`, 0 = probe only)."""
+    known = np.array([bool(m) for m in spec["mapping"]])
+    w_zero = float(spec.get("zero_shot_weight", 0.0))
 
-    head zero_shot: the teacher's scores mapped onto the classes. head probe: the probe on the embeddings,
-    blended with the mapped scores on the classes the teacher knows (`zero_shot_weight`, 0 = probe only)."""
+    def head(emb: np.ndarray, zero: np.ndarray) -> np.ndarray:
+        if weights is None:
+            return np.array(zero, np.float32)
+        probe = probe_forward(np.asarray(emb), weights)
+        probe[:, known] = (1 - w_zero) * probe[:, known] + w_zero * np.asarray(zero)[:, known]
+        return probe
+
+    return head
+
+
+def teacher_head(run_dir: str | Path) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The head (`make_head`) of a teacher run folder (`teacher.json` [+ `probe.npz`])."""
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / "teacher.json").read_text())
+    return make_head(spec, dict(np.load(run_dir / "probe.npz")) if spec["head"] == "probe" else None)
+
+
+def load_teacher_run(run_dir: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Predict function of a teacher run folder: (B, samples) -> (B, classes), the teacher then its head."""
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / "teacher.json").read_text())
     model_path = Path(spec["model_file"])
@@ -433,19 +455,11 @@ def load_teacher_run(run_dir: str | Path, threads: int = 0) -> Callable[[np.ndar
         model_path = run_dir / model_path
     wheels = run_dir / spec["wheels_dir"] if spec.get("wheels_dir") else None
     teacher = shared_teacher(spec, model_path, threads, wheels)
-    mapping = spec["mapping"]
-    known = np.array([bool(m) for m in mapping])
-    weights = dict(np.load(run_dir / "probe.npz")) if spec["head"] == "probe" else None
-    w_zero = float(spec.get("zero_shot_weight", 0.0))
+    head = teacher_head(run_dir)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         emb, scores = teacher(batch)
-        zero = mapped_scores(scores, mapping)
-        if weights is None:
-            return zero
-        probe = probe_forward(emb, weights)
-        probe[:, known] = (1 - w_zero) * probe[:, known] + w_zero * zero[:, known]
-        return probe
+        return head(emb, mapped_scores(scores, spec["mapping"]))
 
     return predict
 

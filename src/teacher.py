@@ -10,7 +10,9 @@ Cache layout (`<data.cache_dir>/teacher/<teacher.name>/`):
     embeddings.npy     (windows, D) float32
     scores.npy         (windows, classes) float32: the teacher's scores mapped onto sample_submission's classes
 Sources: `chunks` (the prepare chunk index; copy 0 = the chunk, 1.. = mixed into a soundscape bed at a random
-SNR, `teacher_cache.mix`), `train_soundscapes` and `test_soundscapes` (every 5 s window; chunk = window index).
+SNR, `teacher_cache.mix`), `train_soundscapes` and `test_soundscapes` (every 5 s window; chunk = window index),
+and `valsets` (every fold's validation soundscapes, src.valsets; filename = `<set>/fold<k>/<file>`): teacher runs
+are scored on them, and pseudo-labelled, from this cache instead of running the teacher again.
 """
 from __future__ import annotations
 
@@ -31,13 +33,16 @@ import soxr
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from src import config as _config  # noqa: F401  (registers the root_tag resolver)
+from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
 from src.audio import AudioError, from_int16, load_audio
 from src.competition import Competition, load_competition
+from src.folds import folds_path
 from src.io import atomic_write
 from src.prepare import cache_path, cache_rate, load_cached
-from src.runtimes import TeacherError, TeacherModel, mapped_scores
+from src.runtimes import TeacherError, TeacherModel, is_teacher_dir, mapped_scores, teacher_head
 from src.soundscape import cut_windows, n_windows
+from src.submission import row_ids
+from src.valsets import load_fold
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +188,7 @@ def teacher_spec(tcfg: DictConfig, model: Path, mapping: list[list[int]]) -> dic
 
 @dataclass
 class Job:
-    source: str             # chunks | train_soundscapes | test_soundscapes
+    source: str             # chunks | train_soundscapes | test_soundscapes | valsets
     path: str               # cached recording (.npy, chunks) or the soundscape's audio file
     filename: str
     out: str                # the part file
@@ -299,10 +304,35 @@ def make_jobs(cfg: DictConfig, comp: Competition, out_dir: Path) -> list[Job]:
         if source in sources:
             jobs += [Job(source, str(p), p.name, str(out_dir / "parts" / source / f"{p.stem}.npz"))
                      for p in folders[source]]
-    unknown = set(sources) - {"chunks", *folders}
+    if "valsets" in sources and cfg.train.soundscape_cv:
+        jobs += valset_jobs(cfg, comp.classes, out_dir)
+    unknown = set(sources) - {"chunks", "valsets", *folders}
     if unknown:
         raise ValueError(f"teacher_cache.sources: unknown {sorted(unknown)}: use chunks, train_soundscapes, "
-                         "test_soundscapes")
+                         "test_soundscapes, valsets")
+    return jobs
+
+
+def valset_name(path: str | Path, cache: str | Path) -> str:
+    """The cache's `filename` of a validation soundscape: its path under `<cache>/valsets/` (set/fold/file),
+    so that the sets of other folds files or settings never mix."""
+    return Path(path).relative_to(Path(cache) / "valsets").as_posix()
+
+
+def valset_jobs(cfg: DictConfig, classes: list[str], out_dir: Path) -> list[Job]:
+    """One job per validation soundscape of every fold (src.valsets builds the missing sets first): the
+    teacher runs are then scored on them from the cache, not by running the teacher again per run."""
+    if not folds_path(cfg).exists():
+        log.warning("%s not found: validation soundscapes not cached (run `python -m src.folds` first)",
+                    folds_path(cfg))
+        return []
+    jobs = []
+    for fold in range(int(cfg.folds.n)):
+        vs = load_fold(cfg, fold, classes)
+        for path in vs.files if vs else []:
+            name = valset_name(path, cfg.data.cache_dir)
+            part = out_dir / "parts" / "valsets" / Path(name).with_suffix(".npz")
+            jobs.append(Job("valsets", str(path), name, str(part)))
     return jobs
 
 
@@ -419,6 +449,38 @@ def load_cache(cfg_or_dir: DictConfig | Path) -> tuple[pl.DataFrame, np.ndarray,
                                 f"teacher={out_dir.name}` first")
     return (pl.read_parquet(out_dir / "windows.parquet"), np.load(out_dir / "embeddings.npy", mmap_mode="r"),
             np.load(out_dir / "scores.npy", mmap_mode="r"), json.loads((out_dir / "settings.json").read_text()))
+
+
+def cached_run_predictions(run_dir: str | Path, source: str, filenames: list[str]
+                           ) -> tuple[list[str], np.ndarray] | None:
+    """A teacher run's probabilities on every 5 s window of `filenames` (cache `filename`s of `source`), its head
+    applied to the cached embeddings and scores instead of running the teacher again: (row_ids in the files'
+    order, (rows, classes)). None when `run_dir` is not a teacher run, its cache is missing or was built with
+    other teacher settings, or a file is not (wholly) cached: then predict from the audio."""
+    run_dir = Path(run_dir)
+    if not is_teacher_dir(run_dir):
+        return None
+    cfg = load_run_config(run_dir)
+    out_dir = cache_dir(cfg)
+    if not (out_dir / "windows.parquet").exists():
+        return None
+    windows, emb, zero, settings = load_cache(out_dir)
+    spec = json.loads((run_dir / "teacher.json").read_text())
+    same = ("name", "model_file", "sample_rate", "window_s", "offsets_s", "outputs", "activation", "signature",
+            "mapping")
+    if any(settings.get(k) != spec.get(k) for k in same) or settings["classes"] != list(cfg.classes):
+        return None
+    rows = windows.with_row_index("row").filter(pl.col("source") == source, pl.col("filename").is_in(filenames))
+    by_file = {f: g.sort("chunk") for (f,), g in rows.group_by(["filename"])}
+    ids, index = [], []
+    for f in filenames:
+        part = by_file.get(f)
+        if part is None or part["chunk"].to_list() != list(range(part.height)):
+            return None
+        ids += row_ids(Path(f).stem, part.height, float(part["end_s"][0] - part["start_s"][0]))
+        index.append(part["row"].to_numpy())
+    index = np.concatenate(index) if index else np.zeros(0, np.int64)
+    return ids, teacher_head(run_dir)(emb[index], zero[index])
 
 
 @hydra.main(config_path="../configs", config_name="teacher", version_base=None)

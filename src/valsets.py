@@ -280,8 +280,7 @@ def evaluate_soundscapes(predict_fn: Callable[[np.ndarray], np.ndarray], cfg: Di
                          out_dir: str | Path | None = None, batch_size: int = 64,
                          shifts_s: tuple[float, ...] = (0.0,), valset: ValSet | None = None) -> dict[str, float]:
     """Predict fold `cfg.fold`'s validation soundscapes (`valset`, else loaded or built) with `predict_fn`
-    ((B, samples) -> (B, C) probabilities at `cfg.audio`'s rate) and score them; with `out_dir`, write
-    `<out_dir>/oof_soundscape.parquet` (row_id, filename, labels, one probability column per class).
+    ((B, samples) -> (B, C) probabilities at `cfg.audio`'s rate) and score them (`score_predictions`).
     Returns soundscape_auc / soundscape_cmap ({} if the fold has no validation soundscapes)."""
     vs = valset or load_fold(cfg, int(cfg.fold), classes)
     if vs is None:
@@ -291,6 +290,13 @@ def evaluate_soundscapes(predict_fn: Callable[[np.ndarray], np.ndarray], cfg: Di
     if problems:
         raise RuntimeError(f"validation soundscapes unreadable ({problems[:3]}): delete {vs.files[0].parent} "
                            "and rerun `python -m src.valsets` to rebuild them")
+    return score_predictions(vs, ids, probs, classes, out_dir)
+
+
+def score_predictions(vs: ValSet, ids: list[str], probs: np.ndarray, classes: list[str],
+                      out_dir: str | Path | None = None) -> dict[str, float]:
+    """Score window predictions (`ids`, (rows, C)) of a fold's validation soundscapes; with `out_dir`, write
+    `<out_dir>/oof_soundscape.parquet` (row_id, filename, labels, one probability column per class)."""
     order = {r: i for i, r in enumerate(ids)}
     probs = probs[[order[r] for r in vs.labels["row_id"]]]
     y = vs.labels.select(classes).to_numpy().astype(np.float32)
@@ -326,12 +332,24 @@ def build_all(cfg: DictConfig) -> dict[int, Path | None]:
 
 def score_run(fold_dir: str | Path, threads: int = 0, batch_size: int = 16) -> dict[str, float]:
     """Score a finished run fold (any kind `src.export.eager_runtime` loads) on its fold's validation
-    soundscapes: writes its oof_soundscape.parquet and adds the soundscape metrics to its metrics.json."""
-    from src.export import eager_runtime  # torch and the models: only when a run is scored
+    soundscapes: writes its oof_soundscape.parquet and adds the soundscape metrics to its metrics.json.
+    A teacher run whose teacher cache holds the fold's sets (source `valsets`) is scored from the cache."""
+    from src.teacher import cached_run_predictions, valset_name
 
     fold_dir = Path(fold_dir)
     cfg = cfglib.load_run_config(fold_dir)
-    metrics = evaluate_soundscapes(eager_runtime(fold_dir, threads), cfg, list(cfg.classes), fold_dir, batch_size)
+    classes = list(cfg.classes)
+    vs = load_fold(cfg, int(cfg.fold), classes)
+    if vs is None:
+        return {}
+    cached = cached_run_predictions(fold_dir, "valsets", [valset_name(f, cfg.data.cache_dir) for f in vs.files])
+    if cached is not None:
+        metrics = score_predictions(vs, *cached, classes, fold_dir)
+    else:
+        from src.export import eager_runtime  # torch and the models: only when a run is predicted
+
+        metrics = evaluate_soundscapes(eager_runtime(fold_dir, threads), cfg, classes, fold_dir, batch_size,
+                                       valset=vs)
     path = fold_dir / "metrics.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     with atomic_write(path) as tmp:

@@ -109,6 +109,19 @@ def test_pseudo_labels_from_a_run_and_an_ensemble(tiny_pipeline, tmp_path):
     assert meta_ab["round"] == 0
 
 
+def test_teacher_runs_pseudo_label_from_their_cache_as_from_the_audio(tiny_pipeline, tiny_teacher, tmp_path,
+                                                                       monkeypatch, capsys):
+    """A teacher made of teacher runs reads the windows' embeddings from its cache: the same labels as running
+    the teacher on the decoded soundscapes."""
+    cached = pseudo.pseudo_label(pseudo_config(tiny_pipeline, tmp_path / "cached", "tinyperch_probe"))
+    assert "read from its teacher cache" in capsys.readouterr().out
+    monkeypatch.setattr(pseudo, "cached_run_predictions", lambda *a: None)
+    live = pseudo.pseudo_label(pseudo_config(tiny_pipeline, tmp_path / "live", "tinyperch_probe"))
+    a, b = (pl.read_parquet(tmp_path / d / "pseudo" / "tinyperch_probe.parquet") for d in ("cached", "live"))
+    assert a.select(pseudo.KEYS).equals(b.select(pseudo.KEYS)) and cached["windows"] == live["windows"]
+    np.testing.assert_allclose(a.select(live["classes"]).to_numpy(), b.select(live["classes"]).to_numpy(), atol=1e-5)
+
+
 def test_teacher_from_another_competition_is_refused(tiny_pipeline, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(tiny_pipeline.runs_dir / "tiny_a", runs / "other")

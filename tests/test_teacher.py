@@ -19,7 +19,10 @@ from src.export import eager_runtime
 from src.prepare import prepare
 from src.probe import fit_probe, train_probe
 from src.runtimes import TeacherError, TeacherModel, load_teacher_run, mapped_scores, probe_forward
-from src.teacher import birdnet_files, build_cache, class_names, load_cache, map_classes, read_labels
+from src.config import load_run_config
+from src.teacher import (birdnet_files, build_cache, cached_run_predictions, class_names, load_cache, map_classes,
+                         read_labels, valset_name)
+from src.valsets import evaluate_soundscapes, load_fold, score_predictions
 from tests.fake_teacher import SAMPLES, write_fake_perch
 from tests.pipeline import compose_named
 
@@ -178,6 +181,28 @@ def test_teacher_runs_end_to_end(tiny_pipeline, tiny_teacher):
     assert [m["run"] for m in summary["members"]] == ["tiny_a", "tinyperch", "tinyperch_probe"]
     sub = pl.read_csv(tiny_pipeline.root / "ens_teacher" / "with_teacher" / "submission.csv")
     assert sub.columns[1:] == classes and sub.height > 0
+
+
+def test_teacher_runs_are_scored_on_the_validation_soundscapes_from_the_cache(tiny_pipeline, tiny_teacher, tmp_path):
+    """The cache holds every fold's validation soundscapes (source valsets): a teacher run is scored from it as
+    running the teacher on their audio scores it; a CNN run or a file the cache lacks gets None (audio path)."""
+    _, classes = tiny_teacher
+    for exp in ("tinyperch", "tinyperch_probe"):
+        run = tiny_pipeline.runs_dir / exp / "fold0"
+        cfg = load_run_config(run)
+        vs = load_fold(cfg, 0, classes)
+        names = [valset_name(f, cfg.data.cache_dir) for f in vs.files]
+        ids, cached = cached_run_predictions(run, "valsets", names)
+        assert len(ids) == vs.labels.height and cached.shape == (len(ids), len(classes))
+        live = evaluate_soundscapes(load_teacher_run(run, 1), cfg, classes, tmp_path / "live", 4, valset=vs)
+        assert score_predictions(vs, ids, cached, classes, tmp_path / "cached") == pytest.approx(live, abs=1e-6)
+        a, b = (pl.read_parquet(tmp_path / d / "oof_soundscape.parquet") for d in ("live", "cached"))
+        assert a["row_id"].to_list() == b["row_id"].to_list()
+        np.testing.assert_allclose(a.select(classes).to_numpy(), b.select(classes).to_numpy(), atol=1e-5)
+        saved = json.loads((run / "metrics.json").read_text())  # src.probe scored it (from the cache)
+        assert saved["soundscape_auc"] == pytest.approx(live["soundscape_auc"], abs=1e-6)
+    assert cached_run_predictions(tiny_pipeline.runs_dir / "tiny_a" / "fold0", "valsets", names) is None
+    assert cached_run_predictions(run, "valsets", [*names, "elsewhere/fold0/x.ogg"]) is None
 
 
 def test_probe_reruns_identically(tiny_pipeline, tiny_teacher, tmp_path):
