@@ -33,9 +33,9 @@ import soxr
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
 from src.audio import AudioError, from_int16, load_audio
 from src.competition import Competition, load_competition
+from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
 from src.folds import folds_path
 from src.io import atomic_write
 from src.prepare import cache_path, cache_rate, load_cached

@@ -15,13 +15,21 @@ from omegaconf import OmegaConf
 
 from src import ensemble
 from src.competition import load_competition
+from src.config import load_run_config
 from src.export import eager_runtime
 from src.prepare import prepare
 from src.probe import fit_probe, train_probe
 from src.runtimes import TeacherError, TeacherModel, load_teacher_run, mapped_scores, probe_forward
-from src.config import load_run_config
-from src.teacher import (birdnet_files, build_cache, cached_run_predictions, class_names, load_cache, map_classes,
-                         read_labels, valset_name)
+from src.teacher import (
+    birdnet_files,
+    build_cache,
+    cached_run_predictions,
+    class_names,
+    load_cache,
+    map_classes,
+    read_labels,
+    valset_name,
+)
 from src.valsets import evaluate_soundscapes, load_fold, score_predictions
 from tests.fake_teacher import SAMPLES, write_fake_perch
 from tests.pipeline import compose_named

@@ -81,7 +81,7 @@ def test_a_run_at_another_rate_gets_the_same_soundscapes_at_true_pitch(tmp_path)
     row = vs.calls.row(0, named=True)
     y = load_audio(vs.files[0].with_name(f"{row['soundscape']}.ogg"), 48000)
     mag, freqs = np.abs(np.fft.rfft(y)), np.fft.rfftfreq(len(y), 1 / 48000)
-    level = lambda f: mag[np.abs(freqs - f) < 3].max() / np.median(mag)  # noqa: E731
+    level = lambda f: mag[np.abs(freqs - f) < 3].max() / np.median(mag)
     assert level(_tone_freq(row["filename"])) > 50
     assert level(1.5 * _tone_freq(row["filename"])) < 20
 
