@@ -30,6 +30,7 @@ from src.metrics import primary_one_hot, score, submission_score
 from src.postprocess import postprocess_rows
 from src.soundscape import list_soundscapes, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
+from src.teacher import cached_run_predictions
 from src.valsets import labels_matrix
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,23 @@ def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_c
     return ids, preds, problems
 
 
+def cached_members(members: list[dict], source: str, files: list[Path], inference: DictConfig
+                   ) -> tuple[list[str], list[np.ndarray]] | None:
+    """`predict_members` from the teacher cache (source `train_soundscapes` / `test_soundscapes`): each member's
+    probabilities, its folds averaged, when every member is a teacher run whose cache holds every file and the
+    inference adds nothing the cache lacks (no context, no shifts); else None (predict from the audio)."""
+    if float(inference.context_s) or [float(s) for s in inference.shifts_s] != [0.0]:
+        return None
+    names, ids, preds = [f.name for f in files], None, []
+    for member in members:
+        folds = [cached_run_predictions(d, source, names) for d in member["fold_dirs"]]
+        if any(f is None for f in folds) or any(ids is not None and f[0] != ids for f in folds):
+            return None
+        ids = folds[0][0]
+        preds.append(np.mean([f[1] for f in folds], axis=0))
+    return ids, preds
+
+
 def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:
     """Blend, weights and post-processing fitted on the members' OOF: on the validation-soundscape OOF when every
     member has one (unless `ensemble.fit.oof=clip`), else on the clip OOF with the configured post-processing.
@@ -360,8 +378,13 @@ def predict_test(cfg: DictConfig, comp, members: list[dict], summary: dict, out_
         print(f"{comp.test_dir}: no test soundscapes (Kaggle fills it at scoring time): no submission written")
         return {}
     classes, fallback = summary["classes"], np.asarray(summary["fallback"], np.float32)
-    ids, preds, problems = predict_members(members, files, cfg, len(classes),
-                                           lambda d: eager_runtime(d, int(cfg.threads)))
+    cached = cached_members(members, "test_soundscapes", files, cfg.ensemble)
+    if cached is not None:
+        (ids, preds), problems = cached, []
+        print("every member's test windows read from its teacher cache")
+    else:
+        ids, preds, problems = predict_members(members, files, cfg, len(classes),
+                                               lambda d: eager_runtime(d, int(cfg.threads)))
     probs = combine_members(preds, [m["weight"] for m in members], summary["blend"], summary["power"], ids,
                             summary["inference"]["postprocess"], fallback)
     sample_rows, _ = read_sample_submission(comp.sample_submission)

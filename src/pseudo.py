@@ -24,13 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from src.blend import combine_members
 from src.competition import load_competition
 from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
-from src.ensemble import fold_dirs, predict_members
+from src.ensemble import cached_members, fold_dirs, predict_members
 from src.export import eager_runtime
 from src.io import atomic_write
 from src.metrics import macro_auc
 from src.postprocess import postprocess_rows
 from src.prepare import load_soundscape_index
-from src.teacher import cached_run_predictions
 
 log = logging.getLogger(__name__)
 KEYS = ["filename", "window", "start_s", "end_s"]
@@ -79,28 +78,11 @@ def teacher_classes(teacher: dict) -> list[str]:
     return classes
 
 
-def cached_members(members: list[dict], files: list[Path], inference: DictConfig
-                   ) -> tuple[list[str], list[np.ndarray]] | None:
-    """Each member's probabilities (its folds averaged) from its teacher cache, when every member is a teacher
-    run whose cache holds every file and the inference adds nothing the cache lacks (no context, no shifts);
-    else None."""
-    if float(inference.context_s) or [float(s) for s in inference.shifts_s] != [0.0]:
-        return None
-    names, ids, preds = [f.name for f in files], None, []
-    for member in members:
-        folds = [cached_run_predictions(d, "train_soundscapes", names) for d in member["fold_dirs"]]
-        if any(f is None for f in folds) or any(ids is not None and f[0] != ids for f in folds):
-            return None
-        ids = folds[0][0]
-        preds.append(np.mean([f[1] for f in folds], axis=0))
-    return ids, preds
-
-
 def predict_windows(teacher: dict, files: list[Path], n_classes: int, threads: int) -> tuple[list[str], np.ndarray]:
     """The teacher's blended, post-processed probabilities of every 5 s window of `files` (row_ids, (N, C)):
     from the teacher cache when it holds them (`cached_members`), else each file decoded and predicted."""
     cfg = OmegaConf.create({"ensemble": OmegaConf.to_container(teacher["inference"], resolve=True)})
-    cached = cached_members(teacher["members"], files, cfg.ensemble)
+    cached = cached_members(teacher["members"], "train_soundscapes", files, cfg.ensemble)
     if cached is not None:
         ids, preds = cached
         print(f"teacher {teacher['name']}: every member's windows read from its teacher cache")

@@ -115,7 +115,7 @@ def test_teacher_runs_pseudo_label_from_their_cache_as_from_the_audio(tiny_pipel
     the teacher on the decoded soundscapes."""
     cached = pseudo.pseudo_label(pseudo_config(tiny_pipeline, tmp_path / "cached", "tinyperch_probe"))
     assert "read from its teacher cache" in capsys.readouterr().out
-    monkeypatch.setattr(pseudo, "cached_run_predictions", lambda *a: None)
+    monkeypatch.setattr(ensemble, "cached_run_predictions", lambda *a: None)
     live = pseudo.pseudo_label(pseudo_config(tiny_pipeline, tmp_path / "live", "tinyperch_probe"))
     a, b = (pl.read_parquet(tmp_path / d / "pseudo" / "tinyperch_probe.parquet") for d in ("cached", "live"))
     assert a.select(pseudo.KEYS).equals(b.select(pseudo.KEYS)) and cached["windows"] == live["windows"]

@@ -213,6 +213,23 @@ def test_teacher_runs_are_scored_on_the_validation_soundscapes_from_the_cache(ti
     assert cached_run_predictions(run, "valsets", [*names, "elsewhere/fold0/x.ogg"]) is None
 
 
+def test_an_ensemble_of_teacher_runs_predicts_the_test_from_the_cache_as_from_the_audio(tiny_pipeline, tiny_teacher,
+                                                                                          tmp_path, monkeypatch, capsys):
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+
+    def submission(name: str) -> pl.DataFrame:
+        ensemble.run(compose_named("ensemble", *data, f"runs_dir={tiny_pipeline.runs_dir}", f"ensembles_dir={tmp_path}",
+                                   "runs=[tinyperch,tinyperch_probe]", f"name={name}", "ensemble.fit.restarts=1"))
+        return pl.read_csv(tmp_path / name / "submission.csv")
+
+    cached = submission("cached")
+    assert "test windows read from its teacher cache" in capsys.readouterr().out
+    monkeypatch.setattr(ensemble, "cached_run_predictions", lambda *a: None)
+    live = submission("live")
+    assert cached["row_id"].to_list() == live["row_id"].to_list() and cached.height > 0
+    np.testing.assert_allclose(cached.drop("row_id").to_numpy(), live.drop("row_id").to_numpy(), atol=1e-5)
+
+
 def test_probe_reruns_identically(tiny_pipeline, tiny_teacher, tmp_path):
     overrides, _ = tiny_teacher
     first = tiny_pipeline.runs_dir / "tinyperch_probe" / "fold0" / "probe.npz"
