@@ -251,17 +251,20 @@ def fit_soundscapes(base: pl.DataFrame, preds: list[np.ndarray], classes: list[s
     steps = {step: nested_pipeline(preds, y, ids, groups, method, power, restarts,
                                    post_candidates(ens.search, step), metric)
              for step in ("blend", "smoothing", "file_prior")}
+    # the steps kept are those up to the best nested score (a later step that lowers it is left out; on a tie
+    # the simpler pipeline wins): the in-sample choice among all candidates would pick what overfits
+    kept = max(steps, key=steps.get)
     weights = fit_weights(preds, y, method, metric, power, restarts)
-    post, in_sample = choose_post(preds, y, ids, weights, method, power, post_candidates(ens.search, "file_prior"),
-                                  metric)
+    post, in_sample = choose_post(preds, y, ids, weights, method, power, post_candidates(ens.search, kept), metric)
     print(f"soundscape OOF {metric} on {base.height} windows, nested: blends "
           + ", ".join(f"{m} {v:.4f}" for m, v in table.items()) + f" -> {method}; steps "
-          + ", ".join(f"{k} {v:.4f}" for k, v in steps.items()) + f" -> post-processing {post}")
+          + ", ".join(f"{k} {v:.4f}" for k, v in steps.items()) + f" -> up to {kept}: post-processing {post}")
     return {"method": method, "weights": weights, "postprocess": post,
             "summary": {"soundscape_blends_nested": table, "soundscape_steps_nested": steps,
                         "soundscape_step_gain": {"smoothing": steps["smoothing"] - steps["blend"],
                                                  "file_prior": steps["file_prior"] - steps["smoothing"]},
-                        "soundscape_oof_score": steps["file_prior"], "soundscape_oof_score_in_sample": in_sample,
+                        "soundscape_steps_kept": kept, "soundscape_oof_score": steps[kept],
+                        "soundscape_oof_score_in_sample": in_sample,
                         "fit_on": "soundscape"}}
 
 

@@ -307,9 +307,12 @@ def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipe
     default = ensemble.run(compose_named("ensemble", *base, "name=clip", "ensemble.fit.oof=clip"))
     assert fitted["fit_on"] == "soundscape" and default["fit_on"] == "clip"
     steps = fitted["soundscape_steps_nested"]
-    assert set(steps) == {"blend", "smoothing", "file_prior"} and fitted["soundscape_oof_score"] == steps["file_prior"]
+    assert set(steps) == {"blend", "smoothing", "file_prior"}
+    # the steps kept end at the best nested score; a later step that lowers it is left out of the choice
+    kept = fitted["soundscape_steps_kept"]
+    assert steps[kept] == max(steps.values()) and fitted["soundscape_oof_score"] == steps[kept]
     assert fitted["soundscape_step_gain"]["smoothing"] == pytest.approx(steps["smoothing"] - steps["blend"])
-    candidates = ensemble.post_candidates(compose_named("ensemble").ensemble.search, "file_prior")
+    candidates = ensemble.post_candidates(compose_named("ensemble").ensemble.search, kept)
     assert fitted["inference"]["postprocess"] in candidates  # the chosen one goes to the test and the kernel
     assert default["inference"]["postprocess"] == OmegaConf.to_container(compose_named("ensemble").ensemble.postprocess)
     assert 0 <= default["soundscape_oof_score"] <= 1
@@ -323,6 +326,18 @@ def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipe
     mixed = blend(preds, [m["weight"] for m in fitted["members"]], fitted["blend"], fitted["power"])
     chosen = score(y, postprocess_rows(ids, mixed, fitted["inference"]["postprocess"]), "auc")
     assert chosen == pytest.approx(fitted["soundscape_oof_score_in_sample"]) and chosen >= score(y, mixed, "auc") - 1e-12
+
+
+def test_a_post_processing_step_that_lowers_the_nested_score_is_left_out(scored_runs, monkeypatch):
+    cfg = compose_named("ensemble", "ensemble.fit.restarts=1")
+    n_smoothing = len(ensemble.post_candidates(cfg.ensemble.search, "smoothing"))
+    # nested scores by step (told apart by their candidate counts): smoothing helps, the file prior hurts
+    monkeypatch.setattr(ensemble, "nested_pipeline", lambda *a: {1: 0.80, n_smoothing: 0.90}.get(len(a[7]), 0.85))
+    classes = OmegaConf.load(scored_runs / "tiny_a" / "fold0" / "config.yaml").classes
+    base, preds = ensemble.load_soundscape_oof(scored_runs, ["tiny_a", "tiny_b"], list(classes))
+    fitted = ensemble.fit_soundscapes(base, preds, list(classes), cfg.ensemble, "auc")
+    assert fitted["summary"]["soundscape_steps_kept"] == "smoothing"
+    assert fitted["summary"]["soundscape_oof_score"] == 0.90 and fitted["postprocess"]["file_prior"] is None
 
 
 def test_ensemble_without_soundscape_oof_keeps_the_clip_fit(tiny_pipeline, scored_runs, tmp_path):
