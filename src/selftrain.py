@@ -4,7 +4,7 @@ soundscapes.
 Round 0 is the given ensemble or run (copied, or ensembled alone, as `<name>_r0`). Round k: `src.pseudo`
 labels every unlabelled window with `<name>_r<k-1>`, each student trains on the clips plus those labels
 (`src.train pseudo.path=...`, or an embedding probe), and `src.ensemble` blends the students (with the runs
-of `keep_runs`, e.g. a teacher's zero-shot run) as `<name>_r<k>`.
+of `keep_runs`, e.g. a teacher's zero-shot run, and with `keep_round0` round 0's own members) as `<name>_r<k>`.
 Every round is an ensemble folder, so a leaderboard row; the round with the best CV (`select`: the soundscape
 CV when every round has one, else the nested OOF score, never a test score) is copied to `ensembles/<name>/`
 with `selftrain.json`, the table of rounds (CV, pseudo-label AUC when the truth is known, test score when a
@@ -86,6 +86,15 @@ def run_ensemble(cfg: DictConfig, runs: list[str], name: str) -> None:
                                    f"name={name}", *cfg.ensemble_overrides]))
 
 
+def kept_runs(cfg: DictConfig) -> list[str]:
+    """The runs blended into every round's ensemble beside its students: `keep_runs`, and with `keep_round0`
+    the members of round 0 (the teacher ensembled with its students), each once."""
+    runs = list(cfg.keep_runs)
+    if cfg.keep_round0:
+        runs += [str(m.run) for m in OmegaConf.load(_ensemble_yaml(cfg, f"{cfg.name}_r0")).members]
+    return list(dict.fromkeys(runs))
+
+
 def pseudo_round(cfg: DictConfig, k: int) -> Path:
     """Round k's pseudo-labels, from round k-1's ensemble; returns the parquet."""
     from src.pseudo import pseudo_label
@@ -152,7 +161,7 @@ def selftrain(cfg: DictConfig) -> dict:
         labels = pseudo_round(cfg, k)
         exps = train_students(cfg, k, labels)
         if not (cfg.resume and _ensemble_yaml(cfg, f"{cfg.name}_r{k}").exists()):
-            run_ensemble(cfg, [*cfg.keep_runs, *exps], f"{cfg.name}_r{k}")
+            run_ensemble(cfg, kept_runs(cfg) + exps, f"{cfg.name}_r{k}")
         rounds.append(round_record(cfg, k, time.time() - t0, labels))
         print_rounds(rounds)
     best, key = best_round(rounds, str(cfg.select), float(cfg.min_gain))

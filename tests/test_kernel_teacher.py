@@ -46,7 +46,7 @@ def test_dataset_ships_the_teacher_and_the_probe(built_teacher):
                                                               "perch_tiny.onnx").resolve()
         assert not spec["model_file"].startswith("/")
     probe = np.load(dataset / "models" / "tinyperch_probe" / "fold0" / "probe.npz")
-    assert set(probe.files) == {"mean", "std", "w0", "b0"}
+    assert set(probe.files) == {"mean", "std", "w0", "b0", "w1", "b1"}  # one hidden layer (probe.hidden)
     config = json.loads((dataset / "ensemble.json").read_text())
     for diffs in config["export_max_abs_diff"].values():
         assert set(diffs) == {"tiny_a/fold0", "tinyperch/fold0", "tinyperch_probe/fold0"}

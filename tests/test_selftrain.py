@@ -34,7 +34,8 @@ def test_one_round_end_to_end(tiny_pipeline, tmp_path):
     summary = selftrain.selftrain(cfg)
     ens = tmp_path / "ensembles"
     assert [r["ensemble"] for r in summary["rounds"]] == ["tiny_r0", "tiny_r1"]
-    assert summary["rounds"][0]["members"] == ["tiny_a"] and summary["rounds"][1]["members"] == ["tiny_st_r1"]
+    # the demo recipe keeps round 0 (the teacher) beside its student
+    assert summary["rounds"][0]["members"] == ["tiny_a"] and summary["rounds"][1]["members"] == ["tiny_a", "tiny_st_r1"]
     key = summary["selected_by"]
     assert key == "soundscape_auc" and all(r[key] is not None for r in summary["rounds"])  # valsets exist
     assert summary["best_round"] == selftrain.best_round(summary["rounds"], key, cfg.min_gain)[0]
@@ -78,14 +79,14 @@ def test_unknown_round0_is_a_clear_error(tiny_pipeline, tmp_path):
 
 def test_probe_students_refit_on_pseudo_labelled_windows(tiny_pipeline, tiny_teacher, tmp_path):
     """The xc45 recipe on the tiny teacher: round 0 is the zero-shot run, each round refits the embedding probe
-    on the chunks plus every pseudo-labelled window's cached embedding, blended with the kept zero-shot run."""
+    on the chunks plus every pseudo-labelled window's cached embedding, blended with round 0's run (keep_round0)."""
     overrides, classes = tiny_teacher
     teacher = [o for o in overrides if o.startswith(("teacher", "probe.", "experiment=", "folds.", "prepare."))]
     student = f"{{exp: tinyperch_st, command: probe, overrides: {_q(teacher)}}}"
     cfg = selftrain_config(tiny_pipeline, tmp_path, "rounds=1", "round0=tinyperch", f"students=[{student}]",
-                           "keep_runs=[tinyperch]", "pseudo_overrides=['threads=1']")
+                           "keep_round0=true", "pseudo_overrides=['threads=1']")
     summary = selftrain.selftrain(cfg)
-    assert summary["rounds"][1]["members"] == ["tinyperch", "tinyperch_st_r1"]
+    assert summary["rounds"][1]["members"] == ["tinyperch", "tinyperch_st_r1"]  # round 0's run kept beside
     run = tiny_pipeline.runs_dir / "tinyperch_st_r1" / "fold0"
     labels = tmp_path / "pseudo" / "tiny" / "tiny_r0.parquet"
     assert OmegaConf.load(run / "config.yaml").pseudo.path == str(labels)

@@ -155,7 +155,7 @@ def test_fit_probe_takes_extra_soft_target_rows():
     base = fit_probe(x, y, cfg)
     extra = (rng.normal(0, 1, (20, 6)).astype(np.float32), np.full((20, 2), 0.5, np.float32))
     with_extra = fit_probe(x, y, cfg, extra=extra)
-    assert with_extra["w0"].shape == base["w0"].shape == (6, 2)
+    assert with_extra["w0"].shape == base["w0"].shape == (6, cfg.hidden) and base["w1"].shape == (cfg.hidden, 2)
     assert not np.allclose(with_extra["w0"], base["w0"])
     p = probe_forward(x, base)
     assert ((p[:, 0] > 0.5) == (y[:, 0] > 0.5)).mean() > 0.9
