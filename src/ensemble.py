@@ -304,14 +304,25 @@ def cached_members(members: list[dict], source: str, files: list[Path], inferenc
     inference adds nothing the cache lacks (no context, no shifts); else None (predict from the audio)."""
     if float(inference.context_s) or [float(s) for s in inference.shifts_s] != [0.0]:
         return None
-    names, ids, preds = [f.name for f in files], None, []
-    for member in members:
-        folds = [cached_run_predictions(d, source, names) for d in member["fold_dirs"]]
-        if any(f is None for f in folds) or any(ids is not None and f[0] != ids for f in folds):
-            return None
-        ids = folds[0][0]
-        preds.append(np.mean([f[1] for f in folds], axis=0))
-    return ids, preds
+    names = [f.name for f in files]
+    per_member = [[cached_run_predictions(d, source, names) for d in m["fold_dirs"]] for m in members]
+    flat = [r for folds in per_member for r in folds]
+    if any(r is None for r in flat):
+        return None
+    return flat[0][0], [np.mean([r[1] for r in folds], axis=0) for folds in per_member]
+
+
+def member_predictions(members: list[dict], source: str, files: list[Path], cfg: DictConfig, n_classes: int,
+                       threads: int) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """Each member's probabilities on every window of `files`: from the teacher cache when it holds them all
+    (`cached_members`), else decoded and predicted (`predict_members`). Returns (row_ids, preds, problems)."""
+    cached = cached_members(members, source, files, cfg.ensemble)
+    if cached is not None:
+        print(f"every member's {source.split('_')[0]} windows read from its teacher cache")
+        return *cached, []
+    if threads:
+        torch.set_num_threads(threads)
+    return predict_members(members, files, cfg, n_classes, lambda d: eager_runtime(d, threads))
 
 
 def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:
@@ -372,8 +383,6 @@ def predict_test(cfg: DictConfig, comp, members: list[dict], summary: dict, out_
     """Predict the competition's test soundscapes with the fitted ensemble (`summary`: blend, power, classes,
     fallback, inference.postprocess), write and validate `out_dir/submission.csv` and, when a solution.csv lies
     beside them, score.json. Returns the summary's test fields ({} without test soundscapes)."""
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     files, skipped = list_soundscapes(comp.test_dir)
     for problem in skipped:
         log.warning(problem)
@@ -381,13 +390,8 @@ def predict_test(cfg: DictConfig, comp, members: list[dict], summary: dict, out_
         print(f"{comp.test_dir}: no test soundscapes (Kaggle fills it at scoring time): no submission written")
         return {}
     classes, fallback = summary["classes"], np.asarray(summary["fallback"], np.float32)
-    cached = cached_members(members, "test_soundscapes", files, cfg.ensemble)
-    if cached is not None:
-        (ids, preds), problems = cached, []
-        print("every member's test windows read from its teacher cache")
-    else:
-        ids, preds, problems = predict_members(members, files, cfg, len(classes),
-                                               lambda d: eager_runtime(d, int(cfg.threads)))
+    ids, preds, problems = member_predictions(members, "test_soundscapes", files, cfg, len(classes),
+                                              int(cfg.threads))
     probs = combine_members(preds, [m["weight"] for m in members], summary["blend"], summary["power"], ids,
                             summary["inference"]["postprocess"], fallback)
     sample_rows, _ = read_sample_submission(comp.sample_submission)

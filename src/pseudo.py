@@ -18,14 +18,12 @@ from pathlib import Path
 import hydra
 import numpy as np
 import polars as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.blend import combine_members
 from src.competition import load_competition
 from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
-from src.ensemble import cached_members, fold_dirs, predict_members
-from src.export import eager_runtime
+from src.ensemble import fold_dirs, member_predictions
 from src.io import atomic_write
 from src.metrics import macro_auc
 from src.postprocess import postprocess_rows
@@ -82,17 +80,10 @@ def predict_windows(teacher: dict, files: list[Path], n_classes: int, threads: i
     """The teacher's blended, post-processed probabilities of every 5 s window of `files` (row_ids, (N, C)):
     from the teacher cache when it holds them (`cached_members`), else each file decoded and predicted."""
     cfg = OmegaConf.create({"ensemble": OmegaConf.to_container(teacher["inference"], resolve=True)})
-    cached = cached_members(teacher["members"], "train_soundscapes", files, cfg.ensemble)
-    if cached is not None:
-        ids, preds = cached
-        print(f"teacher {teacher['name']}: every member's windows read from its teacher cache")
-    else:
-        if threads:
-            torch.set_num_threads(threads)
-        ids, preds, problems = predict_members(teacher["members"], files, cfg, n_classes,
-                                               lambda d: eager_runtime(d, threads))
-        for p in problems:
-            log.warning(p)
+    ids, preds, problems = member_predictions(teacher["members"], "train_soundscapes", files, cfg, n_classes,
+                                              threads)
+    for p in problems:
+        log.warning(p)
     post = OmegaConf.to_container(cfg.ensemble.postprocess, resolve=True) or {}
     probs = combine_members(preds, [m["weight"] for m in teacher["members"]], teacher["blend"], teacher["power"],
                             ids, post, np.zeros(n_classes, np.float32))

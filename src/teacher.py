@@ -16,6 +16,7 @@ are scored on them, and pseudo-labelled, from this cache instead of running the 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -442,13 +443,20 @@ def build_cache(cfg: DictConfig) -> dict:
 
 
 def load_cache(cfg_or_dir: DictConfig | Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, dict]:
-    """(windows, embeddings, mapped scores, settings) of a built teacher cache."""
+    """(windows, embeddings, mapped scores, settings) of a built teacher cache, read-only: read once per cache
+    version in a process (the folds and members of an ensemble share it)."""
     out_dir = cache_dir(cfg_or_dir) if isinstance(cfg_or_dir, DictConfig) else Path(cfg_or_dir)
     if not (out_dir / "windows.parquet").exists():
         raise FileNotFoundError(f"{out_dir / 'windows.parquet'} not found: run `python -m src.teacher data=... "
                                 f"teacher={out_dir.name}` first")
-    return (pl.read_parquet(out_dir / "windows.parquet"), np.load(out_dir / "embeddings.npy", mmap_mode="r"),
-            np.load(out_dir / "scores.npy", mmap_mode="r"), json.loads((out_dir / "settings.json").read_text()))
+    return _read_cache(str(out_dir), (out_dir / "windows.parquet").stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cache(out_dir: str, stamp: int) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, dict]:
+    out = Path(out_dir)
+    return (pl.read_parquet(out / "windows.parquet"), np.load(out / "embeddings.npy", mmap_mode="r"),
+            np.load(out / "scores.npy", mmap_mode="r"), json.loads((out / "settings.json").read_text()))
 
 
 def cached_run_predictions(run_dir: str | Path, source: str, filenames: list[str]
@@ -470,6 +478,17 @@ def cached_run_predictions(run_dir: str | Path, source: str, filenames: list[str
             "mapping")
     if any(settings.get(k) != spec.get(k) for k in same) or settings["classes"] != list(cfg.classes):
         return None
+    found = cached_windows(windows, source, tuple(filenames))
+    if found is None:
+        return None
+    ids, index = found
+    return ids, teacher_head(run_dir)(emb[index], zero[index])
+
+
+def cached_windows(windows: pl.DataFrame, source: str, filenames: tuple[str, ...]
+                   ) -> tuple[list[str], np.ndarray] | None:
+    """(row_ids, cache rows) of every window of `filenames` in a cache's `windows` table, or None when a file is
+    not (wholly) cached."""
     rows = windows.with_row_index("row").filter(pl.col("source") == source, pl.col("filename").is_in(filenames))
     by_file = {f: g.sort("chunk") for (f,), g in rows.group_by(["filename"])}
     ids, index = [], []
@@ -479,8 +498,7 @@ def cached_run_predictions(run_dir: str | Path, source: str, filenames: list[str
             return None
         ids += row_ids(Path(f).stem, part.height, float(part["end_s"][0] - part["start_s"][0]))
         index.append(part["row"].to_numpy())
-    index = np.concatenate(index) if index else np.zeros(0, np.int64)
-    return ids, teacher_head(run_dir)(emb[index], zero[index])
+    return ids, np.concatenate(index) if index else np.zeros(0, np.int64)
 
 
 @hydra.main(config_path="../configs", config_name="teacher", version_base=None)
