@@ -81,12 +81,34 @@ def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl
     return out
 
 
+def bed_targets(rows: pl.DataFrame, windows: pl.DataFrame, pseudo: pl.DataFrame, classes: list[str],
+                window_s: float) -> np.ndarray:
+    """(rows, classes) pseudo-labels of the bed under each mixed copy in `rows` (cache rows, `row`): those of the
+    bed soundscape's window that holds the middle of the mixed-in piece; 0 for clean chunks and for beds
+    without pseudo-labels (ambience, validation beds, silent windows)."""
+    if rows.height and windows.filter(pl.col("copy") > 0)["bed"].null_count():
+        raise ValueError("the teacher cache does not record the beds of its mixed copies (built by an older "
+                         "version): delete its folder and rerun `python -m src.teacher`, or set probe.bed_labels=false")
+    beds = windows.with_row_index("row").select("row", "bed", "bed_start_s")
+    keyed = rows.select("row").join(beds, on="row", how="left", maintain_order="left").with_columns(
+        window=((pl.col("bed_start_s").fill_nan(None) + window_s / 2) // window_s).cast(pl.Int64))
+    labels = pseudo.with_columns(bed=pl.col("filename").map_elements(lambda f: Path(f).stem, return_dtype=pl.Utf8),
+                                 window=pl.col("window").cast(pl.Int64))
+    joined = keyed.join(labels.select("bed", "window", *classes), on=["bed", "window"], how="left",
+                        maintain_order="left")
+    return joined.select(classes).fill_null(0.0).to_numpy().astype(np.float32)
+
+
 def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame, emb: np.ndarray,
-                 classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and targets of the fold's training chunks (+ mixed copies) and background windows."""
+                 classes: list[str], pseudo: pl.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and targets of the fold's training chunks (+ mixed copies) and background windows. With
+    `pseudo` (the pseudo-label table) and `probe.bed_labels`, a mixed copy's targets are the max of its chunk's
+    labels and its bed's pseudo-labels: the calls in the bed are no longer taught as absent."""
     rows = cached_rows(windows, train_df, bool(cfg.probe.mixed))
     secondary = None if cfg.labels.secondary is None else float(cfg.labels.secondary)
     y, _ = multi_hot(rows["primary_label"].to_list(), rows["secondary_labels"].to_list(), classes, secondary)
+    if pseudo is not None and cfg.probe.bed_labels and bool(cfg.probe.mixed):
+        y = np.maximum(y, bed_targets(rows, windows, pseudo, classes, float(cfg.audio.window_s)))
     x = np.asarray(emb[rows["row"].to_numpy()])
     if cfg.probe.background:
         bg = windows.with_row_index("row").filter(
@@ -100,19 +122,16 @@ def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame,
     return x, y
 
 
-def pseudo_set(cfg: DictConfig, windows: pl.DataFrame, emb: np.ndarray,
-               classes: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Embeddings and soft targets of the pseudo-labelled soundscape windows of `pseudo.path` (None when
-    unset): the same file, checks and silent-window rule as `src.train`'s; training only, never validated."""
-    if not cfg.pseudo.path:
-        return None
-    table = load_pseudo_windows(cfg, classes)
+def pseudo_set(windows: pl.DataFrame, emb: np.ndarray, classes: list[str],
+               table: pl.DataFrame, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and soft targets of the pseudo-labelled soundscape windows of `table` (`load_pseudo_windows`
+    of `path`: the same file, checks and silent-window rule as `src.train`'s); training only, never validated."""
     rows = windows.with_row_index("row").filter(pl.col("source") == "train_soundscapes", pl.col("copy") == 0)
     joined = table.join(rows.select("filename", pl.col("chunk").alias("window"), "row"),
                         on=["filename", "window"], how="inner", maintain_order="left")
     if joined.height < table.height:
-        raise ValueError(f"{cfg.pseudo.path}: {table.height - joined.height} of its windows are not in the "
-                         f"teacher cache {cache_dir(cfg)}: rerun `python -m src.teacher` with train_soundscapes "
+        raise ValueError(f"{path}: {table.height - joined.height} of its windows are not in the "
+                         "teacher cache: rerun `python -m src.teacher` with train_soundscapes "
                          "in teacher_cache.sources")
     return np.asarray(emb[joined["row"].to_numpy()]), joined.select(classes).to_numpy().astype(np.float32)
 
@@ -145,8 +164,9 @@ def train_probe(cfg: DictConfig) -> dict:
     spec = run_spec(cfg, settings)
     weights, n_train, n_pseudo = None, 0, 0
     if cfg.probe.head == "probe":
-        x, y = training_set(cfg, train_df, windows, emb, classes)
-        extra = pseudo_set(cfg, windows, emb, classes)
+        pseudo = load_pseudo_windows(cfg, classes) if cfg.pseudo.path else None
+        x, y = training_set(cfg, train_df, windows, emb, classes, pseudo)
+        extra = None if pseudo is None else pseudo_set(windows, emb, classes, pseudo, str(cfg.pseudo.path))
         weights = fit_probe(x, y, cfg.probe, extra=extra, extra_weight=float(cfg.pseudo.weight))
         n_train, n_pseudo = len(x), 0 if extra is None else len(extra[0])
     head = make_head(spec, weights)

@@ -51,7 +51,7 @@ BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 LABEL_FILES = ("label.csv", "labels.csv", "labels.txt", "assets/label.csv", "assets/labels.csv")
 WINDOW_COLUMNS = {"source": pl.Utf8, "filename": pl.Utf8, "chunk": pl.Int32, "copy": pl.Int16, "snr_db": pl.Float32,
-                  "start_s": pl.Float64, "end_s": pl.Float64}
+                  "start_s": pl.Float64, "end_s": pl.Float64, "bed": pl.Utf8, "bed_start_s": pl.Float32}
 
 
 # ---------------------------------------------------------------- the model file and its labels
@@ -237,28 +237,36 @@ def _chunk_waves(job: Job, rate: int) -> tuple[np.ndarray, dict, str | None]:
     """The recording's chunks (copy 0) and `copies` mixes of each into random soundscape beds, at `rate`."""
     y = from_int16(load_cached(Path(job.path)))
     length = round(5.0 * job.cache_rate)
-    pieces, chunk, copy, snr = [], [], [], []
+    pieces, chunk, copy, snr, bed_names, bed_starts = [], [], [], [], [], []
     rng = np.random.default_rng([job.seed, zlib.crc32(job.filename.encode())])
     for c, start in zip(job.chunks, job.starts):
         clean = np.zeros(length, np.float32)
         part = y[start:start + length]
         clean[:len(part)] = part
         for k in range(job.copies + 1 if job.beds else 1):
-            db = float(rng.uniform(*job.snr)) if k else np.nan
-            pieces.append(clean if k == 0 else _mix(clean, _bed(job.beds, length, rng), db))
-            chunk.append(c), copy.append(k), snr.append(db)
+            db, name, at = np.nan, "", np.nan
+            if k:
+                db = float(rng.uniform(*job.snr))
+                noise, name, offset = _bed(job.beds, length, rng)
+                at = offset / job.cache_rate
+            pieces.append(clean if k == 0 else _mix(clean, noise, db))
+            chunk.append(c), copy.append(k), snr.append(db), bed_names.append(name), bed_starts.append(at)
     waves = soxr.resample(np.stack(pieces, axis=1), job.cache_rate, rate, quality="HQ").T
-    meta = {"chunk": np.array(chunk, np.int32), "copy": np.array(copy, np.int16), "snr_db": np.array(snr, np.float32)}
+    # which bed and where: a pseudo-labelled bed's calls can then be labelled too (probe.bed_labels)
+    meta = {"chunk": np.array(chunk, np.int32), "copy": np.array(copy, np.int16), "snr_db": np.array(snr, np.float32),
+            "bed": np.array(bed_names), "bed_start_s": np.array(bed_starts, np.float32)}
     return np.ascontiguousarray(waves, np.float32), meta, None
 
 
-def _bed(beds: list[str], length: int, rng: np.random.Generator) -> np.ndarray:
-    bed = load_cached(Path(beds[rng.integers(len(beds))]))
+def _bed(beds: list[str], length: int, rng: np.random.Generator) -> tuple[np.ndarray, str, int]:
+    """A random `length`-sample piece of a random bed; returns (piece, the bed's stem, its start sample)."""
+    path = Path(beds[rng.integers(len(beds))])
+    bed = load_cached(path)
     start = int(rng.integers(0, max(len(bed) - length, 0) + 1))
     out = np.zeros(length, np.float32)
     piece = from_int16(bed[start:start + length])
     out[:len(piece)] = piece
-    return out
+    return out, path.stem, start
 
 
 def _mix(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -392,9 +400,13 @@ def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
             start = np.array([cache_starts[c] / job.cache_rate for c in part["chunk"]])
         else:
             start = part["chunk"] * window_s
+        mixed = "bed" in part.files  # part files of caches built before the beds were recorded lack them
+        beds = [b or None for b in part["bed"].tolist()] if mixed else [None] * n
         frames.append(pl.DataFrame({"source": [job.source] * n, "filename": [job.filename] * n,
                                     "chunk": part["chunk"], "copy": part["copy"], "snr_db": part["snr_db"],
-                                    "start_s": start, "end_s": start + window_s}, schema=WINDOW_COLUMNS))
+                                    "start_s": start, "end_s": start + window_s, "bed": beds,
+                                    "bed_start_s": part["bed_start_s"] if mixed else np.full(n, np.nan)},
+                                   schema=WINDOW_COLUMNS))
         embs.append(part["embedding"])
         scores.append(part["scores"])
     if not frames:

@@ -82,14 +82,16 @@ def test_probe_students_refit_on_pseudo_labelled_windows(tiny_pipeline, tiny_tea
     on the chunks plus every pseudo-labelled window's cached embedding, blended with round 0's run (keep_round0)."""
     overrides, classes = tiny_teacher
     teacher = [o for o in overrides if o.startswith(("teacher", "probe.", "experiment=", "folds.", "prepare."))]
-    student = f"{{exp: tinyperch_st, command: probe, overrides: {_q(teacher)}}}"
+    # probe.bed_labels: the mixed copies' beds carry their pseudo-labels too
+    student = f"{{exp: tinyperch_st, command: probe, overrides: {_q([*teacher, 'probe.bed_labels=true'])}}}"
     cfg = selftrain_config(tiny_pipeline, tmp_path, "rounds=1", "round0=tinyperch", f"students=[{student}]",
                            "keep_round0=true", "pseudo_overrides=['threads=1']")
     summary = selftrain.selftrain(cfg)
     assert summary["rounds"][1]["members"] == ["tinyperch", "tinyperch_st_r1"]  # round 0's run kept beside
     run = tiny_pipeline.runs_dir / "tinyperch_st_r1" / "fold0"
     labels = tmp_path / "pseudo" / "tiny" / "tiny_r0.parquet"
-    assert OmegaConf.load(run / "config.yaml").pseudo.path == str(labels)
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.pseudo.path == str(labels) and saved.probe.bed_labels
     metrics = json.loads((run / "metrics.json").read_text())
     table, _ = load_pseudo(labels, classes, "birdclef-2025")
     assert 0 < metrics["n_pseudo_windows"] <= table.height

@@ -18,7 +18,7 @@ from src.competition import load_competition
 from src.config import load_run_config
 from src.export import eager_runtime
 from src.prepare import prepare
-from src.probe import fit_probe, train_probe
+from src.probe import bed_targets, fit_probe, train_probe
 from src.runtimes import TeacherError, TeacherModel, load_teacher_run, mapped_scores, probe_forward
 from src.teacher import (
     birdnet_files,
@@ -135,6 +135,10 @@ def test_cache_is_resumable_and_handles_bad_and_short_audio(tmp_path, capsys):
     assert (scores[:, 1] == 0).all()  # bird1 is unknown to the teacher
     mixed = windows.filter(pl.col("copy") > 0)["snr_db"].to_numpy()
     assert ((-3 <= mixed) & (mixed <= 12)).all()
+    # each mixed copy records its bed and where in it the piece starts (probe.bed_labels reads them)
+    beds = windows.filter(pl.col("copy") > 0)
+    assert set(beds["bed"].to_list()) == {"bed"} and beds["bed_start_s"].is_between(0.0, 7.0).all()
+    assert windows.filter(pl.col("copy") == 0)["bed"].null_count() == windows.filter(pl.col("copy") == 0).height
     # resume: a removed part is recomputed alone, identically
     parts = sorted((tmp_path / "cache" / "teacher" / "perch" / "parts" / "chunks").rglob("*.npz"))
     parts[0].unlink()
@@ -159,6 +163,20 @@ def test_fit_probe_takes_extra_soft_target_rows():
     assert not np.allclose(with_extra["w0"], base["w0"])
     p = probe_forward(x, base)
     assert ((p[:, 0] > 0.5) == (y[:, 0] > 0.5)).mean() > 0.9
+
+
+def test_bed_labels_take_the_pseudo_labels_of_the_window_under_the_mixed_piece():
+    classes = ["a", "b"]
+    windows = pl.DataFrame({"copy": [0, 1, 1, 1], "bed": [None, "s1", "s1", "amb"],
+                            "bed_start_s": [float("nan"), 1.0, 8.0, 0.0]},
+                           schema={"copy": pl.Int16, "bed": pl.Utf8, "bed_start_s": pl.Float32})
+    pseudo = pl.DataFrame({"filename": ["s1.ogg", "s1.ogg"], "window": [0, 2], "a": [0.9, 0.1], "b": [0.2, 0.7]})
+    rows = pl.DataFrame({"row": [3, 2, 1, 0]}, schema={"row": pl.UInt32})
+    out = bed_targets(rows, windows, pseudo, classes, window_s=5.0)
+    # row 2: 8-13 s, middle 10.5 s -> window 2; row 1: 1-6 s -> window 0; no labels for "amb" or a clean chunk
+    np.testing.assert_allclose(out, [[0, 0], [0.1, 0.7], [0.9, 0.2], [0, 0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="does not record the beds"):
+        bed_targets(rows, windows.with_columns(bed=pl.lit(None, pl.Utf8)), pseudo, classes, window_s=5.0)
 
 
 def test_teacher_runs_end_to_end(tiny_pipeline, tiny_teacher):
