@@ -73,7 +73,7 @@ def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl
     if not copies:
         rows = rows.filter(pl.col("copy") == 0)
     out = chunks.select(*KEYS, "start_s", "end_s", "primary_label", "secondary_labels").join(
-        rows.select(*KEYS, "copy", "row"), on=KEYS, how="inner", maintain_order="left")
+        rows.select(*KEYS, "copy", "row", "bed", "bed_start_s"), on=KEYS, how="inner", maintain_order="left")
     missing = chunks.join(rows.select(KEYS), on=KEYS, how="anti")
     if missing.height:
         raise ValueError(f"{missing.height} chunk(s) are not in the teacher cache (e.g. {missing.row(0)}): rerun "
@@ -81,17 +81,15 @@ def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl
     return out
 
 
-def bed_targets(rows: pl.DataFrame, windows: pl.DataFrame, pseudo: pl.DataFrame, classes: list[str],
-                window_s: float) -> np.ndarray:
-    """(rows, classes) pseudo-labels of the bed under each mixed copy in `rows` (cache rows, `row`): those of the
-    bed soundscape's window that holds the middle of the mixed-in piece; 0 for clean chunks and for beds
-    without pseudo-labels (ambience, validation beds, silent windows)."""
-    if rows.height and windows.filter(pl.col("copy") > 0)["bed"].null_count():
+def bed_targets(rows: pl.DataFrame, pseudo: pl.DataFrame, classes: list[str], window_s: float) -> np.ndarray:
+    """(rows, classes) pseudo-labels of the bed under each mixed copy in `rows` (`cached_rows`: copy, bed,
+    bed_start_s): those of the bed soundscape's window that holds the middle of the mixed-in piece; 0 for clean
+    chunks and for beds without pseudo-labels (ambience, validation beds, silent windows)."""
+    if rows.filter(pl.col("copy") > 0)["bed"].null_count():
         raise ValueError("the teacher cache does not record the beds of its mixed copies (built by an older "
                          "version): delete its folder and rerun `python -m src.teacher`, or set probe.bed_labels=false")
-    beds = windows.with_row_index("row").select("row", "bed", "bed_start_s")
-    keyed = rows.select("row").join(beds, on="row", how="left", maintain_order="left").with_columns(
-        window=((pl.col("bed_start_s").fill_nan(None) + window_s / 2) // window_s).cast(pl.Int64))
+    keyed = rows.select(pl.col("bed"), window=((pl.col("bed_start_s").fill_nan(None) + window_s / 2)
+                                               // window_s).cast(pl.Int64))
     labels = pseudo.with_columns(bed=pl.col("filename").map_elements(lambda f: Path(f).stem, return_dtype=pl.Utf8),
                                  window=pl.col("window").cast(pl.Int64))
     joined = keyed.join(labels.select("bed", "window", *classes), on=["bed", "window"], how="left",
@@ -108,7 +106,7 @@ def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame,
     secondary = None if cfg.labels.secondary is None else float(cfg.labels.secondary)
     y, _ = multi_hot(rows["primary_label"].to_list(), rows["secondary_labels"].to_list(), classes, secondary)
     if pseudo is not None and cfg.probe.bed_labels and bool(cfg.probe.mixed):
-        y = np.maximum(y, bed_targets(rows, windows, pseudo, classes, float(cfg.audio.window_s)))
+        y = np.maximum(y, bed_targets(rows, pseudo, classes, float(cfg.audio.window_s)))
     x = np.asarray(emb[rows["row"].to_numpy()])
     if cfg.probe.background:
         bg = windows.with_row_index("row").filter(

@@ -244,12 +244,14 @@ def _chunk_waves(job: Job, rate: int) -> tuple[np.ndarray, dict, str | None]:
         part = y[start:start + length]
         clean[:len(part)] = part
         for k in range(job.copies + 1 if job.beds else 1):
-            db, name, at = np.nan, "", np.nan
-            if k:
+            if k == 0:
+                db, name, at = np.nan, "", np.nan
+                pieces.append(clean)
+            else:
                 db = float(rng.uniform(*job.snr))
                 noise, name, offset = _bed(job.beds, length, rng)
                 at = offset / job.cache_rate
-            pieces.append(clean if k == 0 else _mix(clean, noise, db))
+                pieces.append(_mix(clean, noise, db))
             chunk.append(c), copy.append(k), snr.append(db), bed_names.append(name), bed_starts.append(at)
     waves = soxr.resample(np.stack(pieces, axis=1), job.cache_rate, rate, quality="HQ").T
     # which bed and where: a pseudo-labelled bed's calls can then be labelled too (probe.bed_labels)
@@ -400,12 +402,12 @@ def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
             start = np.array([cache_starts[c] / job.cache_rate for c in part["chunk"]])
         else:
             start = part["chunk"] * window_s
-        mixed = "bed" in part.files  # part files of caches built before the beds were recorded lack them
-        beds = [b or None for b in part["bed"].tolist()] if mixed else [None] * n
+        has_beds = "bed" in part.files  # soundscape parts, and chunk parts of caches built before beds were recorded
+        beds = [b or None for b in part["bed"].tolist()] if has_beds else [None] * n
         frames.append(pl.DataFrame({"source": [job.source] * n, "filename": [job.filename] * n,
                                     "chunk": part["chunk"], "copy": part["copy"], "snr_db": part["snr_db"],
                                     "start_s": start, "end_s": start + window_s, "bed": beds,
-                                    "bed_start_s": part["bed_start_s"] if mixed else np.full(n, np.nan)},
+                                    "bed_start_s": part["bed_start_s"] if has_beds else np.full(n, np.nan)},
                                    schema=WINDOW_COLUMNS))
         embs.append(part["embedding"])
         scores.append(part["scores"])

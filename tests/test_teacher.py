@@ -167,16 +167,15 @@ def test_fit_probe_takes_extra_soft_target_rows():
 
 def test_bed_labels_take_the_pseudo_labels_of_the_window_under_the_mixed_piece():
     classes = ["a", "b"]
-    windows = pl.DataFrame({"copy": [0, 1, 1, 1], "bed": [None, "s1", "s1", "amb"],
-                            "bed_start_s": [float("nan"), 1.0, 8.0, 0.0]},
-                           schema={"copy": pl.Int16, "bed": pl.Utf8, "bed_start_s": pl.Float32})
+    rows = pl.DataFrame({"copy": [1, 1, 1, 0], "bed": ["amb", "s1", "s1", None],
+                         "bed_start_s": [0.0, 8.0, 1.0, float("nan")]},
+                        schema={"copy": pl.Int16, "bed": pl.Utf8, "bed_start_s": pl.Float32})
     pseudo = pl.DataFrame({"filename": ["s1.ogg", "s1.ogg"], "window": [0, 2], "a": [0.9, 0.1], "b": [0.2, 0.7]})
-    rows = pl.DataFrame({"row": [3, 2, 1, 0]}, schema={"row": pl.UInt32})
-    out = bed_targets(rows, windows, pseudo, classes, window_s=5.0)
-    # row 2: 8-13 s, middle 10.5 s -> window 2; row 1: 1-6 s -> window 0; no labels for "amb" or a clean chunk
+    out = bed_targets(rows, pseudo, classes, window_s=5.0)
+    # 8-13 s, middle 10.5 s -> window 2; 1-6 s -> window 0; no labels for "amb" or a clean chunk
     np.testing.assert_allclose(out, [[0, 0], [0.1, 0.7], [0.9, 0.2], [0, 0]], rtol=1e-6)
     with pytest.raises(ValueError, match="does not record the beds"):
-        bed_targets(rows, windows.with_columns(bed=pl.lit(None, pl.Utf8)), pseudo, classes, window_s=5.0)
+        bed_targets(rows.with_columns(bed=pl.lit(None, pl.Utf8)), pseudo, classes, window_s=5.0)
 
 
 def test_teacher_runs_end_to_end(tiny_pipeline, tiny_teacher):
