@@ -21,7 +21,7 @@ import torch
 
 from src.config import load_run_config
 from src.models import MelProbabilityModel, ProbabilityModel, build_model, load_weights
-from src.runtimes import RUNTIME_FILES, is_teacher_dir, load_runtime, load_teacher_run
+from src.runtimes import RUNTIME_FILES, file_digest, is_teacher_dir, load_runtime, load_teacher_run
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,9 @@ def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str
 
 def export_teacher_fold(run_fold_dir: str | Path, out_dir: str | Path, teachers_dir: str | Path,
                         check_waves: np.ndarray, tol: float = 1e-4) -> float:
-    """Copy a teacher run (teacher.json, probe.npz) to `out_dir` and its teacher model file once into
-    `teachers_dir/<teacher name>/` (teacher.json then points there by a relative path); returns the max abs
+    """Copy a teacher run (teacher.json, probe.npz) to `out_dir` and its teacher model file (or SavedModel folder)
+    once into `teachers_dir/<teacher name>/` (teacher.json then points there by a relative path; `src.kernel build`
+    records its sha256 in model.json, `src.runtimes.export_files`); returns the max abs
     difference between the copy and the run on `check_waves` (raises above `tol`)."""
     run_fold_dir, out_dir, teachers_dir = Path(run_fold_dir), Path(out_dir), Path(teachers_dir)
     spec = json.loads((run_fold_dir / "teacher.json").read_text())
@@ -133,6 +134,8 @@ def export_teacher_fold(run_fold_dir: str | Path, out_dir: str | Path, teachers_
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+        if file_digest(target) != file_digest(source):  # the kernel checks the copy against this digest
+            raise RuntimeError(f"{target}: the copy of {source} differs from it; build the kernel again")
         for extra in ("LICENSE",):  # BirdNET's licence travels with its model
             if (source.parent / extra).exists():
                 shutil.copy2(source.parent / extra, target.parent / extra)

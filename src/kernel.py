@@ -188,7 +188,8 @@ def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfi
             fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol), int(cfg.export_max_batch))
         for r in runtimes:
             diffs[r][f"{run}/{name}"] = fold_diffs[r]
-        # the kernel checks each file against its digest and runs the fallback export of a corrupt one
+        # the kernel checks each file against its digest and runs the fallback export of a corrupt one; a teacher
+        # run's files include its teacher model (a file or SavedModel folder): a corrupt one drops its members
         files = {f: file_digest(out / f) for r in runtimes for f in export_files(r, out)}
         (out / "model.json").write_text(json.dumps({"sample_rate": int(run_cfg.audio.sample_rate),
                                                     "window_s": float(run_cfg.audio.window_s),

@@ -18,13 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from src.blend import combine_members
-from src.runtimes import ensure_runtime, export_problem, load_models
+from src.runtimes import TeacherError, ensure_runtime, export_problem, is_teacher_dir, load_models, teacher_model_path
 from src.soundscape import align_rows, list_soundscapes, n_windows, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, row_ids, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
 DATASET_SLUG = "birdclef-weights"  # replaced by src.kernel build
 UNREADABLE_ENSEMBLE_VALUE = 0.5  # every value of the crash fallback when ensemble.json cannot be read
+
+
+class MembersLostError(RuntimeError):
+    """Every member of the ensemble was dropped (corrupt exports, broken teacher models, failures): the message
+    says why, per member; the kernel writes the class prior (`main`)."""
 
 
 def kaggle_paths() -> tuple[Path, Path, Path]:
@@ -74,20 +79,29 @@ def list_test_soundscapes(test_dir: Path) -> list[Path]:
     return files
 
 
-def model_runtimes(runtime: str, fallback: str | None, dirs: list[Path], specs: list[dict | None]) -> list[str | None]:
+def model_runtimes(runtime: str, fallback: str | None, dirs: list[Path], specs: list[dict | None],
+                   dropped: dict[Path, str] | None = None) -> list[str | None]:
     """Per model, the runtime whose export files are intact: `runtime`, else `fallback`, else None (the
-    model is dropped, as is one without a readable model.json). Each bad file is logged by name."""
+    model is dropped, as is one without a readable model.json). A teacher run has one set of files whatever
+    the runtime (teacher.json, probe.npz, its teacher model file): it is dropped when one is missing or
+    corrupt. Each bad file is logged by name, and `dropped` (if given) gets each dropped model's reason."""
     log = logging.getLogger("kernel")
     kinds: list[str | None] = []
     for d, spec in zip(dirs, specs, strict=True):
         kind = None
-        for candidate in dict.fromkeys(k for k in (runtime, fallback) if k) if spec is not None else ():
+        candidates = list(dict.fromkeys(k for k in (runtime, fallback) if k)) if spec is not None else []
+        if is_teacher_dir(d):
+            candidates = candidates[:1]
+        problem = f"{d / 'model.json'}: unreadable"
+        for candidate in candidates:
             problem = export_problem(candidate, d, spec.get("files"))
             if problem is None:
                 kind = candidate
                 break
-            log.warning("%s: %s", problem, f"trying its {fallback} export" if candidate != fallback and fallback
+            log.warning("%s: %s", problem, f"trying its {fallback} export" if candidate != candidates[-1]
                         else "model dropped")
+        if kind is None and dropped is not None:
+            dropped[d] = problem
         kinds.append(kind)
     return kinds
 
@@ -143,24 +157,29 @@ def predict_member(files: list[Path], kinds: list[str], dirs: list[Path], specs:
 def predict_members(cfg: dict, weights_dir: Path, files: list[Path],
                     deadline: float = float("inf")) -> tuple[list[str], np.ndarray, list[str]]:
     """(row ids, blended and post-processed probabilities in the ensemble's class order, problems) of the
-    test files. Members whose every model is dropped (a corrupt export) leave the blend, whose weights
-    renormalise over the rest; with no model left this raises. The members run one at a time in ensemble
-    order under the time guard (`run_members`)."""
+    test files. Members whose every model is dropped (a corrupt export, a missing or corrupt teacher model
+    file) or that fail to load or run (e.g. a teacher model its runtime cannot read) leave the blend, whose
+    weights renormalise over the rest; with no member left this raises MembersLostError, saying why. The
+    members run one at a time in ensemble order under the time guard (`run_members`)."""
     log = logging.getLogger("kernel")
     runtime = choose_runtime(cfg, weights_dir)
     owners, dirs = zip(*[(i, d) for i, ds in enumerate(member_dirs(cfg, weights_dir)) for d in ds], strict=True)
     specs = [read_model_spec(d) for d in dirs]
-    kinds = model_runtimes(runtime, cfg.get("fallback_runtime"), list(dirs), specs)
+    dropped: dict[Path, str] = {}
+    kinds = model_runtimes(runtime, cfg.get("fallback_runtime"), list(dirs), specs, dropped)
     keep = [k for k, kind in enumerate(kinds) if kind]
     members = sorted({owners[k] for k in keep})
-    if not members:
-        raise RuntimeError(f"no model of {weights_dir} could be loaded (see the log): rebuild the kernel")
-    for i, member in enumerate(cfg["members"]):
-        if i not in members:
-            log.warning("member %s dropped: blending the other %d", member["run"], len(members))
+    lost = {i: "; ".join(dropped[d] for d, o in zip(dirs, owners, strict=True) if o == i and d in dropped)
+            for i in range(len(cfg["members"])) if i not in members}
+    for i, why in lost.items():
+        log.warning("member %s dropped (%s): blending the other %d", cfg["members"][i]["run"], why, len(members))
     models = {i: [k for k in keep if owners[k] == i] for i in members}
     ids, preds, kept, problems = run_members(cfg, files, models, lambda ks: ([kinds[k] for k in ks],
-                                             [dirs[k] for k in ks], [specs[k] for k in ks]), deadline)
+                                             [dirs[k] for k in ks], [specs[k] for k in ks]), deadline, lost)
+    if not kept:
+        raise MembersLostError("every member lost (" + "; ".join(f"{cfg['members'][i]['run']}: {why}" for i, why in
+                                                                 sorted(lost.items())) +
+                               "): the submission is the class prior; rebuild the kernel")
     weights = [cfg["members"][i]["weight"] for i in kept]
     weights = [w / sum(weights) for w in weights] if sum(weights) > 0 else [1 / len(kept)] * len(kept)
     probs = combine_members(preds, weights, cfg["blend"], cfg["power"], ids, cfg["inference"]["postprocess"],
@@ -169,14 +188,17 @@ def predict_members(cfg: dict, weights_dir: Path, files: list[Path],
     return ids, probs, problems
 
 
-def run_members(cfg: dict, files: list[Path], models: dict[int, list[int]], parts, deadline: float
-                ) -> tuple[list[str], list[np.ndarray], list[int], list[str]]:
+def run_members(cfg: dict, files: list[Path], models: dict[int, list[int]], parts, deadline: float,
+                lost: dict[int, str] | None = None) -> tuple[list[str], list[np.ndarray], list[int], list[str]]:
     """Predict the members (`models`: member index -> its model indices; `parts(ks)` -> their kinds, dirs,
     specs) one at a time in ensemble order under the time guard: a member is started only if it is projected
     to finish before `deadline` (a time.time() value); the first always runs. A member's cost is projected from
     `plan` (seconds per file measured at build) scaled by how the finished members compared with their plan,
-    or else from the seconds per model so far. Returns (row_ids, finished members' predictions, their indices,
-    problems)."""
+    or else from the seconds per model so far. A member that raises (a teacher model its runtime cannot
+    load, a missing runtime, ...) is dropped, logged with the teacher model file it runs, and the others go on;
+    a teacher that failed to load (TeacherError, ImportError) drops the later members on it without a retry.
+    `lost` (if given) gets each dropped member's reason. Returns (row_ids, finished members' predictions, their
+    indices, problems)."""
     log = logging.getLogger("kernel")
     inference = cfg["inference"]
     threads = int(inference.get("threads") or os.cpu_count() or 1)
@@ -187,8 +209,15 @@ def run_members(cfg: dict, files: list[Path], models: dict[int, list[int]], part
     kept: list[int] = []
     spent: list[float] = []
     problems: list[str] = []
+    broken: dict[Path, str] = {}  # teacher model file -> why it failed
+    lost = {} if lost is None else lost
     for i, ks in models.items():
         run = cfg["members"][i]["run"]
+        teachers = sorted({p for p in map(teacher_model_path, parts(ks)[1]) if p is not None})
+        if any(t in broken for t in teachers):
+            lost[i] = "not retried: " + "; ".join(broken[t] for t in teachers if t in broken)
+            log.error("member %s dropped: %s", run, lost[i])
+            continue
         if kept:
             projected = _projected_s(i, kept, spent, planned, n_models)
             if time.time() + projected > deadline:
@@ -198,7 +227,17 @@ def run_members(cfg: dict, files: list[Path], models: dict[int, list[int]], part
                             ", ".join(dropped), len(kept))
                 break
         t0 = time.time()
-        member_ids, pred, member_problems = predict_member(files, *parts(ks), len(cfg["classes"]), inference, threads)
+        try:
+            member_ids, pred, member_problems = predict_member(files, *parts(ks), len(cfg["classes"]), inference,
+                                                               threads)
+        except Exception as exc:  # one member's failure must not cost the others (nor the kernel)
+            what = (f"teacher model {', '.join(map(str, teachers))} failed to load or run" if teachers else
+                    "failed to load or run")
+            lost[i] = f"{what} ({type(exc).__name__}: {exc})"
+            if teachers and isinstance(exc, (TeacherError, ImportError)):
+                broken |= {t: lost[i] for t in teachers}
+            log.exception("member %s dropped: %s; blending the others", run, lost[i])
+            continue
         spent.append(time.time() - t0)
         ids = ids or member_ids
         preds.append(align_rows(ids, member_ids, pred))
@@ -294,6 +333,10 @@ def main() -> None:
     """Run the kernel; on any unexpected error still write a complete fallback submission."""
     try:
         run_kernel()
+    except MembersLostError as exc:  # every member corrupt or failing: say so loudly, then the class prior
+        logging.getLogger("kernel").error("%s", exc)
+        write_fallback_submission()
+        print("kernel failed: every member lost, fallback submission (the class prior) written", file=sys.stderr)
     except Exception as exc:  # a crashed kernel scores nothing: always leave a valid file behind
         logging.getLogger("kernel").exception("kernel failed (%s): writing the fallback submission", type(exc).__name__)
         write_fallback_submission()

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import warnings
@@ -62,31 +63,51 @@ def ensure_runtime(kind: str, wheels_dir: str | Path, target: str | Path, names:
     ensure_module(RUNTIME_MODULES[kind], wheels_dir, target, names)
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file (read in blocks): `src.kernel build` records it per export file in model.json."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file (read in blocks), or of a folder (a SavedModel teacher): the sha256 of its files' relative
+    paths and digests, in sorted order, so the same tree always gives the same digest. `src.kernel build` records
+    it per export file (and per teacher model file) in model.json. Remembered per (path, size, mtime) in this
+    process: several teacher runs share one teacher file."""
+    path = Path(path)
+    if path.is_dir():
+        lines = [f"{f.relative_to(path).as_posix()}\0{file_digest(f)}\n" for f in sorted(path.rglob("*")) if f.is_file()]
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def export_files(kind: str, model_dir: str | Path) -> tuple[str, ...]:
-    """The files the `kind` export of `model_dir` runs from; a teacher run's whatever `kind` is."""
+    """The files the `kind` export of `model_dir` runs from, as paths relative to it; a teacher run's whatever
+    `kind` is: teacher.json, probe.npz (a probe) and its teacher model file (`model_file` of teacher.json, e.g.
+    `../../../teachers/<name>/<file>`: a file or a SavedModel folder; left out when teacher.json is unreadable,
+    whose own digest then fails)."""
     if is_teacher_dir(model_dir):
-        return ("teacher.json", "probe.npz") if (Path(model_dir) / "probe.npz").exists() else ("teacher.json",)
+        names = ("teacher.json", "probe.npz") if (Path(model_dir) / "probe.npz").exists() else ("teacher.json",)
+        model_file = teacher_model_file(model_dir)
+        return names + ((model_file,) if model_file else ())
     return RUNTIME_FILES[kind]
 
 
 def export_problem(kind: str, model_dir: str | Path, digests: dict[str, str] | None) -> str | None:
-    """Why the `kind` export in `model_dir` cannot run (a file missing, or truncated / corrupt: its sha256
-    differs from `digests`, the build's), naming the file; None when it is intact."""
+    """Why the `kind` export in `model_dir` cannot run (a file or teacher model missing, or truncated / corrupt:
+    its sha256 differs from `digests`, the build's), naming the file; None when it is intact."""
     for name in export_files(kind, model_dir):
-        path = Path(model_dir) / name
-        if not path.is_file():
+        path = Path(os.path.normpath(Path(model_dir) / name))  # a teacher's ../../../teachers/... named plainly
+        if not path.exists():
             return f"{path}: missing"
         if (digests or {}).get(name) and file_digest(path) != digests[name]:
-            return f"{path}: truncated or corrupt ({path.stat().st_size} bytes, sha256 differs from the build's)"
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+            return f"{path}: truncated or corrupt ({size} bytes, sha256 differs from the build's)"
     return None
 
 
@@ -450,9 +471,7 @@ def load_teacher_run(run_dir: str | Path, threads: int = 0) -> Callable[[np.ndar
     """Predict function of a teacher run folder: (B, samples) -> (B, classes), the teacher then its head."""
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / "teacher.json").read_text())
-    model_path = Path(spec["model_file"])
-    if not model_path.is_absolute():
-        model_path = run_dir / model_path
+    model_path = run_dir / spec["model_file"]  # relative to the run folder, or absolute
     wheels = run_dir / spec["wheels_dir"] if spec.get("wheels_dir") else None
     teacher = shared_teacher(spec, model_path, threads, wheels)
     head = teacher_head(run_dir)
@@ -466,3 +485,19 @@ def load_teacher_run(run_dir: str | Path, threads: int = 0) -> Callable[[np.ndar
 
 def is_teacher_dir(model_dir: str | Path) -> bool:
     return (Path(model_dir) / "teacher.json").exists()
+
+
+def teacher_model_file(run_dir: str | Path) -> str | None:
+    """`model_file` of a teacher run's teacher.json as written there (relative to the run folder, or absolute);
+    None when teacher.json cannot be read."""
+    try:
+        return str(json.loads((Path(run_dir) / "teacher.json").read_text())["model_file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def teacher_model_path(run_dir: str | Path) -> Path | None:
+    """The teacher model file (or SavedModel folder) a teacher run folder runs, normalised; None if it is not a
+    teacher run or its teacher.json cannot be read."""
+    model_file = teacher_model_file(run_dir) if is_teacher_dir(run_dir) else None
+    return Path(os.path.normpath(Path(run_dir) / model_file)) if model_file else None

@@ -4,6 +4,7 @@ script, run offline without `src`, reproduces the ensemble's submission within 1
 from __future__ import annotations
 
 import json
+import shutil
 from importlib.metadata import version
 
 import numpy as np
@@ -12,7 +13,15 @@ import pytest
 from src import ensemble, kernel
 from src.submission import validate_file
 from tests.pipeline import compose_named
-from tests.test_kernel import SLUG, assert_same_submission, copy_competition, run_script_alone
+from tests.test_kernel import (
+    SLUG,
+    assert_same_submission,
+    copy_competition,
+    copy_kernel,
+    fallback_of,
+    read_submission,
+    run_script_alone,
+)
 
 NAME = "tiny_teacher_kernel"
 
@@ -60,3 +69,109 @@ def test_teacher_kernel_offline_matches_the_ensemble(built_teacher, tiny_pipelin
     out = tmp_path / "working" / "submission.csv"
     validate_file(out, comp / "sample_submission.csv")
     assert_same_submission(out, ens_dir / "submission.csv")
+
+
+# --- a broken teacher model file (issue 22, item 1) -----------------------------------------------------------
+
+TEACHER_FILE = "teachers/tinyperch/perch_tiny.onnx"
+TEACHER_RUNS = ("tinyperch", "tinyperch_probe")
+
+
+def cnn_alone(root, tiny_pipeline, tmp_path):
+    """The submission of the kernel with its CNN member alone (the teacher members taken out of ensemble.json)."""
+    config = json.loads((root / "dataset" / "ensemble.json").read_text())
+    alone = copy_kernel(root, tmp_path / "alone", members=[m for m in config["members"] if m["run"] not in TEACHER_RUNS])
+    (tmp_path / "a").mkdir()
+    run_script_alone(alone, copy_competition(tiny_pipeline, tmp_path / "comp_a"), tmp_path / "a")
+    return tmp_path / "a" / "working" / "submission.csv"
+
+
+def break_teacher(kernel_root, how: str):
+    path = kernel_root / "dataset" / TEACHER_FILE
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_a_broken_teacher_file_drops_its_members_and_the_cnn_blends(built_teacher, tiny_pipeline, tmp_path, how):
+    """The teacher model file truncated (or gone): its digest (recorded at build) fails, the two members on it
+    are dropped, the log names the file, and the submission is the CNN member's alone, not the class prior."""
+    root, _ = built_teacher
+    spec = json.loads((root / "dataset" / "models" / "tinyperch" / "fold0" / "model.json").read_text())
+    assert any(name.endswith("perch_tiny.onnx") for name in spec["files"])  # the teacher's digest is recorded
+    kernel_root = copy_kernel(root, tmp_path / "kernel")
+    break_teacher(kernel_root, how)
+    (tmp_path / "b").mkdir()
+    proc = run_script_alone(kernel_root, copy_competition(tiny_pipeline, tmp_path / "comp"), tmp_path / "b")
+    problem = "missing" if how == "missing" else "truncated or corrupt"
+    assert f"{TEACHER_FILE}: {problem}" in proc.stderr
+    assert all(f"member {run} dropped" in proc.stderr for run in TEACHER_RUNS)
+    assert "1 of 3 member(s) blended" in proc.stderr
+    out = tmp_path / "b" / "working" / "submission.csv"
+    assert_same_submission(out, cnn_alone(root, tiny_pipeline, tmp_path))
+    _, values = read_submission(out)
+    assert np.abs(values - fallback_of(root)).max() > 0.01
+
+
+def test_a_teacher_that_fails_to_load_drops_only_its_members(built_teacher, tiny_pipeline, tmp_path):
+    """A teacher model file that passes the digest check (here: a kernel built without its digest) yet cannot be
+    loaded: its members are dropped at run time (the second without a retry), the CNN member blends alone."""
+    root, _ = built_teacher
+    kernel_root = copy_kernel(root, tmp_path / "kernel")
+    for run in TEACHER_RUNS:
+        path = kernel_root / "dataset" / "models" / run / "fold0" / "model.json"
+        spec = json.loads(path.read_text())
+        spec["files"] = {k: v for k, v in spec["files"].items() if not k.endswith("perch_tiny.onnx")}
+        path.write_text(json.dumps(spec))
+    break_teacher(kernel_root, "truncated")
+    (tmp_path / "b").mkdir()
+    proc = run_script_alone(kernel_root, copy_competition(tiny_pipeline, tmp_path / "comp"), tmp_path / "b")
+    assert "truncated or corrupt" not in proc.stderr  # the digest could not tell
+    for run in TEACHER_RUNS:
+        line = next(ln for ln in proc.stderr.splitlines() if f"member {run} dropped" in ln)
+        assert line.startswith("ERROR") and TEACHER_FILE in line and "TeacherError" in line
+    assert "member tinyperch_probe dropped: not retried: teacher model" in proc.stderr  # loaded once, not per member
+    assert "1 of 3 member(s) blended" in proc.stderr
+    assert_same_submission(tmp_path / "b" / "working" / "submission.csv", cnn_alone(root, tiny_pipeline, tmp_path))
+
+
+def test_every_member_lost_writes_the_class_prior_and_says_so(built_teacher, tiny_pipeline, tmp_path):
+    """A kernel of teacher members only, its teacher file truncated: every member is lost, an ERROR line says
+    so and why (naming the teacher file), and every row is the class prior."""
+    root, ens_dir = built_teacher
+    config = json.loads((root / "dataset" / "ensemble.json").read_text())
+    kernel_root = copy_kernel(root, tmp_path / "kernel",
+                              members=[m for m in config["members"] if m["run"] in TEACHER_RUNS])
+    break_teacher(kernel_root, "truncated")
+    proc = run_script_alone(kernel_root, copy_competition(tiny_pipeline, tmp_path / "comp"), tmp_path, crashed=True)
+    line = next(ln for ln in proc.stderr.splitlines() if "every member lost" in ln)
+    assert line.startswith("ERROR") and TEACHER_FILE in line and "submission is the class prior" in line
+    ids, values = read_submission(tmp_path / "working" / "submission.csv")
+    assert ids == read_submission(ens_dir / "submission.csv")[0]
+    np.testing.assert_allclose(values, np.tile(fallback_of(root), (len(ids), 1)), atol=1e-5)
+
+
+def test_a_savedmodel_teacher_folder_is_digested_and_checked(tmp_path):
+    """A teacher that is a folder (Perch's TF SavedModel): its digest covers every file in a fixed order, and
+    export_problem names the folder when a file in it changes or it is gone."""
+    from src.runtimes import export_files, export_problem, file_digest
+
+    saved = tmp_path / "teachers" / "perch" / "perch_saved"
+    (saved / "variables").mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"graph" * 100)
+    (saved / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights" * 1000)
+    run = tmp_path / "models" / "perch" / "fold0"
+    run.mkdir(parents=True)
+    (run / "teacher.json").write_text(json.dumps({"model_file": "../../../teachers/perch/perch_saved"}))
+    names = export_files("onnx", run)
+    assert names == ("teacher.json", "../../../teachers/perch/perch_saved")
+    digests = {n: file_digest(run / n) for n in names}
+    assert digests[names[1]] == file_digest(saved) and export_problem("onnx", run, digests) is None
+    (saved / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights" * 500)
+    assert file_digest(saved) != digests[names[1]]
+    assert export_problem("onnx", run, digests).startswith(f"{saved}: truncated or corrupt")
+    shutil.rmtree(saved)
+    assert export_problem("onnx", run, digests) == f"{saved}: missing"
