@@ -100,6 +100,8 @@ def load_competition(root: str | Path, layout: str) -> Competition:
         if col not in meta.columns:
             meta = meta.with_columns(pl.lit(default, dtype=pl.Utf8).alias(col))
     meta, problems = _clean(meta, classes, meta_path)
+    problems += _taxonomy_problems(root / str(files["taxonomy"]), root / "sample_submission.csv", classes,
+                                   exhaustive=layout not in ("birdclef2023", "birdclef2024"))
     meta = meta.with_columns(
         pl.col("filename").map_elements(lambda f: str(root / "train_audio" / f), return_dtype=pl.Utf8).alias("path"),
         pl.col("rating").cast(pl.Float32, strict=False).fill_null(0.0),
@@ -113,6 +115,26 @@ def load_competition(root: str | Path, layout: str) -> Competition:
                                         "rating", "collection", "group"),
                        sample_submission=root / "sample_submission.csv", test_dir=root / "test_soundscapes",
                        soundscape_dir=root / soundscapes if soundscapes else None, problems=problems)
+
+
+def _taxonomy_problems(taxonomy: Path, sample: Path, classes: list[str], exhaustive: bool) -> list[str]:
+    """A warning when the taxonomy's labels differ from sample_submission.csv's columns: classes it lacks (their
+    names cannot be mapped onto a teacher's labels) and, when it lists the competition's classes only
+    (`exhaustive`: 2025's taxonomy.csv, not 2023/2024's whole eBird taxonomy), labels that are not columns."""
+    if not taxonomy.exists():
+        return []
+    table = pl.read_csv(taxonomy, infer_schema_length=0)
+    column = next((c for c in ("primary_label", "SPECIES_CODE") if c in table.columns), None)
+    if column is None:
+        return [f"{taxonomy}: no primary_label column: class names are not read from it"]
+    listed = set(table[column].drop_nulls().to_list())
+    missing = [c for c in classes if c not in listed]
+    extra = sorted(listed - set(classes)) if exhaustive else []
+    if not missing and not extra:
+        return []
+    return [(f"{taxonomy}: its labels differ from the columns of {sample}: {len(missing)} class(es) missing from "
+             f"it (e.g. {missing[:3]}), {len(extra)} label(s) that are not columns (e.g. {extra[:3]}); the class "
+             "list comes from sample_submission.csv: check that both files are from the same competition")]
 
 
 def _clean(meta: pl.DataFrame, classes: list[str], meta_path: Path) -> tuple[pl.DataFrame, list[str]]:

@@ -30,6 +30,7 @@ from src.metrics import primary_one_hot, score, submission_score
 from src.postprocess import postprocess_rows
 from src.soundscape import list_soundscapes, predict_model_groups
 from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
+from src.tables import read_parquet
 from src.teacher import cached_run_predictions
 from src.valsets import labels_matrix
 
@@ -77,7 +78,7 @@ def load_oof(runs_dir: Path, exps: list[str]) -> tuple[pl.DataFrame, list[np.nda
                 classes = run_classes
             elif run_classes != classes:
                 raise ValueError(f"{d}: its classes differ from the other members' (different competition?)")
-            parts.append(pl.read_parquet(d / "oof.parquet").with_columns(pl.lit(fold_number(d)).alias("fold")))
+            parts.append(read_parquet(d / "oof.parquet", f"python -m src.train / src.probe exp={exp} fold=<k>").with_columns(pl.lit(fold_number(d)).alias("fold")))
         frames.append(pl.concat(parts))
     base = frames[0].select(*keys, "fold", "primary_label")
     for f in frames[1:]:
@@ -191,7 +192,7 @@ def load_soundscape_oof(runs_dir: Path, exps: list[str], classes: list[str]
             print(f"{missing[0]}: no oof_soundscape.parquet (score it: python -m src.valsets +runs=[{exp}]); "
                   "blend and post-processing are fitted on the clip OOF")
             return None
-        frames.append(pl.concat([pl.read_parquet(d / "oof_soundscape.parquet").with_columns(
+        frames.append(pl.concat([read_parquet(d / "oof_soundscape.parquet", f"python -m src.valsets +runs=[{exp}]").with_columns(
             pl.lit(fold_number(d)).alias("fold")) for d in dirs]))
     base = frames[0].select("row_id", "filename", "labels", "fold")
     for f in frames[1:]:

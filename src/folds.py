@@ -211,12 +211,28 @@ def _warn_if_no_groups(comp: Competition, group_col: str) -> None:
                     group_col)
 
 
+def check_replace(path: Path, comp: Competition, cfg: DictConfig) -> None:
+    """Before `path` is written: refuse (FoldsError) when it holds the folds of other recordings, i.e. of another
+    competition or data root under the same `data.name`, unless `folds.force`; say so when it is replaced."""
+    if not path.exists():
+        return
+    try:
+        load_folds(path, comp.meta.select("filename"))
+    except (FoldsError, pl.exceptions.PolarsError) as err:
+        if not cfg.folds.get("force"):
+            raise FoldsError(f"{path} holds the folds of other recordings than {comp.root}'s ({err}); it was made "
+                             f"for another competition or data root: pass data.name=<a name of its own> for "
+                             f"{comp.root}, or folds.force=true to replace it") from None
+    print(f"replacing {path}")
+
+
 def write_folds(cfg: DictConfig, report: bool = True) -> Path:
     """Make the folds of `cfg.data` and write them to `folds_path(cfg)`; returns the path."""
     comp = load_competition(cfg.data.root, cfg.data.layout)
     _warn_if_no_groups(comp, str(cfg.folds.group))
     folds = make_folds(comp.meta, int(cfg.folds.n), str(cfg.folds.group), int(cfg.folds.seed))
     path = folds_path(cfg)
+    check_replace(path, comp, cfg)
     with atomic_write(path) as tmp:
         folds.write_csv(tmp)
     if report:

@@ -489,6 +489,16 @@ def built_kernel(cfg: DictConfig) -> Path:
     return kernel_root
 
 
+def check_push_user(kernel_root: Path, user: str | None) -> None:
+    """`push user=X`: the ids are written at build time, so X must own the built kernel's; exits naming the fix."""
+    if not user:
+        return
+    owner = json.loads((kernel_root / "kernel" / "kernel-metadata.json").read_text())["id"].split("/")[0]
+    if owner != str(user):
+        sys.exit(f"{kernel_root} was built for Kaggle user {owner!r}, not {user!r}: the ids are set at build time; "
+                 f"rebuild with `python -m src.kernel build name={kernel_root.name} user={user}`, then push")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m src.kernel build|plan|run|push key=value ...` (see the module's docstring)."""
     try:
@@ -503,6 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         from src.push import push
 
         kernel_root = built_kernel(cfg)
+        check_push_user(kernel_root, cfg.user)
         push(kernel_root, dry_run=bool(cfg.dry_run), message=f"birdclef {kernel_root.name}", settings=cfg.push)
 
 

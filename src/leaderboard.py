@@ -133,6 +133,22 @@ def read_public_lb(lb_file: Path) -> dict[str, dict]:
     return entries
 
 
+def check_public_lb(score, exp: str, runs_dir: Path, ensembles_dir: Path, force: bool = False) -> float:
+    """The score to record for `exp`, refused (LeaderboardError) when it is not a number in [0, 1] (the range of
+    macro ROC-AUC and cmAP) or when `exp` is neither a run (runs/<exp>/) nor an ensemble (ensembles/<exp>/) and
+    `force` is off."""
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        raise LeaderboardError(f"score={score!r} is not a number (e.g. score=0.842)") from None
+    if not 0.0 <= value <= 1.0:
+        raise LeaderboardError(f"score={score}: a public LB score (macro ROC-AUC, cmAP) is between 0 and 1")
+    if not force and not (runs_dir / exp).is_dir() and not (ensembles_dir / exp).is_dir():
+        raise LeaderboardError(f"exp={exp}: neither {runs_dir / exp}/ nor {ensembles_dir / exp}/ exists (a typo?); "
+                               "pass force=true to record it anyway")
+    return value
+
+
 def record_public_lb(lb_file: Path, exp: str, score: float, note: str = "", date: str | None = None) -> None:
     """Add (or replace) the public LB score of `exp` in `lb_file`, creating it with a header if absent."""
     entries = read_public_lb(lb_file)
@@ -467,10 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "lb":
             if not cfg.exp or cfg.score is None:
                 raise LeaderboardError("usage: python -m src.leaderboard lb exp=<name> score=<float> [note=...]")
-            try:
-                score = float(cfg.score)
-            except ValueError:
-                raise LeaderboardError(f"score={cfg.score!r} is not a number (e.g. score=0.842)") from None
+            score = check_public_lb(cfg.score, str(cfg.exp), runs_dir, ensembles_dir, bool(cfg.force))
             record_public_lb(lb_file, str(cfg.exp), score, str(cfg.note))
             print(f"recorded public LB {score} for {cfg.exp} in {lb_file}\n")
         leaderboard(runs_dir, ensembles_dir, out, lb_file, int(cfg.config_width))

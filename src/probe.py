@@ -25,11 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import config as cfglib
 from src.competition import multi_hot
-from src.io import atomic_write
+from src.io import atomic_write, run_lock
 from src.metrics import per_class_auc, primary_one_hot
 from src.runtimes import make_head
 from src.teacher import cache_dir, load_cache, model_files
-from src.train import git_commit, load_chunk_index, load_pseudo_windows, scores, split_fold
+from src.train import git_commit, load_chunk_index, load_pseudo_windows, pseudo_digest, scores, split_fold
 
 log = logging.getLogger(__name__)
 KEYS = ["filename", "chunk"]
@@ -73,12 +73,17 @@ def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl
     if not copies:
         rows = rows.filter(pl.col("copy") == 0)
     out = chunks.select(*KEYS, "start_s", "end_s", "primary_label", "secondary_labels").join(
-        rows.select(*KEYS, "copy", "row", "bed", "bed_start_s"), on=KEYS, how="inner", maintain_order="left")
+        rows.select(*KEYS, "copy", "row", "bed", "bed_start_s", pl.col("start_s").alias("cached_start_s")), on=KEYS,
+        how="inner", maintain_order="left")
     missing = chunks.join(rows.select(KEYS), on=KEYS, how="anti")
-    if missing.height:
-        raise ValueError(f"{missing.height} chunk(s) are not in the teacher cache (e.g. {missing.row(0)}): rerun "
-                         "`python -m src.teacher` after `src.prepare`")
-    return out
+    moved = out.filter((pl.col("start_s") - pl.col("cached_start_s")).abs() > 1e-3)
+    if missing.height or moved.height:
+        example = (missing if missing.height else moved.select(KEYS)).row(0)
+        raise ValueError(f"{missing.height} chunk(s) are not in the teacher cache and {moved.height} start elsewhere "
+                         f"than when it was built (e.g. {example}): the chunk index changed (src.prepare); rerun "
+                         "`python -m src.teacher data=... teacher=...`, which embeds again the recordings whose "
+                         "chunks changed")
+    return out.drop("cached_start_s")
 
 
 def bed_targets(rows: pl.DataFrame, pseudo: pl.DataFrame, classes: list[str], window_s: float) -> np.ndarray:
@@ -151,8 +156,7 @@ def run_spec(cfg: DictConfig, settings: dict) -> dict:
 def train_probe(cfg: DictConfig) -> dict:
     """Fit (or, zero-shot, just score) `cfg.fold` and write the run folder; returns metrics.json's content."""
     started = time.time()
-    if cfg.probe.head not in ("probe", "zero_shot"):
-        raise ValueError(f"probe.head={cfg.probe.head!r}: use probe or zero_shot")
+    check_settings(cfg.probe)
     chunks, classes = load_chunk_index(cfg)
     train_df, val_df = split_fold(chunks, cfg)
     windows, emb, zero, settings = load_cache(cfg)
@@ -180,16 +184,27 @@ def train_probe(cfg: DictConfig) -> dict:
         if mixed.height else None
     exp = run_name(cfg)
     run_dir = Path(cfg.runs_dir) / exp / f"fold{cfg.fold}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run(cfg, run_dir, exp, classes, spec, weights, val_rows, predict(val_rows), n_train,
-              time.time() - started, {"mixed_auc": mixed_auc, "n_pseudo_windows": n_pseudo})
-    if cfg.train.soundscape_cv:  # the fold's validation soundscapes, as src.train scores its runs
-        from src.valsets import score_run
+    with run_lock(run_dir):
+        write_run(cfg, run_dir, exp, classes, spec, weights, val_rows, predict(val_rows), n_train,
+                  time.time() - started, {"mixed_auc": mixed_auc, "n_pseudo_windows": n_pseudo, **pseudo_digest(cfg)})
+        if cfg.train.soundscape_cv:  # the fold's validation soundscapes, as src.train scores its runs
+            from src.valsets import score_run
 
-        sound = score_run(run_dir, int(cfg.train.threads), int(cfg.teacher.batch_size))
-        if sound:
-            print(f"{exp} fold {cfg.fold}: validation soundscapes macro ROC-AUC {sound['soundscape_auc']:.4f}")
+            sound = score_run(run_dir, int(cfg.train.threads), int(cfg.teacher.batch_size))
+            if sound:
+                print(f"{exp} fold {cfg.fold}: validation soundscapes macro ROC-AUC {sound['soundscape_auc']:.4f}")
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def check_settings(pcfg: DictConfig) -> None:
+    """The `probe` settings, checked before anything is read or written; a ValueError names the key."""
+    if pcfg.head not in ("probe", "zero_shot"):
+        raise ValueError(f"probe.head={pcfg.head!r}: use probe or zero_shot")
+    for key, ok, rule in (("hidden", int(pcfg.hidden) >= 0, ">= 0 (0 = logistic regression)"),
+                          ("epochs", int(pcfg.epochs) >= 1, ">= 1"), ("lr", float(pcfg.lr) > 0, "> 0"),
+                          ("weight_decay", float(pcfg.weight_decay) >= 0, ">= 0")):
+        if not ok:
+            raise ValueError(f"probe.{key}={pcfg[key]}: must be {rule} (configs/teacher.yaml: probe)")
 
 
 def write_run(cfg: DictConfig, run_dir: Path, exp: str, classes: list[str], spec: dict,

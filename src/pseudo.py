@@ -28,6 +28,7 @@ from src.io import atomic_write
 from src.metrics import macro_auc
 from src.postprocess import postprocess_rows
 from src.prepare import load_soundscape_index
+from src.tables import read_parquet
 
 log = logging.getLogger(__name__)
 KEYS = ["filename", "window", "start_s", "end_s"]
@@ -93,23 +94,42 @@ def predict_windows(teacher: dict, files: list[Path], n_classes: int, threads: i
 # -------------------------------------------------------------------------------------------- transforms
 
 def class_thresholds(threshold, classes: list[str]) -> np.ndarray:
-    """Per-class thresholds from one number or a mapping {default: t, <class>: t}."""
+    """Per-class thresholds from one number or a mapping {default: t, <class>: t}, each in [0, 1)."""
     if isinstance(threshold, int | float):
-        return np.full(len(classes), float(threshold), np.float32)
-    table = dict(threshold)
-    unknown = set(table) - set(classes) - {"default"}
-    if unknown:
-        raise PseudoLabelError(f"pseudo.transform.threshold names unknown classes {sorted(unknown)[:5]}")
-    return np.array([float(table.get(c, table.get("default", 0.0))) for c in classes], np.float32)
+        values = np.full(len(classes), float(threshold), np.float32)
+    else:
+        table = dict(threshold)
+        unknown = set(table) - set(classes) - {"default"}
+        if unknown:
+            raise PseudoLabelError(f"pseudo.transform.threshold names unknown classes {sorted(unknown)[:5]}")
+        values = np.array([float(table.get(c, table.get("default", 0.0))) for c in classes], np.float32)
+    if not ((values >= 0) & (values < 1)).all():
+        raise PseudoLabelError(f"pseudo.transform.threshold={threshold}: each threshold must be in [0, 1) (1 or more "
+                               "zeroes every label)")
+    return values
+
+
+def check_transform(tcfg, classes: list[str]) -> None:
+    """The transform settings, checked before the teacher predicts anything; PseudoLabelError names the key."""
+    smoothing = tcfg.get("smoothing")
+    if smoothing:
+        weights = np.asarray(list(smoothing), np.float64)
+        if (weights < 0).any() or weights.sum() <= 0 or not np.isfinite(weights).all():
+            raise PseudoLabelError(f"pseudo.transform.smoothing={list(smoothing)}: weights >= 0 with a positive sum")
+    if not float(tcfg.get("temperature", 1.0)) > 0:
+        raise PseudoLabelError(f"pseudo.transform.temperature={tcfg.get('temperature')}: must be > 0")
+    if not float(tcfg.get("power", 1.0)) > 0:
+        raise PseudoLabelError(f"pseudo.transform.power={tcfg.get('power')}: must be > 0 (a negative power turns "
+                               "probabilities into values above 1)")
+    class_thresholds(tcfg.get("threshold", 0.0), classes)
 
 
 def transform(probs: np.ndarray, ids: list[str], classes: list[str], tcfg) -> np.ndarray:
     """Smoothing over neighbouring windows, then temperature, power and threshold (labels below it zeroed)."""
+    check_transform(tcfg, classes)
     out = postprocess_rows(ids, probs, {"smoothing": tcfg.get("smoothing")}) if tcfg.get("smoothing") else probs
     out = np.clip(out.astype(np.float64), 1e-7, 1 - 1e-7)
     temperature = float(tcfg.get("temperature", 1.0))
-    if temperature <= 0:
-        raise PseudoLabelError(f"pseudo.transform.temperature={temperature}: must be > 0")
     if temperature != 1.0:
         logit = np.log(out) - np.log1p(-out)
         out = 1 / (1 + np.exp(-logit / temperature))
@@ -137,10 +157,17 @@ def load_pseudo(path: str | Path, classes: list[str], competition: str) -> tuple
     if meta.get("classes") != list(classes):
         raise PseudoLabelError(f"{path}: its class list ({len(meta.get('classes') or [])} classes) differs from "
                                f"this competition's ({len(classes)}, sample_submission order): pseudo-label again")
-    table = pl.read_parquet(path)
+    table = read_parquet(path, "`python -m src.pseudo teacher=...`")
     missing = [c for c in KEYS + list(classes) if c not in table.columns]
     if missing:
         raise PseudoLabelError(f"{path}: missing columns {missing[:5]}: not a src.pseudo file")
+    values = table.select(classes).to_numpy()
+    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise PseudoLabelError(f"{path}: {int(bad.sum())} label(s) are not in [0, 1] (e.g. {classes[col]} = "
+                               f"{values[row, col]} at {table['filename'][row]} window {table['window'][row]}): "
+                               "pseudo-label again with a valid pseudo.transform")
     return table, meta
 
 
@@ -172,6 +199,7 @@ def pseudo_label(cfg: DictConfig) -> dict:
     """Predict, transform and write the pseudo-labels of `cfg.pseudo`; returns the sidecar's content."""
     pcfg = cfg.pseudo
     comp = load_competition(cfg.data.root, cfg.data.layout)
+    check_transform(pcfg.transform, comp.classes)
     teacher = resolve_teacher(pcfg.teacher, Path(cfg.runs_dir), Path(cfg.ensembles_dir), cfg.ensemble)
     classes = teacher_classes(teacher)
     if classes != comp.classes:

@@ -324,7 +324,8 @@ def credentials() -> str | None:
         raise PushError(f"incomplete Kaggle credentials: a {have} but no {lack}; set KAGGLE_USERNAME and "
                         f"KAGGLE_KEY or put a complete kaggle.json in {config.parent} (chmod 600)")
     raise PushError(f"no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN) or put "
-                    f"kaggle.json in {config.parent} (chmod 600)")
+                    f"kaggle.json in {config.parent} (chmod 600; kaggle reads it from KAGGLE_CONFIG_DIR, else "
+                    "~/.kaggle when that folder exists, else ~/.config/kaggle)")
 
 
 def _kaggle_executable() -> str:

@@ -31,6 +31,7 @@ from src.config import load_run_config
 from src.io import atomic_write
 from src.leaderboard import LeaderboardError, read_run
 from src.metrics import per_class_auc, primary_one_hot
+from src.tables import read_parquet
 
 DPI = 110
 LISTEN_COLUMNS = ["class", "filename", "chunk", "start_s", "end_s", "score", "kind", "primary_label"]
@@ -45,7 +46,7 @@ def load_predictions(run_dir: Path) -> tuple[pl.DataFrame, list[str], np.ndarray
     classes = [str(c) for c in load_run_config(run_dir).get("classes") or []]
     if not classes:
         raise ValueError(f"{config_path} has no `classes` list: re-run training to save the full config")
-    oof = pl.read_parquet(oof_path)
+    oof = read_parquet(oof_path, f"python -m src.train for {run_dir}")
     missing = [c for c in ["filename", "primary_label", *classes] if c not in oof.columns]
     if missing:
         raise ValueError(f"{oof_path} lacks columns {missing[:10]}: it does not match {config_path}'s classes; "

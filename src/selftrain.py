@@ -51,8 +51,48 @@ def _ensemble_yaml(cfg: DictConfig, name: str) -> Path:
     return Path(cfg.ensembles_dir) / name / "ensemble.yaml"
 
 
-def _dirs(cfg: DictConfig) -> list[str]:
-    return list(cfg.stage_overrides) + [f"runs_dir={cfg.runs_dir}"]
+def _dirs(cfg: DictConfig, config_name: str) -> list[str]:
+    """`stage_overrides` that `config_name`'s config has a key (or group) for, then `runs_dir`: one list serves
+    every stage (`folds.n=3` reaches train and the probe, not src.pseudo)."""
+    return [*stage_keys(config_name, list(cfg.stage_overrides)), f"runs_dir={cfg.runs_dir}"]
+
+
+def stage_keys(config_name: str, overrides: list[str]) -> list[str]:
+    """The overrides whose key (`a.b=...`, `+a.b=...`, or a config group `data=...`) `config_name` has."""
+    base = compose_stage(config_name, [])
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if override.startswith("+") or OmegaConf.select(base, key, default=_MISSING) is not _MISSING:
+            kept.append(override)
+    return kept
+
+
+_MISSING = object()
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Every setting of the loop, checked before round 0 is built; a ValueError names the key."""
+    try:
+        rounds = int(str(cfg.rounds))
+    except ValueError:
+        raise ValueError(f"rounds={cfg.rounds!r}: a whole number of rounds >= 1") from None
+    problems = [
+        (rounds < 1, f"rounds={cfg.rounds}: at least 1 round (round 0 alone is `python -m src.ensemble`)"),
+        (not cfg.round0, "round0=<ensemble or run>: the teacher of round 1 (e.g. round0=birdnet)"),
+        (not cfg.name, "name=<loop name>: its rounds are ensembles <name>_r<k>"),
+        (not cfg.students, "students: the recipe lists none (recipe=demo | birdnet_probe, configs/recipe/)"),
+        (str(cfg.select) not in ("auto", "soundscape_auc", "oof_score"),
+         f"select={cfg.select}: auto, soundscape_auc or oof_score"),
+        (float(cfg.min_gain) < 0, f"min_gain={cfg.min_gain}: >= 0"),
+    ]
+    for student in cfg.students or []:
+        command, name = str(student.get("command", "train")), student.get("name")
+        problems.append((command not in COMMANDS, f"students: command {command!r} of {name!r}: use train or probe"))
+        problems.append((not name, f"students: {dict(student)} has no name (its runs are <loop>_r<k>_<name>)"))
+    for bad, message in problems:
+        if bad:
+            raise ValueError(message)
 
 
 def round_zero(cfg: DictConfig) -> None:
@@ -82,7 +122,7 @@ def round_zero(cfg: DictConfig) -> None:
 def run_ensemble(cfg: DictConfig, runs: list[str], name: str) -> None:
     from src.ensemble import run
 
-    run(compose_stage("ensemble", [*_dirs(cfg), f"ensembles_dir={cfg.ensembles_dir}", f"runs=[{','.join(runs)}]",
+    run(compose_stage("ensemble", [*_dirs(cfg, "ensemble"), f"ensembles_dir={cfg.ensembles_dir}", f"runs=[{','.join(runs)}]",
                                    f"name={name}", *cfg.ensemble_overrides]))
 
 
@@ -102,24 +142,51 @@ def pseudo_round(cfg: DictConfig, k: int) -> Path:
     teacher = f"{cfg.name}_r{k - 1}"
     out = Path(cfg.pseudo_dir) / str(cfg.data.name) / f"{teacher}.parquet"
     if not (cfg.resume and out.exists()):
-        pseudo_label(compose_stage("pseudo", [*_dirs(cfg), f"ensembles_dir={cfg.ensembles_dir}",
+        pseudo_label(compose_stage("pseudo", [*_dirs(cfg, "pseudo"), f"ensembles_dir={cfg.ensembles_dir}",
                                               f"pseudo.teacher={teacher}", f"pseudo.round={k - 1}",
                                               f"pseudo.out={out}", *cfg.pseudo_overrides]))
     return out
 
 
+def student_run(cfg: DictConfig, k: int, student: DictConfig) -> str:
+    """The run name of a student of round k: `<loop>_r<k>_<student>`, so two loops never share a student run."""
+    return f"{cfg.name}_r{k}_{student.name}"
+
+
+def loop_folds(cfg: DictConfig) -> list[int]:
+    """The folds every student trains: `folds`, or (null) every fold of the folds file (folds.n of the train
+    stage, with the stage overrides)."""
+    if cfg.folds is not None:
+        return [int(f) for f in cfg.folds]
+    return list(range(int(compose_stage("train", _dirs(cfg, "train")).folds.n)))
+
+
+def reusable(run_fold: Path, labels: Path) -> bool:
+    """A finished student run fold trained on exactly these pseudo-labels (path and content): `resume` keeps it."""
+    from src.runtimes import file_digest
+
+    if not (run_fold / "metrics.json").exists():
+        return False
+    saved = json.loads((run_fold / "metrics.json").read_text())
+    path = OmegaConf.load(run_fold / "config.yaml").pseudo.get("path")
+    same = str(path) == str(labels) and saved.get("pseudo_sha256") == file_digest(labels)
+    if not same:
+        print(f"{run_fold}: trained on other pseudo-labels than {labels}: trained again")
+    return same
+
+
 def train_students(cfg: DictConfig, k: int, labels: Path) -> list[str]:
-    """Every student of round k on every fold; returns their run names."""
+    """Every student of round k on every fold (`loop_folds`); returns their run names."""
     exps = []
     for student in cfg.students:
         config_name, target, exp_key, pseudo_key = COMMANDS[str(student.get("command", "train"))]
-        exp = f"{student.exp}_r{k}"
-        for fold in cfg.folds:
-            if cfg.resume and (Path(cfg.runs_dir) / exp / f"fold{fold}" / "metrics.json").exists():
+        exp = student_run(cfg, k, student)
+        for fold in loop_folds(cfg):
+            if cfg.resume and reusable(Path(cfg.runs_dir) / exp / f"fold{fold}", labels):
                 continue
             extra = list(cfg.train_overrides) if config_name == "train" else []
-            _call(target, compose_stage(config_name, [*_dirs(cfg), *student.overrides, *extra, f"{exp_key}={exp}",
-                                                      f"fold={fold}", f"{pseudo_key}={labels}"]))
+            _call(target, compose_stage(config_name, [*_dirs(cfg, config_name), *student.overrides, *extra,
+                                                      f"{exp_key}={exp}", f"fold={fold}", f"{pseudo_key}={labels}"]))
         exps.append(exp)
     return exps
 
@@ -151,8 +218,7 @@ def best_round(rounds: list[dict], select: str, min_gain: float = 0.0) -> tuple[
 
 def selftrain(cfg: DictConfig) -> dict:
     """Run round 0 and `cfg.rounds` rounds of self-training; returns the summary written to selftrain.json."""
-    if not cfg.round0:
-        raise ValueError("round0=<ensemble or run>: the teacher of round 1 (e.g. round0=birdnet)")
+    check_settings(cfg)
     t0 = time.time()
     round_zero(cfg)
     rounds = [round_record(cfg, 0, time.time() - t0, None)]

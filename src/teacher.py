@@ -16,12 +16,15 @@ are scored on them, and pseudo-labelled, from this cache instead of running the 
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import importlib.util
 import json
 import logging
 import os
 import re
+import signal
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +41,7 @@ from src.audio import AudioError, from_int16, load_audio
 from src.competition import Competition, load_competition
 from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
 from src.folds import folds_path
-from src.io import atomic_write
+from src.io import atomic_write, remove_stale_temporaries
 from src.prepare import cache_path, cache_rate, load_cached
 from src.runtimes import TeacherError, TeacherModel, is_teacher_dir, mapped_scores, teacher_head
 from src.soundscape import cut_windows, n_windows
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
 LABEL_FILES = ("label.csv", "labels.csv", "labels.txt", "assets/label.csv", "assets/labels.csv")
 WINDOW_COLUMNS = {"source": pl.Utf8, "filename": pl.Utf8, "chunk": pl.Int32, "copy": pl.Int16, "snr_db": pl.Float32,
                   "start_s": pl.Float64, "end_s": pl.Float64, "bed": pl.Utf8, "bed_start_s": pl.Float32}
@@ -70,6 +74,9 @@ def model_files(tcfg: DictConfig) -> tuple[Path, Path]:
     """(model file or SavedModel folder, labels file) of the teacher config; clear errors when missing."""
     if tcfg.path:
         model = Path(str(tcfg.path)).expanduser()
+        if not model.exists():
+            raise TeacherError(f"{model}: teacher model file not found (teacher.path): pass the path of a .tflite / "
+                               ".onnx file or a SavedModel folder")
     else:
         model = birdnet_files()[0]
     if tcfg.labels:
@@ -206,14 +213,45 @@ _WORKER: dict = {}
 
 
 def _init_worker(spec: dict, threads: int) -> None:
+    die_with_parent()
     _WORKER["teacher"] = TeacherModel(spec, Path(spec["model_file"]), threads)
     _WORKER["mapping"] = spec["mapping"]
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this (worker) process when its parent dies: a `kill -9` of `src.teacher` must not leave
+    its workers writing cache parts for minutes. A no-op where prctl is not available."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request: go now
+        os._exit(1)
+
+
+def part_is_current(job: Job) -> bool:
+    """True if the job's part file exists and was embedded from the chunks the job names now (their numbers and
+    start times, at the cache's rate): after a re-prepare with other chunks the part is stale and embedded again.
+    Soundscape and validation-set parts are keyed by their file alone."""
+    if not Path(job.out).exists():
+        return False
+    if job.source != "chunks":
+        return True
+    try:
+        with np.load(job.out) as part:
+            if "chunk_starts" not in part.files:  # a part of an older cache: no record of its chunks
+                return False
+            chunks, starts = part["chunk_starts"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return chunks.tolist() == list(job.chunks) and starts.tolist() == list(job.starts)
 
 
 def _run_job(job: Job) -> tuple[str, int, str | None]:
     """Embed one recording's chunks (and their mixed copies) or one soundscape's windows into its part file;
     returns (filename, windows, problem or None)."""
-    if Path(job.out).exists():
+    if part_is_current(job):
         return job.filename, -1, None
     teacher: TeacherModel = _WORKER["teacher"]
     window = round(5.0 * teacher.sample_rate) if job.source != "chunks" else None
@@ -256,7 +294,9 @@ def _chunk_waves(job: Job, rate: int) -> tuple[np.ndarray, dict, str | None]:
     waves = soxr.resample(np.stack(pieces, axis=1), job.cache_rate, rate, quality="HQ").T
     # which bed and where: a pseudo-labelled bed's calls can then be labelled too (probe.bed_labels)
     meta = {"chunk": np.array(chunk, np.int32), "copy": np.array(copy, np.int16), "snr_db": np.array(snr, np.float32),
-            "bed": np.array(bed_names), "bed_start_s": np.array(bed_starts, np.float32)}
+            "bed": np.array(bed_names), "bed_start_s": np.array(bed_starts, np.float32),
+            # what the part was embedded from: a re-prepare with other chunks makes it stale (part_is_current)
+            "chunk_starts": np.array([job.chunks, job.starts], np.int64)}
     return np.ascontiguousarray(waves, np.float32), meta, None
 
 
@@ -364,9 +404,11 @@ def check_settings(out_dir: Path, settings: dict) -> None:
 def run_jobs(jobs: list[Job], spec: dict, workers: int, threads: int) -> list[str]:
     """Run the jobs on `workers` processes (0 = all cores) with a progress bar; returns the problems."""
     workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
-    todo = [j for j in jobs if not Path(j.out).exists()]
-    if len(todo) < len(jobs):
-        print(f"{len(jobs) - len(todo)} of {len(jobs)} files already cached: resuming")
+    todo = [j for j in jobs if not part_is_current(j)]
+    stale = sum(Path(j.out).exists() for j in todo)
+    if len(todo) < len(jobs) or stale:
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} files already cached: resuming"
+              + (f"; {stale} part(s) embedded from other chunks (a re-prepare) are embedded again" if stale else ""))
     problems = []
     bar = tqdm(total=len(todo), desc=f"teacher {spec['name']}", unit="file")
     if workers == 1:
@@ -392,7 +434,7 @@ def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
     frames, embs, scores = [], [], []
     cache_starts = {}
     for job in jobs:
-        if not Path(job.out).exists():
+        if not part_is_current(job):  # missing, or stale and its file failed to embed again
             continue
         part = np.load(job.out)
         n = len(part["chunk"])
@@ -422,6 +464,16 @@ def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
     return windows
 
 
+def teacher_option(name: str) -> str:
+    """The command-line option that builds the cache named `name`: `teacher=<name>` when configs/teacher/ has such
+    a file, else `teacher.name=<name>` beside the teacher it was made with."""
+    from src.config import CONFIG_DIR
+
+    if (Path(CONFIG_DIR) / "teacher" / f"{name}.yaml").exists():
+        return f"teacher={name}"
+    return f"teacher=<birdnet | perch> teacher.name={name}"
+
+
 def cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.data.cache_dir) / "teacher" / str(cfg.teacher.name)
 
@@ -438,6 +490,7 @@ def build_cache(cfg: DictConfig) -> dict:
     print_mapping(table, str(cfg.teacher.name))
     out_dir = cache_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # parts a killed run was writing: never read, removed
     spec = teacher_spec(cfg.teacher, model, mapping)
     TeacherModel(spec, model, 1)  # a missing / truncated / wrong model file fails here, before any worker starts
     settings = {k: v for k, v in spec.items() if k != "batch_size"} | {
@@ -461,8 +514,8 @@ def load_cache(cfg_or_dir: DictConfig | Path) -> tuple[pl.DataFrame, np.ndarray,
     version in a process (the folds and members of an ensemble share it)."""
     out_dir = cache_dir(cfg_or_dir) if isinstance(cfg_or_dir, DictConfig) else Path(cfg_or_dir)
     if not (out_dir / "windows.parquet").exists():
-        raise FileNotFoundError(f"{out_dir / 'windows.parquet'} not found: run `python -m src.teacher data=... "
-                                f"teacher={out_dir.name}` first")
+        raise FileNotFoundError(f"{out_dir / 'windows.parquet'} not found: build it first with `python -m src.teacher "
+                                f"data=... {teacher_option(out_dir.name)}`")
     return _read_cache(str(out_dir), (out_dir / "windows.parquet").stat().st_mtime_ns)
 
 

@@ -32,7 +32,7 @@ from src import config as cfglib
 from src.augment import BatchAugment, NoiseBank, build_wave_augment
 from src.dataset import ChunkDataset, PseudoBatches, PseudoWindowDataset, rating_weights
 from src.folds import folds_path, load_folds
-from src.io import atomic_write
+from src.io import atomic_write, run_lock
 from src.metrics import macro_auc, padded_cmap, per_class_auc, primary_one_hot
 from src.metrics import select as select_metric
 from src.models import BirdModel, build_model
@@ -245,14 +245,15 @@ def train(cfg: DictConfig) -> dict:
         from src.distill import setup_distillation  # (imports src.train: not at the top)
         setup_distillation(run)
     run.evaluators = build_evaluators(run)
-    resume(run)
-    write_run_config(run)
-    for epoch in range(run.start_epoch, int(cfg.train.epochs)):
-        t0 = time.time()
-        train_loss = train_one_epoch(run, epoch)
-        if evaluate_and_checkpoint(run, epoch, train_loss, t0):
-            break
-    result = finish(run) if run.dist.main else {}
+    with run_lock(run.run_dir, run.dist.main):  # every check that can fail has passed: the folder is written now
+        resume(run)
+        write_run_config(run)
+        for epoch in range(run.start_epoch, int(cfg.train.epochs)):
+            t0 = time.time()
+            train_loss = train_one_epoch(run, epoch)
+            if evaluate_and_checkpoint(run, epoch, train_loss, t0):
+                break
+        result = finish(run) if run.dist.main else {}
     if run.dist.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -298,6 +299,14 @@ def build_train_data(run: Run) -> tuple[Dataset, Sampler, DataLoader]:
                         drop_last=True, num_workers=int(cfg.train.num_workers), pin_memory=run.device.type == "cuda",
                         persistent_workers=int(cfg.train.num_workers) > 0)
     return dataset, sampler, with_pseudo(run, loader, wave_aug)
+
+
+def pseudo_digest(cfg: DictConfig) -> dict[str, str]:
+    """metrics.json's `pseudo_sha256`: the digest of the pseudo-label file the run trained on ({} without one), so
+    a self-training loop resumes a student only on the same labels."""
+    from src.runtimes import file_digest
+
+    return {"pseudo_sha256": file_digest(cfg.pseudo.path)} if cfg.pseudo.path else {}
 
 
 def noisy_student(cfg: DictConfig) -> DictConfig:
@@ -416,6 +425,7 @@ def resume(run: Run) -> None:
     run.start_epoch, run.best, run.best_epoch, run.stale = (state["epoch"] + 1, state["best"], state["best_epoch"],
                                                             state["stale"])
     run.history = _read_log(run.run_dir / "log.csv")[:run.start_epoch]
+    run.started -= float(state.get("elapsed_s", 0.0))  # duration_s counts the interrupted pieces too
     if run.dist.main:
         print(f"resumed {run.run_dir} at epoch {run.start_epoch}")
 
@@ -573,7 +583,7 @@ def save_checkpoints(run: Run, epoch: int, score: float, improved: bool) -> None
                     run.run_dir / "best.pt")
     state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scaler": run.scaler.state_dict(), "epoch": epoch, "best": run.best, "best_epoch": run.best_epoch,
-             "stale": run.stale}
+             "stale": run.stale, "elapsed_s": time.time() - run.started}
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()
     save_atomic(state, run.run_dir / "last.pt")
@@ -634,7 +644,7 @@ def finish(run: Run) -> dict:
                "per_class_auc": per_class_auc(run.y_val, probs, classes), "duration_s": round(duration, 1),
                "git_commit": git_commit(), "config_hash": cfglib.config_hash(cfg),
                "n_train_chunks": run.train_df.height, "n_val_chunks": val_df.height,
-               "select": str(cfg.train.select), **finish_soundscapes(run, model)}
+               "select": str(cfg.train.select), **pseudo_digest(cfg), **finish_soundscapes(run, model)}
     with atomic_write(run.run_dir / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=1))
     if cfg.train.report:
@@ -698,20 +708,22 @@ def train_full(cfg: DictConfig, folder: str, epochs: int, source: str) -> dict:
     run.train_ds, run.sampler, run.loader = build_train_data(run)
     run.steps_per_epoch = count_epoch_steps(run)
     build_model_and_optimizer(run)
-    resume(run)
-    write_run_config(run)
-    if run.dist.main:
-        print(f"full-data fit {run.run_dir}: {epochs} epochs ({source}) on the {cfg.train.epochs}-epoch schedule")
-    for epoch in range(run.start_epoch, epochs):
-        t0 = time.time()
-        train_loss = train_one_epoch(run, epoch)
-        run.best_epoch = epoch
-        run.history.append({"epoch": epoch, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
-                            "seconds": time.time() - t0})
+    with run_lock(run.run_dir, run.dist.main):
+        resume(run)
+        write_run_config(run)
         if run.dist.main:
-            save_checkpoints(run, epoch, float("nan"), improved=True)
-            print(f"epoch {epoch:3d}  loss {train_loss:.4f}  {time.time() - t0:.0f}s (full-data fit, no validation)")
-    result = finish_full(run, epochs, source) if run.dist.main else {}
+            print(f"full-data fit {run.run_dir}: {epochs} epochs ({source}) on the {cfg.train.epochs}-epoch schedule")
+        for epoch in range(run.start_epoch, epochs):
+            t0 = time.time()
+            train_loss = train_one_epoch(run, epoch)
+            run.best_epoch = epoch
+            run.history.append({"epoch": epoch, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
+                                "seconds": time.time() - t0})
+            if run.dist.main:
+                save_checkpoints(run, epoch, float("nan"), improved=True)
+                print(f"epoch {epoch:3d}  loss {train_loss:.4f}  {time.time() - t0:.0f}s (full-data fit, no "
+                      "validation)")
+        result = finish_full(run, epochs, source) if run.dist.main else {}
     if run.dist.world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -21,7 +21,7 @@ def _q(items) -> str:
 def selftrain_config(pipe, tmp_path, *extra):
     data = [o for o in pipe.overrides if o.startswith("data.")]
     train = [o for o in pipe.overrides if o.startswith(("experiment=", "folds.", "prepare."))]
-    student = f"{{exp: tiny_st, command: train, overrides: {_q([*train, 'train.epochs=1'])}}}"
+    student = f"{{name: st, command: train, overrides: {_q([*train, 'train.epochs=1'])}}}"
     return compose_named("selftrain", *data, f"runs_dir={pipe.runs_dir}", f"ensembles_dir={tmp_path / 'ensembles'}",
                          f"pseudo_dir={tmp_path / 'pseudo'}", "name=tiny", "round0=tiny_a",
                          f"stage_overrides={_q(data)}", f"students=[{student}]",
@@ -35,7 +35,7 @@ def test_one_round_end_to_end(tiny_pipeline, tmp_path):
     ens = tmp_path / "ensembles"
     assert [r["ensemble"] for r in summary["rounds"]] == ["tiny_r0", "tiny_r1"]
     # the demo recipe keeps round 0 (the teacher) beside its student
-    assert summary["rounds"][0]["members"] == ["tiny_a"] and summary["rounds"][1]["members"] == ["tiny_a", "tiny_st_r1"]
+    assert summary["rounds"][0]["members"] == ["tiny_a"] and summary["rounds"][1]["members"] == ["tiny_a", "tiny_r1_st"]
     key = summary["selected_by"]
     assert key == "soundscape_auc" and all(r[key] is not None for r in summary["rounds"])  # valsets exist
     assert summary["best_round"] == selftrain.best_round(summary["rounds"], key, cfg.min_gain)[0]
@@ -48,7 +48,7 @@ def test_one_round_end_to_end(tiny_pipeline, tmp_path):
     labels = tmp_path / "pseudo" / "tiny" / "tiny_r0.parquet"
     _, meta = load_pseudo(labels, list(chosen.classes), "birdclef-2025")
     assert meta["teacher"] == "tiny_r0" and meta["round"] == 0 and meta["transform"]["power"] == 2
-    student = OmegaConf.load(tiny_pipeline.runs_dir / "tiny_st_r1" / "fold0" / "config.yaml")
+    student = OmegaConf.load(tiny_pipeline.runs_dir / "tiny_r1_st" / "fold0" / "config.yaml")
     assert student.pseudo.path == str(labels) and student.pseudo.ratio == 0.5
     for r in summary["rounds"]:
         assert r["test_score"] is not None and 0 <= r["test_score"] <= 1
@@ -83,12 +83,12 @@ def test_probe_students_refit_on_pseudo_labelled_windows(tiny_pipeline, tiny_tea
     overrides, classes = tiny_teacher
     teacher = [o for o in overrides if o.startswith(("teacher", "probe.", "experiment=", "folds.", "prepare."))]
     # probe.bed_labels: the mixed copies' beds carry their pseudo-labels too
-    student = f"{{exp: tinyperch_st, command: probe, overrides: {_q([*teacher, 'probe.bed_labels=true'])}}}"
+    student = f"{{name: probe, command: probe, overrides: {_q([*teacher, 'probe.bed_labels=true'])}}}"
     cfg = selftrain_config(tiny_pipeline, tmp_path, "rounds=1", "round0=tinyperch", f"students=[{student}]",
                            "keep_round0=true", "pseudo_overrides=['threads=1']")
     summary = selftrain.selftrain(cfg)
-    assert summary["rounds"][1]["members"] == ["tinyperch", "tinyperch_st_r1"]  # round 0's run kept beside
-    run = tiny_pipeline.runs_dir / "tinyperch_st_r1" / "fold0"
+    assert summary["rounds"][1]["members"] == ["tinyperch", "tiny_r1_probe"]  # round 0's run kept beside
+    run = tiny_pipeline.runs_dir / "tiny_r1_probe" / "fold0"
     labels = tmp_path / "pseudo" / "tiny" / "tiny_r0.parquet"
     saved = OmegaConf.load(run / "config.yaml")
     assert saved.pseudo.path == str(labels) and saved.probe.bed_labels
