@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from src.augment import BatchAugment
-from src.models import build_model
+from src.data.augment import BatchAugment
+from src.models.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,10 @@ Per model, windows/second and real-time factor (audio seconds per wall second) o
 - naive: eager PyTorch in NCHW, batch 1, a Python loop over windows under torch.no_grad, the
   mel front end with torchaudio's stock MelSpectrogram then `forward_mel` (what a typical public
   notebook does);
-- eager: channels_last + inference_mode, batched (`src.export.eager_predict`);
+- eager: channels_last + inference_mode, batched (`src.models.export.eager_predict`);
 - torchscript (`model.ts`, whole model), onnx and openvino (`frontend.ts` mel front end in torch +
-  `backbone.onnx` in onnxruntime / OpenVINO): `src.export`'s exporters, run by
-  `src.runtimes.load_runtime`, batched; openvino is skipped with a note if it does not import;
+  `backbone.onnx` in onnxruntime / OpenVINO): `src.models.export`'s exporters, run by
+  `src.infer.runtimes.load_runtime`, batched; openvino is skipped with a note if it does not import;
 - parts (not runtimes): the front end alone and the backbone alone (on precomputed mels), which
   bound what any split runtime can reach on this machine.
 Each export is checked against the eager model on the bench windows (max abs probability diff
@@ -52,10 +52,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.timing import best_of
-from src.audio import load_audio
-from src.export import EXPORTERS, eager_predict
-from src.models import ProbabilityModel, build_model
-from src.runtimes import (
+from src.infer.audio import load_audio
+from src.infer.runtimes import (
     RUNTIME_FILES,
     RUNTIME_MODULES,
     load_backbone,
@@ -63,7 +61,9 @@ from src.runtimes import (
     load_runtime,
     load_torchscript,
 )
-from src.soundscape import cut_windows, n_windows, predict_soundscapes
+from src.infer.soundscape import cut_windows, n_windows, predict_soundscapes
+from src.models.export import EXPORTERS, eager_predict
+from src.models.model import ProbabilityModel, build_model
 
 AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")
 TOL = 1e-4  # SPEC: an export may differ from the eager model by at most this (probabilities)
@@ -117,7 +117,7 @@ def naive_runtime(model: ProbabilityModel) -> Callable[[np.ndarray], np.ndarray]
 
 
 def export_quietly(exporter: Callable, model: torch.nn.Module, example: torch.Tensor, out_dir: Path) -> float:
-    """Run one of src.export's exporters with its progress prints swallowed; returns seconds taken."""
+    """Run one of src.models.export's exporters with its progress prints swallowed; returns seconds taken."""
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):

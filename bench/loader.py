@@ -42,11 +42,11 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 from src import config as cfglib
-from src.augment import BatchAugment, NoiseBank, build_wave_augment
-from src.dataset import ChunkDataset, rating_weights
-from src.models import build_model
-from src.samplers import build_sampler
-from src.train import TrainForward, loss_fn
+from src.data.augment import BatchAugment, NoiseBank, build_wave_augment
+from src.data.dataset import ChunkDataset, rating_weights
+from src.data.samplers import build_sampler
+from src.models.model import build_model
+from src.training.step import TrainForward, loss_fn
 
 
 def load_config(data: str, root: str | None):

@@ -3,7 +3,7 @@
     python bench/prepare.py [--root DIR] [--files N] [--repeats 3] [--workers 0]
 
 Work per file: decode, resample to 32 kHz, 5 s chunks (1 s overlap) and each chunk's energy.
-- ours: `src.audio.load_audio` (soundfile + soxr HQ) -> int16 -> `chunk_starts` -> numba
+- ours: `src.infer.audio.load_audio` (soundfile + soxr HQ) -> int16 -> `chunk_starts` -> numba
   `chunk_energy_db`, exactly what `src.prepare` does per file (minus writing the .npy), in one
   process and on a warm ProcessPool of all cores (one numba thread per worker);
 - baseline: `librosa.load(path, sr=32000, res_type="soxr_hq")` (librosa's default resampler) and a
@@ -35,14 +35,14 @@ import soundfile as sf
 import soxr
 
 from bench.timing import best_of
-from src.audio import load_audio, to_int16
-from src.chunks import chunk_energy_db, chunk_starts
+from src.data.chunks import chunk_energy_db, chunk_starts
+from src.infer.audio import load_audio, to_int16
 
 SR = 32000
 CHUNK = 5 * SR
 HOP = 4 * SR  # prepare's default: 5 s chunks, 1 s overlap
 PREEMPHASIS = 0.97
-AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")  # as src.competition (not imported: polars)
+AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac")  # as src.data.competition (not imported: polars)
 
 
 def default_root() -> Path:

@@ -17,7 +17,7 @@ above the RSS it had after its imports:
                DataLoader, `--workers` workers) and `--batches` batches of loading; model excluded  size: chunks
     oof        two runs x 5 folds of oof.parquet, written as src.train.finish does  size: chunks
     ensemble   src.ensemble's fit on that OOF: load_oof, nested_score of every blend, fit_weights  size: chunks
-    pseudo     src.soundscape.predict_soundscapes over every unlabelled soundscape with a dummy predict
+    pseudo     src.infer.soundscape.predict_soundscapes over every unlabelled soundscape with a dummy predict
                function (pseudo-labelling minus the model) and the labels' parquet  size: soundscapes
     kernel     the kernel's test side per file: predict_soundscapes + combine_members + write_submission
                over the soundscapes, as test files  size: soundscapes (projected to ~700 hidden test files)
@@ -135,10 +135,11 @@ def build_loader(root: Path, workers: int, batches: int):
     import torch
     from torch.utils.data import DataLoader
 
-    from src.augment import NoiseBank, build_wave_augment
-    from src.dataset import ChunkDataset, rating_weights
-    from src.samplers import build_sampler
-    from src.train import load_chunk_index, split_fold
+    from src.data.audio_cache import load_chunk_index
+    from src.data.augment import NoiseBank, build_wave_augment
+    from src.data.dataset import ChunkDataset, rating_weights
+    from src.data.samplers import build_sampler
+    from src.data.splits import split_fold
     cfg = train_config(root, workers, f"train.num_workers={workers}")
     chunks, classes = load_chunk_index(cfg)
     train_df, val_df = split_fold(chunks, cfg)
@@ -179,9 +180,10 @@ def _stage_oof(root: Path, args) -> dict:
     import polars as pl
     from omegaconf import OmegaConf
 
-    from src.io import atomic_write
-    from src.metrics import primary_one_hot
-    from src.train import load_chunk_index, split_fold
+    from src.data.audio_cache import load_chunk_index
+    from src.data.splits import split_fold
+    from src.evaluation.metrics import primary_one_hot
+    from src.infer.io import atomic_write
     cfg = train_config(root, args.workers)
     chunks, classes = load_chunk_index(cfg)
     rows = 0
@@ -207,9 +209,9 @@ def _stage_ensemble(root: Path, args) -> dict:
     from hydra import compose, initialize_config_dir
 
     from src import config as cfglib
-    from src.blend import BLENDS
     from src.ensemble import fit_weights, load_oof, nested_score
-    from src.metrics import primary_one_hot
+    from src.evaluation.metrics import primary_one_hot
+    from src.infer.blend import BLENDS
     with initialize_config_dir(config_dir=cfglib.CONFIG_DIR, version_base=None):
         ens = compose(config_name="ensemble").ensemble
     base, oof, classes = load_oof(root.parent / "runs", list(RUNS))
@@ -236,9 +238,9 @@ def _dummy_predict(batch: np.ndarray) -> np.ndarray:
 def _stage_pseudo(root: Path, args) -> dict:
     import polars as pl
 
-    from src.competition import load_competition
-    from src.io import atomic_write
-    from src.soundscape import predict_soundscapes
+    from src.data.competition import load_competition
+    from src.infer.io import atomic_write
+    from src.infer.soundscape import predict_soundscapes
     comp = load_competition(root, "birdclef2025")
     files = comp.soundscape_files()
     ids, probs, _ = predict_soundscapes(files, _dummy_predict, N_CLASSES, 32000, 5.0, batch_size=64)
@@ -253,10 +255,10 @@ def _stage_pseudo(root: Path, args) -> dict:
 
 
 def _stage_kernel(root: Path, args) -> dict:
-    from src.blend import combine_members
-    from src.competition import load_competition
-    from src.soundscape import predict_soundscapes
-    from src.submission import write_submission
+    from src.data.competition import load_competition
+    from src.infer.blend import combine_members
+    from src.infer.soundscape import predict_soundscapes
+    from src.infer.submission import write_submission
     comp = load_competition(root, "birdclef2025")
     files = comp.soundscape_files()
     ids, probs, _ = predict_soundscapes(files, _dummy_predict, N_CLASSES, 32000, 5.0, batch_size=16)
@@ -331,7 +333,7 @@ def loader_memory(root: Path, workers: int, batches: int) -> dict:
 
 def birdclef_2025_sizes(max_duration_s: float | None, seed: int = 0) -> dict[str, float]:
     """BirdCLEF 2025's stage sizes: durations log-normal with xc45's spread, scaled so that their total is
-    12 GB of OGG at xc45's bitrate; chunks as src.chunks cuts them (5 s every 4 s); the decoded audio
+    12 GB of OGG at xc45's bitrate; chunks as src.data.chunks cuts them (5 s every 4 s); the decoded audio
     includes the 60 s soundscapes."""
     mean_s = BIRDCLEF_2025["ogg_bytes"] / XC45_OGG_BYTES_PER_S / BIRDCLEF_2025["recordings"]
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -101,9 +102,33 @@ def run_folds(exp_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted((k, d) for k, d in found if k is not None)
 
 
+def valsets_settings(cfg: DictConfig) -> DictConfig:
+    """The `valsets` settings of `cfg`, filled from configs/train.yaml where a (teacher) run config lacks them."""
+    defaults = OmegaConf.load(Path(CONFIG_DIR) / "train.yaml").valsets
+    return OmegaConf.merge(defaults, cfg.get("valsets") or {})
+
+
 def load_run_config(run_dir: str | Path) -> DictConfig:
     """The saved `config.yaml` of a run folder (enough to rebuild its model)."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run of `python -m src.train`?")
     return OmegaConf.load(path)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fold_dirs(runs_dir: Path, exp: str) -> list[Path]:
+    """Finished folds of a run (those with oof.parquet and best.pt, or teacher.json for a teacher run), sorted."""
+    dirs = [p for _, p in run_folds(runs_dir / exp)
+            if ((p / "best.pt").exists() or (p / "teacher.json").exists()) and (p / "oof.parquet").exists()]
+    if not dirs:
+        raise FileNotFoundError(f"{runs_dir / exp}: no finished fold (best.pt + oof.parquet); "
+                                f"train one with `python -m src.train exp={exp} fold=0`")
+    return dirs

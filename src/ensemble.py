@@ -15,36 +15,23 @@ from pathlib import Path
 import hydra
 import numpy as np
 import polars as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
-from tqdm import tqdm
 
-from src.blend import BLENDS, blend, class_ranks, combine_members, mean_by_owner
-from src.competition import load_competition
-from src.config import fold_number, load_run_config, run_folds
-from src.export import eager_runtime
-from src.io import atomic_write
-from src.metrics import primary_one_hot, score, submission_score
-from src.postprocess import postprocess_rows
-from src.soundscape import list_soundscapes, predict_model_groups
-from src.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
-from src.tables import read_parquet
-from src.teacher import cached_run_predictions
-from src.valsets import labels_matrix
+from src.config import fold_dirs, fold_number, load_run_config
+from src.data.competition import load_competition
+from src.data.tables import read_parquet
+from src.evaluation.metrics import primary_one_hot, score, submission_score
+from src.evaluation.valsets import labels_matrix
+from src.infer.blend import BLENDS, blend, class_ranks, combine_members
+from src.infer.io import atomic_write
+from src.infer.postprocess import postprocess_rows
+from src.infer.soundscape import list_soundscapes
+from src.infer.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
+from src.models.predict import member_predictions
 
 log = logging.getLogger(__name__)
-
-
-def fold_dirs(runs_dir: Path, exp: str) -> list[Path]:
-    """Finished folds of a run (those with oof.parquet and best.pt, or teacher.json for a teacher run), sorted."""
-    dirs = [p for _, p in run_folds(runs_dir / exp)
-            if ((p / "best.pt").exists() or (p / "teacher.json").exists()) and (p / "oof.parquet").exists()]
-    if not dirs:
-        raise FileNotFoundError(f"{runs_dir / exp}: no finished fold (best.pt + oof.parquet); "
-                                f"train one with `python -m src.train exp={exp} fold=0`")
-    return dirs
 
 
 def full_data_dirs(runs_dir: Path, exp: str) -> list[Path]:
@@ -276,54 +263,6 @@ def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
     lookup = dict(zip(counts["primary_label"], counts["len"]))
     prior = np.array([lookup.get(c, 0) for c in classes], np.float64)
     return (prior / max(prior.sum(), 1)).astype(np.float32)
-
-
-def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_classes: int,
-                    runtime_for) -> tuple[list[str], list[np.ndarray], list[str]]:
-    """Each member's test probabilities (its folds averaged; NaN rows for undecodable files);
-    `runtime_for(fold_dir)` gives a predict fn. Folds that cut the audio alike decode each file once."""
-    owners, dirs = zip(*[(i, Path(d)) for i, m in enumerate(members) for d in m["fold_dirs"]], strict=True)
-    audio = [load_run_config(d).audio for d in dirs]
-
-    def load_group(ks: list[int]):
-        predicts = [runtime_for(dirs[k]) for k in ks]
-        return lambda batch: np.concatenate([p(batch) for p in predicts], axis=1)
-
-    ens = cfg.ensemble
-    ids, model_preds, problems = predict_model_groups(
-        files, [(int(a.sample_rate), float(a.window_s)) for a in audio], load_group, n_classes, float(ens.context_s),
-        tuple(ens.shifts_s), int(ens.batch_size), float(ens.fallback_duration_s),
-        progress=lambda f: tqdm(f, desc=f"{len(dirs)} model(s)", unit="file"))
-    preds = mean_by_owner(model_preds, list(owners), len(members))
-    return ids, preds, problems
-
-
-def cached_members(members: list[dict], source: str, files: list[Path], inference: DictConfig
-                   ) -> tuple[list[str], list[np.ndarray]] | None:
-    """`predict_members` from the teacher cache (source `train_soundscapes` / `test_soundscapes`): each member's
-    probabilities, its folds averaged, when every member is a teacher run whose cache holds every file and the
-    inference adds nothing the cache lacks (no context, no shifts); else None (predict from the audio)."""
-    if float(inference.context_s) or [float(s) for s in inference.shifts_s] != [0.0]:
-        return None
-    names = [f.name for f in files]
-    per_member = [[cached_run_predictions(d, source, names) for d in m["fold_dirs"]] for m in members]
-    flat = [r for folds in per_member for r in folds]
-    if any(r is None for r in flat):
-        return None
-    return flat[0][0], [np.mean([r[1] for r in folds], axis=0) for folds in per_member]
-
-
-def member_predictions(members: list[dict], source: str, files: list[Path], cfg: DictConfig, n_classes: int,
-                       threads: int) -> tuple[list[str], list[np.ndarray], list[str]]:
-    """Each member's probabilities on every window of `files`: from the teacher cache when it holds them all
-    (`cached_members`), else decoded and predicted (`predict_members`). Returns (row_ids, preds, problems)."""
-    cached = cached_members(members, source, files, cfg.ensemble)
-    if cached is not None:
-        print(f"every member's {source.split('_')[0]} windows read from its teacher cache")
-        return *cached, []
-    if threads:
-        torch.set_num_threads(threads)
-    return predict_members(members, files, cfg, n_classes, lambda d: eager_runtime(d, threads))
 
 
 def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:

@@ -6,7 +6,6 @@ it back with `load_folds`, which checks that it still matches the competition's 
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from pathlib import Path
 
@@ -17,14 +16,11 @@ from omegaconf import DictConfig
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from src import config as _config  # noqa: F401  (registers the root_tag resolver)
-from src.competition import LAYOUTS, Competition, load_competition
-from src.io import atomic_write
+from src.data.competition import LAYOUTS, Competition, load_competition
+from src.data.splits import FoldsError, folds_path, load_folds
+from src.infer.io import atomic_write
 
 log = logging.getLogger(__name__)
-
-
-class FoldsError(ValueError):
-    """A folds file that does not match the competition; the message names the file and the fix."""
 
 
 def _group_expr(group_col: str) -> pl.Expr:
@@ -129,34 +125,6 @@ def _repair(labels: np.ndarray, groups: np.ndarray, fold: np.ndarray, n: int) ->
     return fold
 
 
-def _fix_hint(path: Path) -> str:
-    m = re.fullmatch(r"(.+)_(\d+)fold", path.stem)
-    cmd = f"python -m src.folds data={m[1]} folds.n={m[2]}" if m else "python -m src.folds data=..."
-    return f"rerun `{cmd}` (with the same data.root) to rebuild it"
-
-
-def load_folds(path: str | Path, meta: pl.DataFrame) -> pl.DataFrame:
-    """Read a folds csv and return `meta` (same row order) with an integer `fold` column.
-
-    Raises FoldsError naming the file and the fix if it lacks recordings of `meta` or lists unknown ones.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {_fix_hint(path)}")
-    folds = pl.read_csv(path, schema_overrides={"filename": pl.Utf8, "fold": pl.Int64})
-    if folds.columns != ["filename", "fold"]:
-        raise FoldsError(f"{path}: columns must be filename,fold, got {folds.columns}: {_fix_hint(path)}")
-    if folds["fold"].null_count() or (folds["fold"] < 0).any() or folds["filename"].is_duplicated().any():
-        raise FoldsError(f"{path}: empty or negative fold, or a filename listed twice: {_fix_hint(path)}")
-    known, listed = set(meta["filename"]), set(folds["filename"])
-    missing, unknown = sorted(known - listed), sorted(listed - known)
-    if missing or unknown:
-        raise FoldsError(f"{path} does not match the competition's recordings: "
-                         f"{len(missing)} missing (e.g. {missing[:3]}), {len(unknown)} unknown "
-                         f"(e.g. {unknown[:3]}): {_fix_hint(path)}")
-    return meta.join(folds, on="filename", how="left", maintain_order="left")
-
-
 def fold_summary(meta: pl.DataFrame, folds: pl.DataFrame, group_col: str) -> pl.DataFrame:
     """Per fold: validation recordings and groups, classes in validation, classes with a train recording."""
     df = meta.join(folds, on="filename").with_columns(_group_expr(group_col))
@@ -167,11 +135,6 @@ def fold_summary(meta: pl.DataFrame, folds: pl.DataFrame, group_col: str) -> pl.
                      "val_classes": val["primary_label"].n_unique(),
                      "train_classes": train["primary_label"].n_unique()})
     return pl.DataFrame(rows)
-
-
-def folds_path(cfg: DictConfig) -> Path:
-    """`<folds.dir>/<data.name>_<folds.n>fold.csv`."""
-    return Path(cfg.folds.dir) / f"{cfg.data.name}_{cfg.folds.n}fold.csv"
 
 
 def _report(meta: pl.DataFrame, folds: pl.DataFrame, group_col: str, path: Path) -> None:

@@ -32,9 +32,9 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from src import config as cfglib
-from src import metrics as metriclib
 from src.config import load_run_config, run_folds
-from src.io import atomic_write
+from src.evaluation import metrics as metriclib
+from src.infer.io import atomic_write
 
 # Config keys that name, place or schedule a run rather than change what it learns. A dotted key is
 # ignored when it equals one of these or lies below one; keys ending in `_dir`/`_path` are ignored too.

@@ -32,55 +32,20 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from src import config as _config  # noqa: F401  (registers the root_tag resolver)
-from src.audio import AudioError, load_audio, to_int16
-from src.chunks import chunk_energy_db, chunk_starts, silent_mask
-from src.competition import load_competition
-from src.io import atomic_write, remove_stale_temporaries
+from src.data.audio_cache import (
+    SOUNDSCAPE_INDEX,
+    CacheSettingsError,
+    cache_path,
+    cache_settings,
+    load_cached,
+    settings_differences,
+)
+from src.data.chunks import chunk_energy_db, chunk_starts, silent_mask
+from src.data.competition import load_competition
+from src.infer.audio import AudioError, load_audio, to_int16
+from src.infer.io import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
-
-
-class CacheSettingsError(ValueError):
-    """A cache made with other settings than the command's; the message names each one and the fix."""
-
-
-def cache_settings(cfg: DictConfig) -> dict[str, dict[str, object]]:
-    """What a cache is made with, by config key. `decode`: what the cached arrays depend on (a rerun into
-    the cache must match it, or two kinds of arrays would mix); `index`: what chunks.parquet depends on
-    (a rerun rebuilds it; training must match both). Record any new setting of prepare here."""
-    return {"decode": {"audio.sample_rate": int(cfg.audio.sample_rate),
-                       "prepare.min_duration_s": float(cfg.prepare.min_duration_s),
-                       "prepare.max_duration_s": (None if cfg.prepare.get("max_duration_s") is None
-                                                  else float(cfg.prepare.max_duration_s))},
-            "index": {"prepare.chunk_s": float(cfg.prepare.chunk_s), "prepare.overlap_s": float(cfg.prepare.overlap_s),
-                      "prepare.preemphasis": float(cfg.prepare.preemphasis),
-                      "prepare.silence.abs_db": float(cfg.prepare.silence.abs_db),
-                      "prepare.silence.rel_db": float(cfg.prepare.silence.rel_db),
-                      "prepare.soundscape_min_s": float(cfg.prepare.soundscape_min_s)}}
-
-
-def cache_rate(cache_dir: str | Path) -> int:
-    """The sample rate of the prepared cache at `cache_dir` (its manifest): the rate of every cached array."""
-    path = Path(cache_dir) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m src.prepare` for this data first")
-    return int(json.loads(path.read_text())["sample_rate"])
-
-
-def settings_differences(cfg: DictConfig, sections: tuple[str, ...] = ("decode", "index")) -> list[str]:
-    """`key=<cache's> (now <cfg's>)` for every setting of `sections` where `cfg` differs from what the cache
-    at `data.cache_dir` recorded (settings it did not record are not compared); [] without a manifest."""
-    path = Path(cfg.data.cache_dir) / "manifest.json"
-    if not path.exists():
-        return []
-    manifest = json.loads(path.read_text())
-    recorded = manifest.get("settings") or {  # caches made before the settings were recorded
-        "decode": {"audio.sample_rate": manifest.get("sample_rate")},
-        "index": {"prepare.chunk_s": manifest.get("chunk_s"), "prepare.overlap_s": manifest.get("overlap_s")}}
-    wanted = cache_settings(cfg)
-    return [f"{key}={recorded[section][key]} (now {value})" for section in sections
-            for key, value in wanted[section].items()
-            if recorded.get(section, {}).get(key) is not None and recorded[section][key] != value]
 
 
 @dataclass(frozen=True)
@@ -97,16 +62,6 @@ _NPY_HEADER = 128  # bytes in front of the samples of a 1-d .npy file
 
 class CacheDiskError(OSError):
     """The cache would not fit on its disk; the message names the folder, the sizes and the fixes."""
-
-
-def cache_path(cache_dir: Path, filename: str, kind: str = "audio") -> Path:
-    """Where the int16 cache of a recording (`kind='audio'`) or soundscape lives."""
-    return Path(cache_dir) / kind / Path(filename).with_suffix(".npy")
-
-
-def load_cached(path: Path) -> np.ndarray:
-    """Memory-map a cached recording (int16)."""
-    return np.load(path, mmap_mode="r")
 
 
 def _cache_one(job: CacheJob) -> tuple[str, int, str | None]:
@@ -233,7 +188,6 @@ def class_report(meta: pl.DataFrame, chunks: pl.DataFrame, classes: list[str]) -
     return table.fill_null(0).sort("kept")
 
 
-SOUNDSCAPE_INDEX = "soundscapes.parquet"
 _WINDOW_SCHEMA = {"filename": pl.Utf8, "window": pl.Int32, "start_s": pl.Float64, "end_s": pl.Float64,
                   "energy_db": pl.Float32, "silent": pl.Boolean}
 
@@ -280,15 +234,6 @@ def prepare_soundscapes(files: list[Path], cache_dir: Path, cfg: DictConfig) -> 
     windows = pl.concat(frames) if frames else pl.DataFrame(schema=_WINDOW_SCHEMA)
     _write_parquet(windows, cache_dir / SOUNDSCAPE_INDEX)
     return windows, bad
-
-
-def load_soundscape_index(cache_dir: str | Path) -> pl.DataFrame:
-    """The unlabelled soundscapes' window index, with a clear error if prepare has not written it."""
-    path = Path(cache_dir) / SOUNDSCAPE_INDEX
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m src.prepare data=...` (it caches and indexes "
-                                "every unlabelled soundscape)")
-    return pl.read_parquet(path)
 
 
 def prepare(cfg: DictConfig) -> dict:
@@ -389,17 +334,6 @@ def open_cache(cfg: DictConfig) -> Path:
         with atomic_write(cache_dir / "manifest.json") as tmp:
             Path(tmp).write_text(json.dumps({"settings": cache_settings(cfg)}, indent=1))
     return cache_dir
-
-
-def check_cache_settings(cfg: DictConfig) -> None:
-    """CacheSettingsError naming every setting where `cfg` differs from what its cache was made with
-    (training on it would silently use other audio or chunks than configured)."""
-    differences = settings_differences(cfg)
-    if differences:
-        raise CacheSettingsError(
-            f"{Path(cfg.data.cache_dir) / 'manifest.json'}: the cache was prepared with {', '.join(differences)}: "
-            "prepare one with these settings (python -m src.prepare with the same overrides and a new "
-            "data.cache_dir=PATH, passed here too), or drop the overrides to use this cache")
 
 
 def _escapes(filename: str) -> bool:

@@ -6,7 +6,7 @@ teacher's zero-shot scores blended in on the classes it knows (`probe.zero_shot_
 `probe.head=zero_shot`: the teacher's mapped scores as they are (`runs/<teacher.name>/fold<k>`).
 
 Writes `runs/<exp>/fold<k>/`: config.yaml (with a `teacher:` section), teacher.json (how to run the teacher and
-the head; `src.runtimes.load_teacher_run`), probe.npz (plain arrays), oof.parquet, metrics.json.
+the head; `src.infer.runtimes.load_teacher_run`), probe.npz (plain arrays), oof.parquet, metrics.json.
 """
 from __future__ import annotations
 
@@ -24,22 +24,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src import config as cfglib
-from src.competition import multi_hot
-from src.io import atomic_write, run_lock
-from src.metrics import per_class_auc, primary_one_hot
-from src.runtimes import make_head
-from src.teacher import cache_dir, load_cache, model_files
-from src.train import git_commit, load_chunk_index, load_pseudo_windows, pseudo_digest, scores, split_fold
+from src.config import git_commit
+from src.data.audio_cache import load_chunk_index
+from src.data.competition import multi_hot
+from src.data.pseudo_labels import load_pseudo_windows, pseudo_digest
+from src.data.splits import split_fold
+from src.data.teacher_cache import cache_dir, cached_rows, load_cache
+from src.evaluation.metrics import per_class_auc, primary_one_hot, scores
+from src.infer.io import atomic_write, run_lock
+from src.infer.runtimes import make_head
+from src.teacher import model_files
 
 log = logging.getLogger(__name__)
-KEYS = ["filename", "chunk"]
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, pcfg: DictConfig, extra: tuple[np.ndarray, np.ndarray] | None = None,
               sample_weight: np.ndarray | None = None, extra_weight: float = 1.0) -> dict[str, np.ndarray]:
     """Train the probe on embeddings `x` (N, D) with (soft) targets `y` (N, C) in [0, 1], plus `extra`
     (embeddings, soft targets) rows of loss weight `extra_weight`, e.g. pseudo-labelled soundscape windows;
-    returns its weights as plain arrays (`src.runtimes.probe_forward`). Full-batch AdamW on BCE,
+    returns its weights as plain arrays (`src.infer.runtimes.probe_forward`). Full-batch AdamW on BCE,
     deterministic (`probe.seed`)."""
     if extra is not None:
         weights = np.ones(len(x), np.float32) if sample_weight is None else sample_weight
@@ -64,26 +67,6 @@ def fit_probe(x: np.ndarray, y: np.ndarray, pcfg: DictConfig, extra: tuple[np.nd
         out[f"w{i}"] = layer.weight.detach().numpy().T.astype(np.float32).copy()
         out[f"b{i}"] = layer.bias.detach().numpy().astype(np.float32).copy()
     return out
-
-
-def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl.DataFrame:
-    """The cache rows (`row`) of these chunks, in the chunks' order, with their labels; copy 0 only
-    unless `copies` (then every mixed copy of each chunk too)."""
-    rows = windows.with_row_index("row").filter(pl.col("source") == "chunks")
-    if not copies:
-        rows = rows.filter(pl.col("copy") == 0)
-    out = chunks.select(*KEYS, "start_s", "end_s", "primary_label", "secondary_labels").join(
-        rows.select(*KEYS, "copy", "row", "bed", "bed_start_s", pl.col("start_s").alias("cached_start_s")), on=KEYS,
-        how="inner", maintain_order="left")
-    missing = chunks.join(rows.select(KEYS), on=KEYS, how="anti")
-    moved = out.filter((pl.col("start_s") - pl.col("cached_start_s")).abs() > 1e-3)
-    if missing.height or moved.height:
-        example = (missing if missing.height else moved.select(KEYS)).row(0)
-        raise ValueError(f"{missing.height} chunk(s) are not in the teacher cache and {moved.height} start elsewhere "
-                         f"than when it was built (e.g. {example}): the chunk index changed (src.prepare); rerun "
-                         "`python -m src.teacher data=... teacher=...`, which embeds again the recordings whose "
-                         "chunks changed")
-    return out.drop("cached_start_s")
 
 
 def bed_targets(rows: pl.DataFrame, pseudo: pl.DataFrame, classes: list[str], window_s: float) -> np.ndarray:

@@ -2,7 +2,7 @@
 soundscape window.
 
 The teacher (an ensemble's members, weights, blend and post-processing, or one run of any kind, loaded with
-`src.export.eager_runtime`) predicts every window of prepare's soundscape index, each file decoded once and
+`src.models.export.eager_runtime`) predicts every window of prepare's soundscape index, each file decoded once and
 windows batched across files. The probabilities are transformed (smoothing over neighbouring windows,
 temperature, power, threshold) and written as a parquet (`filename, window, start_s, end_s, <class>...`) with
 a sidecar `<file>.json` (teacher, round, classes, competition, transform). When the windows' truth is known
@@ -20,22 +20,20 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
-from src.blend import combine_members
-from src.competition import load_competition
-from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
-from src.ensemble import fold_dirs, member_predictions
-from src.io import atomic_write
-from src.metrics import macro_auc
-from src.postprocess import postprocess_rows
-from src.prepare import load_soundscape_index
-from src.tables import read_parquet
+from src.config import (
+    fold_dirs,
+    load_run_config,  # (importing src.config registers the root_tag resolver)
+)
+from src.data.audio_cache import load_soundscape_index
+from src.data.competition import load_competition
+from src.data.pseudo_labels import KEYS, PseudoLabelError, sidecar
+from src.evaluation.metrics import macro_auc
+from src.infer.blend import combine_members
+from src.infer.io import atomic_write
+from src.infer.postprocess import postprocess_rows
+from src.models.predict import member_predictions
 
 log = logging.getLogger(__name__)
-KEYS = ["filename", "window", "start_s", "end_s"]
-
-
-class PseudoLabelError(ValueError):
-    """A pseudo-label file or teacher that cannot be used; the message names it and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------- teacher
@@ -139,36 +137,6 @@ def transform(probs: np.ndarray, ids: list[str], classes: list[str], tcfg) -> np
 
 
 # ----------------------------------------------------------------------------------------- file checks
-
-def sidecar(path: str | Path) -> Path:
-    return Path(str(path) + ".json")
-
-
-def load_pseudo(path: str | Path, classes: list[str], competition: str) -> tuple[pl.DataFrame, dict]:
-    """A pseudo-label parquet and its sidecar, checked against the class list and competition of the caller."""
-    path = Path(path)
-    if not path.exists() or not sidecar(path).exists():
-        raise PseudoLabelError(f"{path}: pseudo-label file or its sidecar {sidecar(path).name} not found: write "
-                               "it with `python -m src.pseudo teacher=...`")
-    meta = json.loads(sidecar(path).read_text())
-    if meta.get("competition") != competition:
-        raise PseudoLabelError(f"{path}: pseudo-labels of competition {meta.get('competition')!r}, not "
-                               f"{competition!r}: pseudo-label this competition's soundscapes")
-    if meta.get("classes") != list(classes):
-        raise PseudoLabelError(f"{path}: its class list ({len(meta.get('classes') or [])} classes) differs from "
-                               f"this competition's ({len(classes)}, sample_submission order): pseudo-label again")
-    table = read_parquet(path, "`python -m src.pseudo teacher=...`")
-    missing = [c for c in KEYS + list(classes) if c not in table.columns]
-    if missing:
-        raise PseudoLabelError(f"{path}: missing columns {missing[:5]}: not a src.pseudo file")
-    values = table.select(classes).to_numpy()
-    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
-    if bad.any():
-        row, col = map(int, np.argwhere(bad)[0])
-        raise PseudoLabelError(f"{path}: {int(bad.sum())} label(s) are not in [0, 1] (e.g. {classes[col]} = "
-                               f"{values[row, col]} at {table['filename'][row]} window {table['window'][row]}): "
-                               "pseudo-label again with a valid pseudo.transform")
-    return table, meta
 
 
 # ------------------------------------------------------------------------------------------------ truth

@@ -28,10 +28,10 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from src import config as cfglib
 from src.config import load_run_config
-from src.io import atomic_write
+from src.data.tables import read_parquet
+from src.evaluation.metrics import per_class_auc, primary_one_hot
+from src.infer.io import atomic_write
 from src.leaderboard import LeaderboardError, read_run
-from src.metrics import per_class_auc, primary_one_hot
-from src.tables import read_parquet
 
 DPI = 110
 LISTEN_COLUMNS = ["class", "filename", "chunk", "start_s", "end_s", "score", "kind", "primary_label"]

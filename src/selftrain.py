@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from src import config as cfglib
-from src.io import atomic_write
+from src.infer.io import atomic_write
 
 log = logging.getLogger(__name__)
 # student command -> (config name, "module:function", the key naming its run, the key taking the pseudo-labels)
@@ -163,7 +163,7 @@ def loop_folds(cfg: DictConfig) -> list[int]:
 
 def reusable(run_fold: Path, labels: Path) -> bool:
     """A finished student run fold trained on exactly these pseudo-labels (path and content): `resume` keeps it."""
-    from src.runtimes import file_digest
+    from src.infer.runtimes import file_digest
 
     if not (run_fold / "metrics.json").exists():
         return False

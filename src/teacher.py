@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import importlib.util
 import json
 import logging
@@ -37,16 +36,15 @@ import soxr
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from src.audio import AudioError, from_int16, load_audio
-from src.competition import Competition, load_competition
-from src.config import load_run_config  # (importing src.config registers the root_tag resolver)
-from src.folds import folds_path
-from src.io import atomic_write, remove_stale_temporaries
-from src.prepare import cache_path, cache_rate, load_cached
-from src.runtimes import TeacherError, TeacherModel, is_teacher_dir, mapped_scores, teacher_head
-from src.soundscape import cut_windows, n_windows
-from src.submission import row_ids
-from src.valsets import load_fold
+from src.data.audio_cache import cache_path, cache_rate, load_cached
+from src.data.competition import Competition, load_competition
+from src.data.splits import folds_path
+from src.data.teacher_cache import WINDOW_COLUMNS, cache_dir, valset_name
+from src.evaluation.valsets import load_fold
+from src.infer.audio import AudioError, from_int16, load_audio
+from src.infer.io import atomic_write, remove_stale_temporaries
+from src.infer.runtimes import TeacherError, TeacherModel, mapped_scores
+from src.infer.soundscape import cut_windows, n_windows
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,6 @@ BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
 LABEL_FILES = ("label.csv", "labels.csv", "labels.txt", "assets/label.csv", "assets/labels.csv")
-WINDOW_COLUMNS = {"source": pl.Utf8, "filename": pl.Utf8, "chunk": pl.Int32, "copy": pl.Int16, "snr_db": pl.Float32,
-                  "start_s": pl.Float64, "end_s": pl.Float64, "bed": pl.Utf8, "bed_start_s": pl.Float32}
 
 
 # ---------------------------------------------------------------- the model file and its labels
@@ -116,7 +112,7 @@ def _norm(name: str | None) -> str:
 
 def class_names(comp: Competition) -> pl.DataFrame:
     """primary_label, scientific_name, common_name per class, from the taxonomy file then the metadata CSV."""
-    from src.competition import LAYOUTS
+    from src.data.competition import LAYOUTS
 
     frames = []
     renames = {"SPECIES_CODE": "primary_label", "SCI_NAME": "scientific_name", "PRIMARY_COM_NAME": "common_name"}
@@ -187,7 +183,7 @@ def print_mapping(table: pl.DataFrame, teacher: str) -> None:
 # ---------------------------------------------------------------- the cache
 
 def teacher_spec(tcfg: DictConfig, model: Path, mapping: list[list[int]]) -> dict:
-    """What `src.runtimes.TeacherModel` and a teacher run's `teacher.json` need."""
+    """What `src.infer.runtimes.TeacherModel` and a teacher run's `teacher.json` need."""
     return {"name": str(tcfg.name), "model_file": str(model.resolve()), "sample_rate": int(tcfg.sample_rate),
             "window_s": float(tcfg.window_s), "offsets_s": [float(o) for o in tcfg.offsets_s],
             "outputs": OmegaConf.to_container(tcfg.outputs, resolve=True), "activation": str(tcfg.activation),
@@ -364,12 +360,6 @@ def make_jobs(cfg: DictConfig, comp: Competition, out_dir: Path) -> list[Job]:
     return jobs
 
 
-def valset_name(path: str | Path, cache: str | Path) -> str:
-    """The cache's `filename` of a validation soundscape: its path under `<cache>/valsets/` (set/fold/file),
-    so that the sets of other folds files or settings never mix."""
-    return Path(path).relative_to(Path(cache) / "valsets").as_posix()
-
-
 def valset_jobs(cfg: DictConfig, classes: list[str], out_dir: Path) -> list[Job]:
     """One job per validation soundscape of every fold (src.valsets builds the missing sets first): the
     teacher runs are then scored on them from the cache, not by running the teacher again per run."""
@@ -464,20 +454,6 @@ def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
     return windows
 
 
-def teacher_option(name: str) -> str:
-    """The command-line option that builds the cache named `name`: `teacher=<name>` when configs/teacher/ has such
-    a file, else `teacher.name=<name>` beside the teacher it was made with."""
-    from src.config import CONFIG_DIR
-
-    if (Path(CONFIG_DIR) / "teacher" / f"{name}.yaml").exists():
-        return f"teacher={name}"
-    return f"teacher=<birdnet | perch> teacher.name={name}"
-
-
-def cache_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.data.cache_dir) / "teacher" / str(cfg.teacher.name)
-
-
 def build_cache(cfg: DictConfig) -> dict:
     """Build (or finish) the teacher cache of `cfg.data`; returns a summary."""
     comp = load_competition(cfg.data.root, cfg.data.layout)
@@ -507,65 +483,6 @@ def build_cache(cfg: DictConfig) -> dict:
           + f", {len(problems)} problem file(s) -> {out_dir}")
     return {"dir": str(out_dir), "windows": windows.height, "problems": problems,
             "mapped": int(sum(bool(m) for m in mapping)), "classes": len(mapping)}
-
-
-def load_cache(cfg_or_dir: DictConfig | Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, dict]:
-    """(windows, embeddings, mapped scores, settings) of a built teacher cache, read-only: read once per cache
-    version in a process (the folds and members of an ensemble share it)."""
-    out_dir = cache_dir(cfg_or_dir) if isinstance(cfg_or_dir, DictConfig) else Path(cfg_or_dir)
-    if not (out_dir / "windows.parquet").exists():
-        raise FileNotFoundError(f"{out_dir / 'windows.parquet'} not found: build it first with `python -m src.teacher "
-                                f"data=... {teacher_option(out_dir.name)}`")
-    return _read_cache(str(out_dir), (out_dir / "windows.parquet").stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_cache(out_dir: str, stamp: int) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, dict]:
-    out = Path(out_dir)
-    return (pl.read_parquet(out / "windows.parquet"), np.load(out / "embeddings.npy", mmap_mode="r"),
-            np.load(out / "scores.npy", mmap_mode="r"), json.loads((out / "settings.json").read_text()))
-
-
-def cached_run_predictions(run_dir: str | Path, source: str, filenames: list[str]
-                           ) -> tuple[list[str], np.ndarray] | None:
-    """A teacher run's probabilities on every 5 s window of `filenames` (cache `filename`s of `source`), its head
-    applied to the cached embeddings and scores instead of running the teacher again: (row_ids in the files'
-    order, (rows, classes)). None when `run_dir` is not a teacher run, its cache is missing or was built with
-    other teacher settings, or a file is not (wholly) cached: then predict from the audio."""
-    run_dir = Path(run_dir)
-    if not is_teacher_dir(run_dir):
-        return None
-    cfg = load_run_config(run_dir)
-    out_dir = cache_dir(cfg)
-    if not (out_dir / "windows.parquet").exists():
-        return None
-    windows, emb, zero, settings = load_cache(out_dir)
-    spec = json.loads((run_dir / "teacher.json").read_text())
-    same = ("name", "model_file", "sample_rate", "window_s", "offsets_s", "outputs", "activation", "signature",
-            "mapping")
-    if any(settings.get(k) != spec.get(k) for k in same) or settings["classes"] != list(cfg.classes):
-        return None
-    found = cached_windows(windows, source, tuple(filenames))
-    if found is None:
-        return None
-    ids, index = found
-    return ids, teacher_head(run_dir)(emb[index], zero[index])
-
-
-def cached_windows(windows: pl.DataFrame, source: str, filenames: tuple[str, ...]
-                   ) -> tuple[list[str], np.ndarray] | None:
-    """(row_ids, cache rows) of every window of `filenames` in a cache's `windows` table, or None when a file is
-    not (wholly) cached."""
-    rows = windows.with_row_index("row").filter(pl.col("source") == source, pl.col("filename").is_in(filenames))
-    by_file = {f: g.sort("chunk") for (f,), g in rows.group_by(["filename"])}
-    ids, index = [], []
-    for f in filenames:
-        part = by_file.get(f)
-        if part is None or part["chunk"].to_list() != list(range(part.height)):
-            return None
-        ids += row_ids(Path(f).stem, part.height, float(part["end_s"][0] - part["start_s"][0]))
-        index.append(part["row"].to_numpy())
-    return ids, np.concatenate(index) if index else np.zeros(0, np.int64)
 
 
 @hydra.main(config_path="../configs", config_name="teacher", version_base=None)

@@ -11,11 +11,8 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -29,29 +26,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from src import config as cfglib
-from src.augment import BatchAugment, NoiseBank, build_wave_augment
-from src.dataset import ChunkDataset, PseudoBatches, PseudoWindowDataset, rating_weights
-from src.folds import folds_path, load_folds
-from src.io import atomic_write, run_lock
-from src.metrics import macro_auc, padded_cmap, per_class_auc, primary_one_hot
-from src.metrics import select as select_metric
-from src.models import BirdModel, build_model
-from src.prepare import check_cache_settings, load_soundscape_index
-from src.samplers import MassSampler, build_sampler
-from src.valsets import ValSet, bed_soundscapes, evaluate_soundscapes, load_fold
+from src.config import git_commit
+from src.data.audio_cache import load_chunk_index
+from src.data.augment import BatchAugment, NoiseBank, build_wave_augment
+from src.data.dataset import ChunkDataset, PseudoBatches, PseudoWindowDataset, rating_weights
+from src.data.pseudo_labels import load_pseudo_windows, pseudo_digest
+from src.data.samplers import MassSampler, build_sampler
+from src.data.splits import is_full_fit, split_fold
+from src.evaluation.metrics import per_class_auc, primary_one_hot, scores
+from src.evaluation.metrics import select as select_metric
+from src.evaluation.valsets import ValSet, evaluate_soundscapes, load_fold
+from src.infer.io import atomic_write, run_lock
+from src.models.model import BirdModel, build_model
+from src.training.distill import setup_distillation
+from src.training.step import Dist, Evaluator, Run, TrainForward, loss_fn
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def setup_distributed(device_type: str) -> Dist:
@@ -69,36 +59,6 @@ def pick_device(cfg: DictConfig, d: Dist) -> torch.device:
     return torch.device("cuda", d.local_rank)
 
 
-def load_chunk_index(cfg: DictConfig) -> tuple[pl.DataFrame, list[str]]:
-    """The prepared chunk index and the class list, with a clear error if prepare has not run."""
-    cache = Path(cfg.data.cache_dir)
-    index, manifest = cache / "chunks.parquet", cache / "manifest.json"
-    if not index.exists() or not manifest.exists():
-        raise FileNotFoundError(f"{index} not found: run `python -m src.prepare data={cfg.data.name} "
-                                f"data.root={cfg.data.root} data.cache_dir={cfg.data.cache_dir}` first")
-    check_cache_settings(cfg)
-    return pl.read_parquet(index), json.loads(manifest.read_text())["classes"]
-
-
-def split_fold(chunks: pl.DataFrame, cfg: DictConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Train chunks (other folds) and validation chunks (this fold), both without silent chunks by default."""
-    keep = pl.lit(True) if cfg.sampler.include_silent else ~pl.col("silent")
-    if is_full_fit(cfg.fold):  # a full-data fit: every recording, nothing held out
-        return chunks.filter(keep), chunks.clear()
-    if isinstance(cfg.fold, bool) or not isinstance(cfg.fold, int) or not 0 <= cfg.fold < cfg.folds.n:
-        raise ValueError(f"fold={cfg.fold!r}: pass a fold number 0..{cfg.folds.n - 1} (folds.n={cfg.folds.n})")
-    path = folds_path(cfg)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m src.folds data={cfg.data.name} "
-                                f"data.root={cfg.data.root} folds.n={cfg.folds.n}` first")
-    recordings = chunks.select("filename").unique()
-    folds = load_folds(path, recordings)
-    chunks = chunks.join(folds, on="filename", how="inner")
-    train = chunks.filter((pl.col("fold") != cfg.fold) & keep)
-    val = chunks.filter((pl.col("fold") == cfg.fold) & ~pl.col("silent"))
-    return train, val
-
-
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Linear warmup then cosine decay to `min_ratio`."""
     if step < warmup:
@@ -107,34 +67,10 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
-            cfg: DictConfig) -> torch.Tensor:
-    """BCE-with-logits or focal BCE with label smoothing, masked classes and per-sample weights."""
-    if cfg.labels.smoothing:
-        target = target * (1 - cfg.labels.smoothing) + 0.5 * cfg.labels.smoothing
-    loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-    if cfg.train.loss == "focal":
-        p = torch.sigmoid(logits.float())
-        p_t = p * target + (1 - p) * (1 - target)
-        loss = loss * (1 - p_t) ** cfg.train.focal_gamma
-    elif cfg.train.loss != "bce":
-        raise ValueError(f"train.loss={cfg.train.loss!r}: use bce or focal")
-    loss = (loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-    return (loss * weight).sum() / weight.sum().clamp(min=1e-6)
-
-
 def amp_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
     if cfg.train.amp == "off" or (cfg.train.amp == "auto" and device.type != "cuda"):
         return None
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -171,67 +107,10 @@ def evaluate(model, dataset: ChunkDataset, cfg: DictConfig, device, dtype, d: Di
     return probs, val_loss
 
 
-def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """{'auc': macro ROC-AUC, 'cmap': padded cmAP}; AUC is NaN when no class has both positives and negatives."""
-    try:
-        auc = macro_auc(y, p)
-    except ValueError:
-        auc = float("nan")
-    return {"auc": auc, "cmap": padded_cmap(y, p)}
-
-
 def epoch_seed(seed: int, epoch: int, stride: int) -> int:
     """The torch seed epoch `epoch` starts from: a function of (run seed, epoch) only, so a resumed run repeats
     the epoch exactly, and distinct for every epoch below `stride` (train.epoch_seed_stride) of every run seed."""
     return seed * stride + epoch
-
-
-Evaluator = Callable[["Run", torch.nn.Module], dict[str, float]]
-
-
-@dataclass
-class Run:
-    """One training run's pieces, filled in order by the steps of `train` and handed from step to step.
-
-    `train_ds`/`sampler`/`loader` come from `build_train_data` (one place to mix in more training sources);
-    `evaluators` each return named scores per epoch (logged as log.csv columns); `selection_score` picks the
-    one that decides best.pt and early stopping.
-    """
-
-    cfg: DictConfig
-    dist: Dist
-    device: torch.device
-    dtype: torch.dtype | None
-    exp: str
-    run_dir: Path
-    classes: list[str]
-    train_df: pl.DataFrame
-    val_df: pl.DataFrame
-    started: float
-    train_ds: Dataset = field(init=False)
-    sampler: Sampler = field(init=False)
-    loader: DataLoader = field(init=False)
-    steps_per_epoch: int = field(init=False)
-    val_ds: ChunkDataset = field(init=False)
-    y_val: np.ndarray = field(init=False)
-    model: BirdModel = field(init=False)
-    batch_aug: BatchAugment = field(init=False)
-    optimizer: torch.optim.Optimizer = field(init=False)
-    step_fn: torch.nn.Module = field(init=False)
-    ema: torch.nn.Module | None = field(init=False)
-    scaler: torch.amp.GradScaler = field(init=False)
-    evaluators: list[Evaluator] = field(default_factory=list)
-    start_epoch: int = 0
-    best: float = -math.inf
-    best_epoch: int = -1
-    stale: int = 0
-    history: list[dict] = field(default_factory=list)
-    loss: Callable | None = None  # (logits, target, mask, weight) -> loss; None = loss_fn (src.distill sets one)
-
-    @property
-    def eval_model(self) -> torch.nn.Module:
-        """The weights evaluated and kept as best.pt: the EMA's when there is one."""
-        return self.ema.module if self.ema is not None else self.model
 
 
 def train(cfg: DictConfig) -> dict:
@@ -242,7 +121,6 @@ def train(cfg: DictConfig) -> dict:
     run.val_ds, run.y_val = build_val_data(run)
     build_model_and_optimizer(run)
     if cfg.get("distill") and (float(cfg.distill.weight) or float(cfg.distill.embedding_weight)):
-        from src.distill import setup_distillation  # (imports src.train: not at the top)
         setup_distillation(run)
     run.evaluators = build_evaluators(run)
     with run_lock(run.run_dir, run.dist.main):  # every check that can fail has passed: the folder is written now
@@ -301,14 +179,6 @@ def build_train_data(run: Run) -> tuple[Dataset, Sampler, DataLoader]:
     return dataset, sampler, with_pseudo(run, loader, wave_aug)
 
 
-def pseudo_digest(cfg: DictConfig) -> dict[str, str]:
-    """metrics.json's `pseudo_sha256`: the digest of the pseudo-label file the run trained on ({} without one), so
-    a self-training loop resumes a student only on the same labels."""
-    from src.runtimes import file_digest
-
-    return {"pseudo_sha256": file_digest(cfg.pseudo.path)} if cfg.pseudo.path else {}
-
-
 def noisy_student(cfg: DictConfig) -> DictConfig:
     """With `pseudo.noisy_student`, the config with `pseudo.noise` merged in (drop path, dropout, stronger augs)."""
     if not cfg.pseudo.noisy_student:
@@ -327,25 +197,6 @@ def pseudo_batch_size(cfg: DictConfig) -> int:
         raise ValueError(f"pseudo.ratio={cfg.pseudo.ratio} leaves no clip or no pseudo window in a batch of "
                          f"{cfg.train.batch_size}: use a ratio strictly between 0 and 1")
     return k
-
-
-def load_pseudo_windows(cfg: DictConfig, classes: list[str]) -> pl.DataFrame:
-    """The checked pseudo-label table of `pseudo.path`, without the windows prepare marked silent (by default)."""
-    from src.pseudo import load_pseudo
-
-    table, meta = load_pseudo(cfg.pseudo.path, classes, str(cfg.data.competition))
-    if not cfg.pseudo.include_silent:
-        index = load_soundscape_index(cfg.data.cache_dir).select("filename", "window", "silent")
-        table = table.join(index, on=["filename", "window"], how="inner").filter(~pl.col("silent")).drop("silent")
-    beds = set(bed_soundscapes(cfg) or []) if cfg.train.soundscape_cv else set()
-    reserved = [f for f in table["filename"].unique().to_list() if Path(f).stem in beds]
-    table = table.filter(~pl.col("filename").is_in(reserved))
-    if table.height == 0:
-        raise ValueError(f"{cfg.pseudo.path}: no pseudo-labelled window left (all silent, not in this cache or "
-                         "reserved as validation beds: valsets.bed_share)")
-    print(f"pseudo-labels {cfg.pseudo.path}: {table.height} windows from teacher {meta['teacher']} "
-          f"(round {meta['round']}), mode {cfg.pseudo.mode}")
-    return table
 
 
 def with_pseudo(run: Run, clips: DataLoader, wave_aug) -> DataLoader:
@@ -591,30 +442,6 @@ def save_checkpoints(run: Run, epoch: int, score: float, improved: bool) -> None
         pl.DataFrame(run.history).write_csv(tmp)
 
 
-class TrainForward(torch.nn.Module):
-    """One training forward: batch augs -> mel -> spectrogram augs -> logits.
-
-    A module of its own so DDP wraps the whole step and its gradient hooks see every parameter.
-    """
-
-    def __init__(self, model: BirdModel, aug: BatchAugment, channels_last: bool):
-        super().__init__()
-        self.model, self.aug, self.channels_last = model, aug, channels_last
-
-    def augmented_mel(self, wave: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-        """(mel, target, mask) after the waveform and spectrogram batch augs."""
-        wave, target, mask = self.aug.wave(wave, target, mask)
-        mel = self.model.frontend(wave)
-        mel, target, mask = self.aug.spec(mel, target, mask)
-        if self.channels_last:
-            mel = mel.contiguous(memory_format=torch.channels_last)
-        return mel, target, mask
-
-    def forward(self, wave: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-        mel, target, mask = self.augmented_mel(wave, target, mask)
-        return self.model.forward_mel(mel), target, mask
-
-
 def finish_soundscapes(run: Run, model: torch.nn.Module) -> dict[str, float]:
     """best.pt on the validation soundscapes: writes oof_soundscape.parquet, returns the metrics.json keys."""
     if not run.cfg.train.soundscape_cv:
@@ -663,10 +490,6 @@ def _read_log(path: Path) -> list[dict]:
 
 
 # --- fold=all: full-data fits -------------------------------------------------------------------------------
-
-def is_full_fit(fold) -> bool:
-    """`fold=all`: a full-data fit (any other value must be a fold number: `split_fold` checks it)."""
-    return str(fold) == "all"
 
 
 def train_all(cfg: DictConfig) -> list[dict]:

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from omegaconf import OmegaConf
 
-from src.metrics import macro_auc, padded_cmap, per_class_auc
+from src.evaluation.metrics import macro_auc, padded_cmap, per_class_auc
 
 
 def fake_classes(n: int) -> list[str]:

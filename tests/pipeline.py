@@ -73,7 +73,7 @@ def teacher_overrides(pipe: TinyPipeline, model: Path, labels: Path, name: str =
 def add_teacher_runs(pipe: TinyPipeline, folder: Path) -> tuple[list[str], list[str]]:
     """Build the tiny teacher (it knows every class but the last), cache it over the pipeline and write its
     zero-shot run `tinyperch` and probe run `tinyperch_probe` (fold 0); returns (overrides, classes)."""
-    from src.competition import read_classes
+    from src.data.competition import read_classes
     from src.probe import train_probe
     from src.teacher import build_cache
     from tests.fake_teacher import write_fake_perch

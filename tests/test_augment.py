@@ -1,4 +1,4 @@
-"""src.augment: wave chain, noise bank SNR, SpecAugment, albumentations masking, mixup/cutmix, aug=none."""
+"""src.data.augment: wave chain, noise bank SNR, SpecAugment, albumentations masking, mixup/cutmix, aug=none."""
 from __future__ import annotations
 
 import random
@@ -10,8 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from src.audio import to_int16
-from src.augment import (
+from src.data.augment import (
     BatchAugment,
     NoiseBank,
     SpecAlbu,
@@ -21,6 +20,7 @@ from src.augment import (
     cutmix_time,
     mixup,
 )
+from src.infer.audio import to_int16
 
 SR = 32000
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -220,7 +220,7 @@ def test_aug_none_is_identity(noise_bank: NoiseBank) -> None:
 
 
 def test_batch_noise_reaches_the_snr_and_follows_the_seed():
-    from src.augment import BatchAugment, BatchNoise
+    from src.data.augment import BatchAugment, BatchNoise
 
     x = (torch.sin(torch.arange(32000) / 7.0) * 0.2).repeat(6, 1)
     noise = BatchNoise(p=1.0, min_snr_db=5.0, max_snr_db=5.0, min_f_decay=-6.0, max_f_decay=6.0).train()

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from conftest import make_tiny_competition
 
-from src.competition import CompetitionError, load_competition, multi_hot, parse_label_list
+from src.data.competition import CompetitionError, load_competition, multi_hot, parse_label_list
 
 
 def write(path: Path, text: str) -> Path:

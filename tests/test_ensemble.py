@@ -1,5 +1,5 @@
 """`src.ensemble` on the tiny pipeline (ensemble.yaml, submission, score), the nested OOF score without
-in-sample leakage, a corrupt test soundscape, and `src.export` against the eager model."""
+in-sample leakage, a corrupt test soundscape, and `src.models.export` against the eager model."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,13 +14,13 @@ from omegaconf import OmegaConf
 from scipy.stats import rankdata
 
 from src import ensemble
-from src.audio import load_audio
-from src.blend import BLENDS
-from src.export import eager_runtime, export_fold
-from src.metrics import score, submission_score
-from src.runtimes import RUNTIME_FILES, RUNTIME_MODULES, load_runtime
-from src.soundscape import cut_windows
-from src.submission import read_sample_submission, validate_file
+from src.evaluation.metrics import score, submission_score
+from src.infer.audio import load_audio
+from src.infer.blend import BLENDS
+from src.infer.runtimes import RUNTIME_FILES, RUNTIME_MODULES, load_runtime
+from src.infer.soundscape import cut_windows
+from src.infer.submission import read_sample_submission, validate_file
+from src.models.export import eager_runtime, export_fold
 from tests.pipeline import compose_named
 
 FAST = ["ensemble.fit.restarts=1"]
@@ -227,9 +227,9 @@ def test_export_rejects_an_unknown_format(tiny_pipeline, tmp_path):
 
 
 def test_grouped_models_share_the_front_end_and_match_each_model(tiny_pipeline, tmp_path, monkeypatch):
-    """The kernel's grouped predict (src.runtimes.load_models): one front-end pass for models with the same
+    """The kernel's grouped predict (src.infer.runtimes.load_models): one front-end pass for models with the same
     frontend id, columns side by side, each model's probabilities as it predicts alone."""
-    from src import runtimes
+    from src.infer import runtimes
     from src.kernel import frontend_id
 
     y = load_audio(tiny_pipeline.data_root / "test_soundscapes" / "soundscape_000.ogg", 32000)
@@ -318,9 +318,9 @@ def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipe
     assert 0 <= default["soundscape_oof_score"] <= 1
     assert fitted["oof_score"] == fitted["blend_oof_nested"][fitted["blend"]]  # the clip CV of the blend it uses
     # the in-sample choice is the best candidate on all rows: at least as good as no post-processing there
-    from src.blend import blend
-    from src.postprocess import postprocess_rows
-    from src.valsets import labels_matrix
+    from src.evaluation.valsets import labels_matrix
+    from src.infer.blend import blend
+    from src.infer.postprocess import postprocess_rows
     base, preds = ensemble.load_soundscape_oof(scored_runs, ["tiny_a", "tiny_b"], fitted["classes"])
     y, ids = labels_matrix(base, fitted["classes"]), base["row_id"].to_list()
     mixed = blend(preds, [m["weight"] for m in fitted["members"]], fitted["blend"], fitted["power"])

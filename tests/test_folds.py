@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from src.folds import FoldsError, _repair, load_folds, make_folds
+from src.data.splits import FoldsError, load_folds
+from src.folds import _repair, make_folds
 
 XC45 = Path(__file__).resolve().parents[2] / "shared" / "xc45"
 
@@ -127,7 +128,7 @@ def test_load_folds(tmp_path):
 def test_xc45():
     if not XC45.is_dir():
         pytest.skip(f"{XC45} not present")
-    from src.competition import load_competition
+    from src.data.competition import load_competition
     meta = load_competition(XC45, "birdclef2025").meta
     for group_col in ("author", "filename"):
         folds = make_folds(meta, 5, group_col, 42)

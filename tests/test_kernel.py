@@ -25,7 +25,7 @@ import pytest
 
 from src import ensemble, kernel
 from src.config import compose
-from src.submission import read_sample_submission, validate_file
+from src.infer.submission import read_sample_submission, validate_file
 from tests.pipeline import compose_named
 
 NAME = "tiny_kernel"
@@ -387,7 +387,7 @@ def _hydra_literal(value) -> str:
 
 
 def test_time_guard_projects_a_member_from_the_plan_scaled_by_the_finished_ones():
-    from src import kernel_main
+    from src.infer import kernel_main
 
     # planned 1, 2, 4 s per file; the first member took 3 s (3x its plan): the second is projected at 6 s
     assert kernel_main._projected_s(1, [0], [3.0], [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(6.0)

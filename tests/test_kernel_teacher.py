@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from src import ensemble, kernel
-from src.submission import validate_file
+from src.infer.submission import validate_file
 from tests.pipeline import compose_named
 from tests.test_kernel import (
     SLUG,
@@ -157,7 +157,7 @@ def test_every_member_lost_writes_the_class_prior_and_says_so(built_teacher, tin
 def test_a_savedmodel_teacher_folder_is_digested_and_checked(tmp_path):
     """A teacher that is a folder (Perch's TF SavedModel): its digest covers every file in a fixed order, and
     export_problem names the folder when a file in it changes or it is gone."""
-    from src.runtimes import export_files, export_problem, file_digest
+    from src.infer.runtimes import export_files, export_problem, file_digest
 
     saved = tmp_path / "teachers" / "perch" / "perch_saved"
     (saved / "variables").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""src.metrics against independent, sklearn-free reimplementations of Kaggle's BirdCLEF scorers."""
+"""src.evaluation.metrics against independent, sklearn-free reimplementations of Kaggle's BirdCLEF scorers."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from scipy.stats import rankdata
 
-from src.metrics import by_name, macro_auc, padded_cmap, per_class_auc, score, select, submission_score
+from src.evaluation.metrics import by_name, macro_auc, padded_cmap, per_class_auc, score, select, submission_score
 
 
 def ref_auc(y: np.ndarray, p: np.ndarray) -> float:

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.config import CONFIG_DIR
-from src.models import MelFrontend
+from src.models.model import MelFrontend
 
 
 def audio_cfg(**overrides):
@@ -38,7 +38,7 @@ def test_other_powers_use_torchaudio():
 def test_unknown_backbone_names_the_closest_timm_models():
     """`model.backbone=efficientnet_b99` (issue 10, item 7): not timm's bare `Unknown model`, but the key,
     and the closest names timm has."""
-    from src.models import build_model
+    from src.models.model import build_model
 
     model_cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / "effnet_b0.yaml")
     model_cfg.backbone = "efficientnet_b99"

@@ -12,9 +12,10 @@ import soundfile as sf
 from conftest import SR, add_recording, make_tiny_competition, prepare_config, tone
 
 import src.prepare as prep
-from src.audio import from_int16, load_audio
-from src.chunks import chunk_starts
-from src.competition import CompetitionError
+from src.data import audio_cache
+from src.data.chunks import chunk_starts
+from src.data.competition import CompetitionError
+from src.infer.audio import from_int16, load_audio
 
 XC45 = Path(__file__).resolve().parents[2] / "shared" / "xc45"
 
@@ -113,7 +114,7 @@ def test_int16_cache_round_trips(tiny_competition, tmp_path):
         source = load_audio(tiny_competition / "train_audio" / f"{filename}.ogg", SR)
         assert len(cached) == len(source) == int(7.0 * SR)
         assert np.abs(from_int16(cached) - source).max() <= 0.5 / 32767 + 1e-6
-        assert np.array_equal(prep.load_cached(npy), cached)
+        assert np.array_equal(audio_cache.load_cached(npy), cached)
 
 
 # --- resumable -------------------------------------------------------------------------------------
@@ -201,15 +202,15 @@ def test_a_cache_made_with_other_settings_is_an_error(tiny_competition, tmp_path
     prep.prepare(prepare_config(tiny_competition, cache))
     settings = json.loads((cache / "manifest.json").read_text())["settings"]
     assert settings["decode"]["audio.sample_rate"] == SR and settings["index"]["prepare.overlap_s"] == 1.0
-    with pytest.raises(prep.CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\).*data\.cache_dir="):
+    with pytest.raises(audio_cache.CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\).*data\.cache_dir="):
         prep.prepare(prepare_config(tiny_competition, cache, "audio.sample_rate=16000"))
     assert json.loads((cache / "manifest.json").read_text())["settings"] == settings
-    with pytest.raises(prep.CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\).*src\.prepare"):
-        prep.check_cache_settings(prepare_config(tiny_competition, cache, "audio.sample_rate=16000"))
+    with pytest.raises(audio_cache.CacheSettingsError, match=r"audio\.sample_rate=32000 \(now 16000\).*src\.prepare"):
+        audio_cache.check_cache_settings(prepare_config(tiny_competition, cache, "audio.sample_rate=16000"))
     prep.prepare(prepare_config(tiny_competition, cache, "prepare.overlap_s=2.0"))  # rebuilds the index
-    with pytest.raises(prep.CacheSettingsError, match=r"prepare\.overlap_s=2\.0 \(now 1\.0\)"):
-        prep.check_cache_settings(prepare_config(tiny_competition, cache))
-    prep.check_cache_settings(prepare_config(tiny_competition, cache, "prepare.overlap_s=2.0"))
+    with pytest.raises(audio_cache.CacheSettingsError, match=r"prepare\.overlap_s=2\.0 \(now 1\.0\)"):
+        audio_cache.check_cache_settings(prepare_config(tiny_competition, cache))
+    audio_cache.check_cache_settings(prepare_config(tiny_competition, cache, "prepare.overlap_s=2.0"))
 
 
 # --- disk: max_duration_s and the size estimate -------------------------------------------------------
@@ -232,7 +233,7 @@ def test_cache_estimate_matches_the_cache_and_a_full_disk_stops_prepare_early(tm
     add_recording(root, "bird0/long.ogg", "bird0", tone(12.0, 600))
     cache = tmp_path / "cache"
     cfg = prepare_config(root, cache, "prepare.max_duration_s=5")
-    jobs = [prep.CacheJob(str(root / "train_audio" / f), str(prep.cache_path(cache, f)), SR, 0.5, 5.0)
+    jobs = [prep.CacheJob(str(root / "train_audio" / f), str(audio_cache.cache_path(cache, f)), SR, 0.5, 5.0)
             for f in ["bird0/XC000.ogg", "bird0/XC001.ogg", "bird1/XC100.ogg", "bird1/XC101.ogg", "bird0/long.ogg"]]
     cache.mkdir()
     estimate = prep.check_disk(jobs, cache, 0.0)
@@ -371,7 +372,7 @@ def test_soundscape_index_skips_and_lists_bad_soundscapes(tiny_competition, tmp_
     cache = tmp_path / "cache"
     result = prep.prepare(prepare_config(tiny_competition, cache))
 
-    windows = prep.load_soundscape_index(cache)
+    windows = audio_cache.load_soundscape_index(cache)
     assert windows.columns == ["filename", "window", "start_s", "end_s", "energy_db", "silent"]
     assert sorted(windows["filename"].unique()) == ["good.ogg", "good2.wav"]
     good = windows.filter(pl.col("filename") == "good.ogg").sort("window")
@@ -390,4 +391,4 @@ def test_soundscape_index_skips_and_lists_bad_soundscapes(tiny_competition, tmp_
 
 def test_soundscape_index_missing_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="src.prepare"):
-        prep.load_soundscape_index(tmp_path)
+        audio_cache.load_soundscape_index(tmp_path)

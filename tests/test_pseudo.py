@@ -11,7 +11,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from src import ensemble, pseudo
-from src.prepare import load_soundscape_index
+from src.data.audio_cache import load_soundscape_index
+from src.data.pseudo_labels import load_pseudo
+from src.models import predict
 from src.synth import TRUTH_CSV
 from tests.pipeline import compose_named
 
@@ -63,14 +65,14 @@ def _write(tmp_path, classes=CLASSES, competition="birdclef-2025"):
 
 
 def test_load_pseudo_checks_classes_and_competition(tmp_path):
-    table, meta = pseudo.load_pseudo(_write(tmp_path), CLASSES, "birdclef-2025")
+    table, meta = load_pseudo(_write(tmp_path), CLASSES, "birdclef-2025")
     assert table.columns == [*pseudo.KEYS, *CLASSES] and meta["teacher"] == "t"
     with pytest.raises(pseudo.PseudoLabelError, match=r"p\.parquet.*class list"):
-        pseudo.load_pseudo(_write(tmp_path), ["a", "c", "b"], "birdclef-2025")
+        load_pseudo(_write(tmp_path), ["a", "c", "b"], "birdclef-2025")
     with pytest.raises(pseudo.PseudoLabelError, match=r"p\.parquet.*competition 'birdclef-2024'"):
-        pseudo.load_pseudo(_write(tmp_path, competition="birdclef-2024"), CLASSES, "birdclef-2025")
+        load_pseudo(_write(tmp_path, competition="birdclef-2024"), CLASSES, "birdclef-2025")
     with pytest.raises(pseudo.PseudoLabelError, match="not found"):
-        pseudo.load_pseudo(tmp_path / "none.parquet", CLASSES, "birdclef-2025")
+        load_pseudo(tmp_path / "none.parquet", CLASSES, "birdclef-2025")
     assert not list(tmp_path.glob("*.tmp*"))
 
 
@@ -90,7 +92,7 @@ def test_pseudo_labels_from_a_run_and_an_ensemble(tiny_pipeline, tmp_path):
     meta = pseudo.pseudo_label(pseudo_config(tiny_pipeline, tmp_path, "tiny_a", "pseudo.round=2",
                                              "pseudo.transform.power=2"))
     out = tmp_path / "pseudo" / "tiny_a.parquet"
-    table, saved = pseudo.load_pseudo(out, meta["classes"], "birdclef-2025")
+    table, saved = load_pseudo(out, meta["classes"], "birdclef-2025")
     index = load_soundscape_index(tiny_pipeline.root / "cache")
     assert table.select(pseudo.KEYS).equals(index.sort("filename", "window").select(pseudo.KEYS))
     probs = table.select(meta["classes"]).to_numpy()
@@ -115,7 +117,7 @@ def test_teacher_runs_pseudo_label_from_their_cache_as_from_the_audio(tiny_pipel
     the teacher on the decoded soundscapes."""
     cached = pseudo.pseudo_label(pseudo_config(tiny_pipeline, tmp_path / "cached", "tinyperch_probe"))
     assert "read from its teacher cache" in capsys.readouterr().out
-    monkeypatch.setattr(ensemble, "cached_run_predictions", lambda *a: None)
+    monkeypatch.setattr(predict, "cached_run_predictions", lambda *a: None)
     live = pseudo.pseudo_label(pseudo_config(tiny_pipeline, tmp_path / "live", "tinyperch_probe"))
     a, b = (pl.read_parquet(tmp_path / d / "pseudo" / "tinyperch_probe.parquet") for d in ("cached", "live"))
     assert a.select(pseudo.KEYS).equals(b.select(pseudo.KEYS)) and cached["windows"] == live["windows"]

@@ -11,10 +11,11 @@ import torch
 from omegaconf import OmegaConf
 
 import src.train as train_mod
-from src.dataset import PseudoBatches
-from src.prepare import load_soundscape_index
-from src.pseudo import KEYS, PseudoLabelError, write_pseudo
-from src.samplers import MassSampler
+from src.data.audio_cache import load_soundscape_index
+from src.data.dataset import PseudoBatches
+from src.data.pseudo_labels import KEYS, PseudoLabelError
+from src.data.samplers import MassSampler
+from src.pseudo import write_pseudo
 
 
 class _Loader(list):

@@ -23,19 +23,18 @@ from omegaconf import OmegaConf
 
 import src.train as train_mod
 from src import leaderboard, pseudo, selftrain
-from src.competition import load_competition
-from src.folds import FoldsError, write_folds
-from src.io import RunLockedError, run_lock
-from src.prepare import load_soundscape_index, prepare
-from src.probe import cached_rows, check_settings, train_probe
+from src.data.audio_cache import load_soundscape_index
+from src.data.competition import load_competition
+from src.data.pseudo_labels import load_pseudo
+from src.data.splits import FoldsError
+from src.data.tables import TableError
+from src.data.teacher_cache import cached_rows, load_cache
+from src.folds import write_folds
+from src.infer.io import RunLockedError, run_lock
+from src.prepare import prepare
+from src.probe import check_settings, train_probe
 from src.push import PushError, credentials
-from src.tables import TableError
-from src.teacher import (
-    build_cache,
-    die_with_parent,  # noqa: F401  (the worker initializer under test below)
-    load_cache,
-    model_files,
-)
+from src.teacher import build_cache, model_files
 from tests.fake_teacher import write_fake_perch
 from tests.pipeline import compose_named
 
@@ -125,7 +124,7 @@ def _student_run(folder: Path, labels: Path, digest: str | None) -> Path:
 
 
 def test_student_runs_are_named_after_the_loop_and_resumed_only_on_their_labels(tmp_path):
-    from src.runtimes import file_digest
+    from src.infer.runtimes import file_digest
 
     loop = OmegaConf.create({"name": "stu"})
     assert selftrain.student_run(loop, 1, OmegaConf.create({"name": "probe"})) == "stu_r1_probe"
@@ -198,7 +197,7 @@ def test_a_truncated_pseudo_label_file_is_named(tiny_pipeline, tmp_path):
     path = _pseudo_file(tiny_pipeline, tmp_path, 0.5)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(TableError, match=f"{path}.*truncated or corrupt.*src.pseudo"):
-        pseudo.load_pseudo(path, json.loads((tiny_pipeline.root / "cache" / "manifest.json").read_text())["classes"],
+        load_pseudo(path, json.loads((tiny_pipeline.root / "cache" / "manifest.json").read_text())["classes"],
                            "birdclef-2025")
 
 

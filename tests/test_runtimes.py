@@ -12,7 +12,7 @@ import pytest
 
 from src import kernel
 from src.config import compose
-from src.runtimes import RUNTIME_FILES, RUNTIME_MODULES, ensure_module, ensure_runtime, load_runtime
+from src.infer.runtimes import RUNTIME_FILES, RUNTIME_MODULES, ensure_module, ensure_runtime, load_runtime
 
 
 def make_wheel(folder: Path, name: str, ver: str, body: str) -> Path:
@@ -46,7 +46,7 @@ def test_ensure_module_installs_the_shipped_wheel_offline(tmp_path, monkeypatch)
 def test_only_the_wheels_ensemble_json_names_are_installed(tmp_path, monkeypatch):
     """The kernel installs the pinned wheels ensemble.json names, not every *.whl in the folder (issue 10,
     item 8); a named wheel that is missing says so."""
-    from src import kernel_main
+    from src.infer import kernel_main
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -111,7 +111,7 @@ def test_collect_wheels_takes_the_installed_version_for_each_kaggle_python(tmp_p
 
 
 def test_the_kernel_installs_only_the_wheels_of_its_python(tmp_path, monkeypatch):
-    from src import kernel_main
+    from src.infer import kernel_main
 
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     wheels = {"3.12": ["onnxruntime-1-cp312-cp312-x.whl"], "3.11": ["onnxruntime-1-cp311-cp311-x.whl"]}
@@ -156,7 +156,7 @@ def test_kernel_yaml_names_a_wheel_list_for_every_runtime():
 def test_kernel_falls_back_when_the_runtime_does_not_install(tmp_path, monkeypatch, caplog):
     import subprocess
 
-    from src import kernel_main
+    from src.infer import kernel_main
 
     def broken(kind, wheels_dir, target, names=None):
         raise subprocess.CalledProcessError(1, ["pip", "install"])  # e.g. a wheel for another Python

@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from src import selftrain
+from src.data.pseudo_labels import load_pseudo
 from src.leaderboard import read_ensembles
-from src.pseudo import load_pseudo
 from tests.pipeline import compose_named
 
 

@@ -1,4 +1,4 @@
-"""`src.soundscape`: windows and row ids, context/shift windows, batching across files, test-time shifts,
+"""`src.infer.soundscape`: windows and row ids, context/shift windows, batching across files, test-time shifts,
 post-processing formulas, and bad test soundscapes (rows still written, fallback, problems listed).
 
 No model: `predict_fn` is a fake that returns per-window features, so every expected value is hand-computed.
@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 from conftest import tone, write_audio
 
-from src.audio import load_audio
-from src.postprocess import file_prior, postprocess, smooth
-from src.soundscape import cut_windows, n_windows, predict_soundscapes
-from src.submission import row_ids
+from src.infer.audio import load_audio
+from src.infer.postprocess import file_prior, postprocess, smooth
+from src.infer.soundscape import cut_windows, n_windows, predict_soundscapes
+from src.infer.submission import row_ids
 
 SR = 1000  # a low rate keeps the hand-computed windows small; load_audio does not resample at its own rate
 
@@ -153,7 +153,7 @@ def test_batching_across_files_matches_one_window_at_a_time(tmp_path):
 def test_model_groups_decode_once_per_group_and_split_columns(tmp_path, monkeypatch):
     """Three fake models: two share a group (sample rate, window), one has its own sample rate. Each model's
     probabilities equal its own predict_soundscapes pass; each group decodes each file once."""
-    from src import soundscape
+    from src.infer import soundscape
 
     files = [write_float_wav(tmp_path / f"f{i}.wav", staircase(s)) for i, s in enumerate([12, 7])]
     models = [window_features, lambda b: window_features(b) * 2, lambda b: window_features(b) + 1]
@@ -174,7 +174,7 @@ def test_model_groups_decode_once_per_group_and_split_columns(tmp_path, monkeypa
 
 def test_model_groups_refuse_different_window_lengths(tmp_path):
     """Regression: a 5 s and a 2.5 s model gave the 2.5 s model's row ids with the 5 s model's rows, silently."""
-    from src import soundscape
+    from src.infer import soundscape
 
     files = [write_float_wav(tmp_path / "f0.wav", staircase(12))]
     with pytest.raises(ValueError, match=r"windows of \[2.5, 5.0\] s"):
@@ -185,7 +185,7 @@ def test_model_groups_refuse_different_window_lengths(tmp_path):
 def test_model_groups_align_rows_when_a_sample_rate_gives_fewer_windows(tmp_path):
     """Regression: 5.001 s of audio is 2 windows at 1000 Hz but 1 at 200 Hz (1000 samples after resampling);
     the groups' rows are aligned to the first group's ids (the short group repeats its last row), not cut off."""
-    from src import soundscape
+    from src.infer import soundscape
 
     files = [write_float_wav(tmp_path / "a.wav", np.full(5001, 0.5, np.float32)),
              write_float_wav(tmp_path / "b.wav", staircase(10))]
@@ -306,7 +306,7 @@ def test_postprocess_smooths_then_applies_the_prior():
 
 def test_a_directory_named_like_audio_is_reported_as_a_directory(tmp_path):
     """`x.ogg` that is a folder (issue 10, item 7): "a directory, not an audio file", not "file not found"."""
-    from src.audio import AudioError
+    from src.infer.audio import AudioError
 
     (tmp_path / "x.ogg").mkdir()
     with pytest.raises(AudioError, match=r"x\.ogg: a directory, not an audio file"):
@@ -314,7 +314,7 @@ def test_a_directory_named_like_audio_is_reported_as_a_directory(tmp_path):
 
 
 def test_one_file_per_stem_prefers_the_first_suffix_and_names_the_others():
-    from src.soundscape import one_file_per_stem
+    from src.infer.soundscape import one_file_per_stem
 
     files = [Path("t/b.wav"), Path("t/a.flac"), Path("t/a.ogg"), Path("t/a.OGG.wav"), Path("t/c.flac")]
     kept, skipped = one_file_per_stem(files, (".ogg", ".mp3", ".wav", ".flac"))

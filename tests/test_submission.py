@@ -1,4 +1,4 @@
-"""`src.submission` (writer, validator, expected rows, alignment) and `src.blend` on hand-computed cases."""
+"""`src.infer.submission` (writer, validator, expected rows, alignment) and `src.infer.blend` on hand-computed cases."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.blend import blend
-from src.submission import SubmissionError, align, expected_rows, validate_file, write_submission
+from src.infer.blend import blend
+from src.infer.submission import SubmissionError, align, expected_rows, validate_file, write_submission
 
 CLASSES = ["asbfly", "bkcbul1", "comkin1"]
 ROWS = ["soundscape_a_5", "soundscape_a_10", "soundscape_b_5"]

@@ -14,23 +14,16 @@ from conftest import make_tiny_competition, tone, write_audio
 from omegaconf import OmegaConf
 
 from src import ensemble
-from src.competition import load_competition
 from src.config import load_run_config
-from src.export import eager_runtime
+from src.data.competition import load_competition
+from src.data.teacher_cache import cached_run_predictions, load_cache, valset_name
+from src.evaluation.valsets import evaluate_soundscapes, load_fold, score_predictions
+from src.infer.runtimes import TeacherError, TeacherModel, load_teacher_run, mapped_scores, probe_forward
+from src.models import predict
+from src.models.export import eager_runtime
 from src.prepare import prepare
 from src.probe import bed_targets, fit_probe, train_probe
-from src.runtimes import TeacherError, TeacherModel, load_teacher_run, mapped_scores, probe_forward
-from src.teacher import (
-    birdnet_files,
-    build_cache,
-    cached_run_predictions,
-    class_names,
-    load_cache,
-    map_classes,
-    read_labels,
-    valset_name,
-)
-from src.valsets import evaluate_soundscapes, load_fold, score_predictions
+from src.teacher import birdnet_files, build_cache, class_names, map_classes, read_labels
 from tests.fake_teacher import SAMPLES, write_fake_perch
 from tests.pipeline import compose_named
 
@@ -241,7 +234,7 @@ def test_an_ensemble_of_teacher_runs_predicts_the_test_from_the_cache_as_from_th
 
     cached = submission("cached")
     assert "test windows read from its teacher cache" in capsys.readouterr().out
-    monkeypatch.setattr(ensemble, "cached_run_predictions", lambda *a: None)
+    monkeypatch.setattr(predict, "cached_run_predictions", lambda *a: None)
     live = submission("live")
     assert cached["row_id"].to_list() == live["row_id"].to_list() and cached.height > 0
     np.testing.assert_allclose(cached.drop("row_id").to_numpy(), live.drop("row_id").to_numpy(), atol=1e-5)
@@ -263,7 +256,7 @@ def test_distillation_switch_trains_a_plain_run(tiny_pipeline, tiny_teacher):
     embeddings as extra targets; its best.pt is the plain model (no projection head), so it exports as usual."""
     import torch
 
-    from src.models import build_model
+    from src.models.model import build_model
     from src.train import train
 
     metrics = train(tiny_pipeline.train_config("exp=tiny_distill", "distill.teacher=tinyperch", "distill.weight=1.0",

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import src.train as train_mod
+from src.data.splits import is_full_fit
 from tests.pipeline import REPO
 
 RUN_FILES = ["best.pt", "last.pt", "oof.parquet", "metrics.json", "log.csv", "config.yaml"]
@@ -100,7 +101,8 @@ def test_train_stops_early_with_messages_that_say_what_to_do(tiny_competition, t
     says to pass a fold number, and a cache prepared at another sample rate names the setting."""
     from conftest import prepare_config
 
-    from src.prepare import CacheSettingsError, prepare
+    from src.data.audio_cache import CacheSettingsError
+    from src.prepare import prepare
 
     missing = tmp_path / "no_cache_here"
     with pytest.raises(FileNotFoundError, match=f"data.cache_dir={missing}"):
@@ -151,7 +153,7 @@ def test_full_data_fit_epochs_given_or_missing(tiny_pipeline, tmp_path):
 
 
 def test_fold_values():
-    assert train_mod.is_full_fit("all") and not train_mod.is_full_fit(0) and not train_mod.is_full_fit("abc")
+    assert is_full_fit("all") and not is_full_fit(0) and not is_full_fit("abc")
 
 
 def test_every_epoch_scores_the_validation_soundscapes(tiny_pipeline):

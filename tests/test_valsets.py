@@ -9,11 +9,12 @@ import polars as pl
 import pytest
 from conftest import add_recording, make_tiny_competition, prepare_config, tone, write_audio
 
-from src.audio import load_audio
+from src.data.audio_cache import cache_path
+from src.evaluation.metrics import macro_auc
+from src.evaluation.valsets import build_fold, evaluate_soundscapes, fold_dir, labels_matrix, load_fold, mix
 from src.folds import write_folds
-from src.metrics import macro_auc
-from src.prepare import cache_path, prepare
-from src.valsets import build_fold, evaluate_soundscapes, fold_dir, labels_matrix, load_fold, mix
+from src.infer.audio import load_audio
+from src.prepare import prepare
 
 SR = 32000
 VALSETS = ["valsets.n_soundscapes=4", "valsets.duration_s=20", "folds.n=3"]
@@ -188,9 +189,8 @@ def test_evaluator_writes_oof_soundscape(tmp_path):
 
 def test_bed_soundscapes_are_reserved_from_self_training(tmp_path):
     """valsets.bed_share: every k-th cached soundscape gives the beds and no student trains on its windows."""
+    from src.data.pseudo_labels import bed_soundscapes, load_pseudo_windows
     from src.pseudo import write_pseudo
-    from src.train import load_pseudo_windows
-    from src.valsets import bed_soundscapes
     from tests.pipeline import compose_train
 
     cache = tmp_path / "cache"

@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from src.config import CONFIG_DIR
-from src.models import build_model
-from src.weights import convert, load_pretrained, packaged_file, read_state_dict
+from src.models.model import build_model
+from src.models.pretrained import load_pretrained, read_state_dict
+from src.weights import convert, packaged_file
 
 ARCH = "test_efficientnet"  # timm's tiny EfficientNet (0.36 M parameters)
 

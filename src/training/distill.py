@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from src.models import BirdModel
-from src.train import Run, TrainForward, loss_fn
+from src.data.teacher_cache import cached_rows, load_cache
+from src.models.model import BirdModel
+from src.training.step import Run, TrainForward, loss_fn
 
 
 class DistillDataset(Dataset):
@@ -56,9 +57,6 @@ class DistillForward(TrainForward):
 def teacher_targets(cfg: DictConfig, train_df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The teacher's (scores, embeddings) of each training chunk (copy 0), in train_df's order, and which
     classes it knows."""
-    from src.probe import cached_rows
-    from src.teacher import load_cache
-
     cache = Path(cfg.data.cache_dir) / "teacher" / str(cfg.distill.teacher)
     windows, emb, scores, settings = load_cache(cache)
     rows = cached_rows(windows, train_df, copies=False)["row"].to_numpy()

@@ -1,6 +1,6 @@
 """Row ids, and writing and validating `submission.csv` (row_id + one column per class, values in [0, 1]).
 
-Kernel-safe (csv + numpy + `src.io`): `src.kernel` inlines this file.
+Kernel-safe (csv + numpy + `src.infer.io`): `src.kernel` inlines this file.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.io import atomic_write
+from src.infer.io import atomic_write
 
 
 class SubmissionError(ValueError):

@@ -10,9 +10,9 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset
 
-from src.audio import from_int16
-from src.competition import multi_hot
-from src.prepare import cache_path, load_cached
+from src.data.audio_cache import cache_path, load_cached
+from src.data.competition import multi_hot
+from src.infer.audio import from_int16
 
 
 def rating_weights(labels: Mapping) -> tuple[float, float] | None:

@@ -1,7 +1,7 @@
 """Export a trained fold to the fast CPU runtimes and check it against the PyTorch model.
 
 `export_fold(run_fold_dir, out_dir, formats, check_waves)` writes the files of each runtime in
-`src.runtimes.RUNTIME_FILES` (torchscript: `model.ts`, traced and frozen; onnx / openvino:
+`src.infer.runtimes.RUNTIME_FILES` (torchscript: `model.ts`, traced and frozen; onnx / openvino:
 `frontend.ts` + `backbone.onnx`) and fails if their probabilities differ from the eager model's by
 more than `tol` on the given audio (configs/kernel.yaml `tol`, 1e-4).
 """
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from src.config import load_run_config
-from src.models import MelProbabilityModel, ProbabilityModel, build_model, load_weights
-from src.runtimes import RUNTIME_FILES, file_digest, is_teacher_dir, load_runtime, load_teacher_run
+from src.infer.runtimes import RUNTIME_FILES, file_digest, is_teacher_dir, load_runtime, load_teacher_run
+from src.models.model import MelProbabilityModel, ProbabilityModel, build_model, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def export_teacher_fold(run_fold_dir: str | Path, out_dir: str | Path, teachers_
                         check_waves: np.ndarray, tol: float = 1e-4) -> float:
     """Copy a teacher run (teacher.json, probe.npz) to `out_dir` and its teacher model file (or SavedModel folder)
     once into `teachers_dir/<teacher name>/` (teacher.json then points there by a relative path; `src.kernel build`
-    records its sha256 in model.json, `src.runtimes.export_files`); returns the max abs
+    records its sha256 in model.json, `src.infer.runtimes.export_files`); returns the max abs
     difference between the copy and the run on `check_waves` (raises above `tol`)."""
     run_fold_dir, out_dir, teachers_dir = Path(run_fold_dir), Path(out_dir), Path(teachers_dir)
     spec = json.loads((run_fold_dir / "teacher.json").read_text())

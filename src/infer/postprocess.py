@@ -5,7 +5,7 @@ their settings, e.g. `{"smoothing": [0.1, 0.8, 0.1], "file_prior": {"mode": "max
 `STEPS` says which function each name runs and in which order. A step that is absent or null is off; a new step
 is one function added to `STEPS`.
 
-Kernel-safe: numpy + `src.submission` (row ids); `src.kernel` inlines this file into the Kaggle script.
+Kernel-safe: numpy + `src.infer.submission` (row ids); `src.kernel` inlines this file into the Kaggle script.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from src.submission import row_stem
+from src.infer.submission import row_stem
 
 
 def smooth(probs: np.ndarray, kernel: list[float] | None) -> np.ndarray:

@@ -16,7 +16,7 @@ import torchaudio
 from omegaconf import DictConfig
 from torch import nn
 
-from src.weights import load_pretrained
+from src.models.pretrained import load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class ProbabilityModel(nn.Module):
 
 class MelProbabilityModel(nn.Module):
     """The back half exported for onnxruntime / OpenVINO: normalised mel (B, C, F, T) -> probabilities.
-    The front end (`BirdModel.frontend`) runs separately in torch (see src.runtimes)."""
+    The front end (`BirdModel.frontend`) runs separately in torch (see src.infer.runtimes)."""
 
     def __init__(self, model: BirdModel):
         super().__init__()

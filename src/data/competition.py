@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from src.audio import list_audio
+from src.infer.audio import list_audio
 
 log = logging.getLogger(__name__)
 

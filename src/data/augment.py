@@ -31,7 +31,7 @@ import torch
 import torchaudio.transforms as T
 from torch import nn
 
-from src.audio import from_int16
+from src.infer.audio import from_int16
 
 if TYPE_CHECKING:
     import albumentations

@@ -1,13 +1,13 @@
 """Blending member predictions: mean, weighted mean, power mean, rank mean; a member's models averaged; the
 blend post-processed per file (`combine_members`, what the ensemble and the kernel submit).
 
-Kernel-safe (numpy + `src.postprocess`): `src.kernel` inlines this file into the Kaggle script.
+Kernel-safe (numpy + `src.infer.postprocess`): `src.kernel` inlines this file into the Kaggle script.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from src.postprocess import postprocess_rows
+from src.infer.postprocess import postprocess_rows
 
 BLENDS = ("mean", "weighted", "power", "rank")
 

@@ -1,7 +1,7 @@
 """Soundscape inference: the test files, 5 s windows, batching across files, test-time shifts, several models
 decoded once.
 
-Kernel-safe: numpy + the other kernel-safe modules (`src.audio`, `src.submission`); `src.kernel`
+Kernel-safe: numpy + the other kernel-safe modules (`src.infer.audio`, `src.infer.submission`); `src.kernel`
 inlines this file into the Kaggle script, stripping the `from src.` imports.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.audio import AUDIO_SUFFIXES, AudioError, list_audio, load_audio
-from src.submission import row_ids, row_stem
+from src.infer.audio import AUDIO_SUFFIXES, AudioError, list_audio, load_audio
+from src.infer.submission import row_ids, row_stem
 
 log = logging.getLogger(__name__)
 

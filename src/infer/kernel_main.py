@@ -1,7 +1,7 @@
 """Entry point of the generated Kaggle inference script (see `src.kernel`).
 
-Kernel-safe: uses only the functions of the other inlined modules (`src.kernel.KERNEL_MODULES`: io, audio,
-submission, postprocess, blend, soundscape, runtimes) plus the standard library and numpy. Reads `/kaggle/input` and writes
+Kernel-safe: uses only the other modules of `src/infer/` (the script inlines that package, `src.kernel.kernel_modules`)
+plus the standard library and numpy. Reads `/kaggle/input` and writes
 `/kaggle/working/submission.csv`; `KAGGLE_INPUT_DIR` / `KAGGLE_WORKING_DIR` override both.
 """
 from __future__ import annotations
@@ -17,10 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from src.blend import combine_members
-from src.runtimes import TeacherError, ensure_runtime, export_problem, is_teacher_dir, load_models, teacher_model_path
-from src.soundscape import align_rows, list_soundscapes, n_windows, predict_model_groups
-from src.submission import align, expected_rows, read_sample_submission, row_ids, write_submission
+from src.infer.blend import combine_members
+from src.infer.runtimes import (
+    TeacherError,
+    ensure_runtime,
+    export_problem,
+    is_teacher_dir,
+    load_models,
+    teacher_model_path,
+)
+from src.infer.soundscape import align_rows, list_soundscapes, n_windows, predict_model_groups
+from src.infer.submission import align, expected_rows, read_sample_submission, row_ids, write_submission
 
 COMPETITION_SLUG = "birdclef-2025"  # replaced by src.kernel build
 DATASET_SLUG = "birdclef-weights"  # replaced by src.kernel build

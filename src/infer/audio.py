@@ -97,3 +97,13 @@ def to_int16(y: np.ndarray) -> np.ndarray:
 def from_int16(y: np.ndarray) -> np.ndarray:
     """int16 cache -> float32 in [-1, 1]."""
     return y.astype(np.float32) / 32767.0
+
+
+def write_ogg(path: Path, y: np.ndarray, sr: int, block_s: float) -> None:
+    """32-bit float mono -> OGG/Vorbis, written in blocks (one huge Vorbis write can crash libsndfile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = max(1, int(block_s * sr))
+    y = y.astype(np.float32)
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1, format="OGG", subtype="VORBIS") as f:
+        for i in range(0, y.size, block):
+            f.write(y[i:i + block])

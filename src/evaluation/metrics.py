@@ -122,3 +122,12 @@ def primary_one_hot(primary_labels: list[str], classes: list[str]) -> np.ndarray
     known = np.flatnonzero(cols >= 0)
     y[known, cols[known]] = 1.0
     return y
+
+
+def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """{'auc': macro ROC-AUC, 'cmap': padded cmAP}; AUC is NaN when no class has both positives and negatives."""
+    try:
+        auc = macro_auc(y, p)
+    except ValueError:
+        auc = float("nan")
+    return {"auc": auc, "cmap": padded_cmap(y, p)}

@@ -1,0 +1,1 @@
+"""How runs are scored: Kaggle's metrics (`metrics`) and the validation soundscapes per fold (`valsets`)."""

@@ -1,0 +1,66 @@
+"""Finished runs predicting soundscape files in `src` (the ensemble's test prediction, `src.pseudo`'s labels):
+each member's folds averaged, read from the teacher cache when it holds every window (teacher runs), else decoded
+and predicted with the eager models, files decoded once for every fold that cuts the audio alike.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from src.config import load_run_config
+from src.data.teacher_cache import cached_run_predictions
+from src.infer.blend import mean_by_owner
+from src.infer.soundscape import predict_model_groups
+from src.models.export import eager_runtime
+
+
+def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, n_classes: int,
+                    runtime_for) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """Each member's test probabilities (its folds averaged; NaN rows for undecodable files);
+    `runtime_for(fold_dir)` gives a predict fn. Folds that cut the audio alike decode each file once."""
+    owners, dirs = zip(*[(i, Path(d)) for i, m in enumerate(members) for d in m["fold_dirs"]], strict=True)
+    audio = [load_run_config(d).audio for d in dirs]
+
+    def load_group(ks: list[int]):
+        predicts = [runtime_for(dirs[k]) for k in ks]
+        return lambda batch: np.concatenate([p(batch) for p in predicts], axis=1)
+
+    ens = cfg.ensemble
+    ids, model_preds, problems = predict_model_groups(
+        files, [(int(a.sample_rate), float(a.window_s)) for a in audio], load_group, n_classes, float(ens.context_s),
+        tuple(ens.shifts_s), int(ens.batch_size), float(ens.fallback_duration_s),
+        progress=lambda f: tqdm(f, desc=f"{len(dirs)} model(s)", unit="file"))
+    preds = mean_by_owner(model_preds, list(owners), len(members))
+    return ids, preds, problems
+
+
+def cached_members(members: list[dict], source: str, files: list[Path], inference: DictConfig
+                   ) -> tuple[list[str], list[np.ndarray]] | None:
+    """`predict_members` from the teacher cache (source `train_soundscapes` / `test_soundscapes`): each member's
+    probabilities, its folds averaged, when every member is a teacher run whose cache holds every file and the
+    inference adds nothing the cache lacks (no context, no shifts); else None (predict from the audio)."""
+    if float(inference.context_s) or [float(s) for s in inference.shifts_s] != [0.0]:
+        return None
+    names = [f.name for f in files]
+    per_member = [[cached_run_predictions(d, source, names) for d in m["fold_dirs"]] for m in members]
+    flat = [r for folds in per_member for r in folds]
+    if any(r is None for r in flat):
+        return None
+    return flat[0][0], [np.mean([r[1] for r in folds], axis=0) for folds in per_member]
+
+
+def member_predictions(members: list[dict], source: str, files: list[Path], cfg: DictConfig, n_classes: int,
+                       threads: int) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """Each member's probabilities on every window of `files`: from the teacher cache when it holds them all
+    (`cached_members`), else decoded and predicted (`predict_members`). Returns (row_ids, preds, problems)."""
+    cached = cached_members(members, source, files, cfg.ensemble)
+    if cached is not None:
+        print(f"every member's {source.split('_')[0]} windows read from its teacher cache")
+        return *cached, []
+    if threads:
+        torch.set_num_threads(threads)
+    return predict_members(members, files, cfg, n_classes, lambda d: eager_runtime(d, threads))
