@@ -513,14 +513,18 @@ def built_kernel(cfg: DictConfig) -> Path:
     return kernel_root
 
 
-def check_push_user(kernel_root: Path, user: str | None) -> None:
-    """`push user=X`: the ids are written at build time, so X must own the built kernel's; exits naming the fix."""
+def check_push_user(kernel_root: Path, user: str | None, dry_run: bool = False) -> None:
+    """`push user=X`: the ids are written at build time, so X must own the built kernel's; exits naming the fix
+    (a dry run only warns)."""
     if not user:
         return
     owner = json.loads((kernel_root / "kernel" / "kernel-metadata.json").read_text())["id"].split("/")[0]
     if owner != str(user):
-        sys.exit(f"{kernel_root} was built for Kaggle user {owner!r}, not {user!r}: the ids are set at build time; "
-                 f"rebuild with `python -m src.kernel build name={kernel_root.name} user={user}`, then push")
+        message = (f"{kernel_root} was built for Kaggle user {owner!r}, not {user!r}: the ids are set at build "
+                   f"time; rebuild with `python -m src.kernel build name={kernel_root.name} user={user}`, then push")
+        if not dry_run:
+            sys.exit(message)
+        log.warning(message)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -537,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
         from src.push import push
 
         kernel_root = built_kernel(cfg)
-        check_push_user(kernel_root, cfg.user)
+        check_push_user(kernel_root, cfg.user, bool(cfg.dry_run))
         push(kernel_root, dry_run=bool(cfg.dry_run), message=f"birdclef {kernel_root.name}", settings=cfg.push)
 
 

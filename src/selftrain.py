@@ -12,6 +12,7 @@ solution exists, time).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -30,6 +31,7 @@ from src.infer.io import atomic_write
 
 log = logging.getLogger(__name__)
 # student command -> (config name, "module:function", the key naming its run, the key taking the pseudo-labels)
+STAGE_CONFIGS = ("train", "teacher", "pseudo", "ensemble")  # what the stages of a round compose
 COMMANDS = {"train": ("train", "src.train:train", "exp", "pseudo.path"),
             "probe": ("teacher", "src.probe:train_probe", "probe.exp", "pseudo.path")}
 
@@ -58,33 +60,41 @@ def _dirs(cfg: DictConfig, config_name: str) -> list[str]:
 
 
 def stage_keys(config_name: str, overrides: list[str]) -> list[str]:
-    """The overrides whose key (`a.b=...`, `+a.b=...`, or a config group `data=...`) `config_name` has."""
-    base = compose_stage(config_name, [])
-    kept = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if override.startswith("+") or OmegaConf.select(base, key, default=_MISSING) is not _MISSING:
-            kept.append(override)
-    return kept
+    """The overrides `config_name`'s config takes (a key it has, a config group it composes such as `data=` or
+    `experiment=`, or a `+key` it adds): each is tried on a composition of that config."""
+    return [o for o in overrides if _takes(config_name, o)]
 
 
-_MISSING = object()
+@functools.lru_cache(maxsize=256)
+def _takes(config_name: str, override: str) -> bool:
+    try:
+        cfglib.compose(config_name, [override])
+    except cfglib.CommandLineError:
+        return False
+    return True
+
+
+def _number(cfg: DictConfig, key: str, kind: type) -> float:
+    try:
+        return kind(str(cfg[key]))
+    except ValueError:
+        raise ValueError(f"{key}={cfg[key]!r}: not a {'whole ' if kind is int else ''}number") from None
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """Every setting of the loop, checked before round 0 is built; a ValueError names the key."""
-    try:
-        rounds = int(str(cfg.rounds))
-    except ValueError:
-        raise ValueError(f"rounds={cfg.rounds!r}: a whole number of rounds >= 1") from None
+    """Every setting of the loop, checked before round 0 is built; a ValueError names the key (and a stage
+    override that no stage takes: a typo would otherwise vanish)."""
+    rounds, min_gain = _number(cfg, "rounds", int), _number(cfg, "min_gain", float)
+    stray = [o for o in cfg.stage_overrides if not any(_takes(c, o) for c in STAGE_CONFIGS)]
     problems = [
+        (bool(stray), f"stage_overrides: {stray} fit no stage's config ({', '.join(STAGE_CONFIGS)}): a typo?"),
         (rounds < 1, f"rounds={cfg.rounds}: at least 1 round (round 0 alone is `python -m src.ensemble`)"),
         (not cfg.round0, "round0=<ensemble or run>: the teacher of round 1 (e.g. round0=birdnet)"),
         (not cfg.name, "name=<loop name>: its rounds are ensembles <name>_r<k>"),
         (not cfg.students, "students: the recipe lists none (recipe=demo | birdnet_probe, configs/recipe/)"),
         (str(cfg.select) not in ("auto", "soundscape_auc", "oof_score"),
          f"select={cfg.select}: auto, soundscape_auc or oof_score"),
-        (float(cfg.min_gain) < 0, f"min_gain={cfg.min_gain}: >= 0"),
+        (min_gain < 0, f"min_gain={cfg.min_gain}: >= 0"),
     ]
     for student in cfg.students or []:
         command, name = str(student.get("command", "train")), student.get("name")
@@ -135,17 +145,19 @@ def kept_runs(cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys(runs))
 
 
-def pseudo_round(cfg: DictConfig, k: int) -> Path:
-    """Round k's pseudo-labels, from round k-1's ensemble; returns the parquet."""
+def pseudo_round(cfg: DictConfig, k: int, reuse: bool) -> tuple[Path, bool]:
+    """Round k's pseudo-labels, from round k-1's ensemble: (the parquet, whether it was written now). With `reuse`
+    (resume, and round k-1 was not rebuilt) an existing file is kept."""
     from src.pseudo import pseudo_label
 
     teacher = f"{cfg.name}_r{k - 1}"
     out = Path(cfg.pseudo_dir) / str(cfg.data.name) / f"{teacher}.parquet"
-    if not (cfg.resume and out.exists()):
-        pseudo_label(compose_stage("pseudo", [*_dirs(cfg, "pseudo"), f"ensembles_dir={cfg.ensembles_dir}",
-                                              f"pseudo.teacher={teacher}", f"pseudo.round={k - 1}",
-                                              f"pseudo.out={out}", *cfg.pseudo_overrides]))
-    return out
+    if reuse and out.exists():
+        return out, False
+    pseudo_label(compose_stage("pseudo", [*_dirs(cfg, "pseudo"), f"ensembles_dir={cfg.ensembles_dir}",
+                                          f"pseudo.teacher={teacher}", f"pseudo.round={k - 1}",
+                                          f"pseudo.out={out}", *cfg.pseudo_overrides]))
+    return out, True
 
 
 def student_run(cfg: DictConfig, k: int, student: DictConfig) -> str:
@@ -175,9 +187,10 @@ def reusable(run_fold: Path, labels: Path) -> bool:
     return same
 
 
-def train_students(cfg: DictConfig, k: int, labels: Path) -> list[str]:
-    """Every student of round k on every fold (`loop_folds`); returns their run names."""
-    exps = []
+def train_students(cfg: DictConfig, k: int, labels: Path) -> tuple[list[str], bool]:
+    """Every student of round k on every fold (`loop_folds`); returns (their run names, whether any was trained
+    now rather than resumed)."""
+    exps, trained = [], False
     for student in cfg.students:
         config_name, target, exp_key, pseudo_key = COMMANDS[str(student.get("command", "train"))]
         exp = student_run(cfg, k, student)
@@ -187,8 +200,9 @@ def train_students(cfg: DictConfig, k: int, labels: Path) -> list[str]:
             extra = list(cfg.train_overrides) if config_name == "train" else []
             _call(target, compose_stage(config_name, [*_dirs(cfg, config_name), *student.overrides, *extra,
                                                       f"{exp_key}={exp}", f"fold={fold}", f"{pseudo_key}={labels}"]))
+            trained = True
         exps.append(exp)
-    return exps
+    return exps, trained
 
 
 def round_record(cfg: DictConfig, k: int, seconds: float, labels: Path | None) -> dict:
@@ -222,11 +236,13 @@ def selftrain(cfg: DictConfig) -> dict:
     t0 = time.time()
     round_zero(cfg)
     rounds = [round_record(cfg, 0, time.time() - t0, None)]
+    rebuilt = not cfg.resume  # once a round is rebuilt, every later round is (its inputs changed)
     for k in range(1, int(cfg.rounds) + 1):
         t0 = time.time()
-        labels = pseudo_round(cfg, k)
-        exps = train_students(cfg, k, labels)
-        if not (cfg.resume and _ensemble_yaml(cfg, f"{cfg.name}_r{k}").exists()):
+        labels, relabelled = pseudo_round(cfg, k, reuse=not rebuilt)
+        exps, retrained = train_students(cfg, k, labels)
+        rebuilt = rebuilt or relabelled or retrained or not _ensemble_yaml(cfg, f"{cfg.name}_r{k}").exists()
+        if rebuilt:
             run_ensemble(cfg, kept_runs(cfg) + exps, f"{cfg.name}_r{k}")
         rounds.append(round_record(cfg, k, time.time() - t0, labels))
         print_rounds(rounds)

@@ -140,7 +140,7 @@ def test_student_runs_are_named_after_the_loop_and_resumed_only_on_their_labels(
 @pytest.mark.parametrize("override, message", [("rounds=-1", "rounds=-1: at least 1"),
                                                 ("rounds=abc", "rounds='abc'"),
                                                 ("select=best", "select=best"),
-                                                ("min_gain=-0.1", "min_gain")])
+                                                ("min_gain=-0.1", "min_gain"), ("min_gain=abc", "min_gain='abc'")])
 def test_selftrain_settings_are_checked_before_round_0(tmp_path, override, message):
     cfg = compose_named("selftrain", "round0=anything", f"ensembles_dir={tmp_path / 'ensembles'}", override)
     with pytest.raises(ValueError, match=message):
@@ -149,11 +149,20 @@ def test_selftrain_settings_are_checked_before_round_0(tmp_path, override, messa
 
 
 def test_stage_overrides_reach_only_the_stages_that_have_the_key():
-    overrides = ["folds.n=3", "probe.background='jura_*'", "threads=1", "data=demo", "+extra.key=1"]
-    assert selftrain.stage_keys("train", overrides) == ["folds.n=3", "data=demo", "+extra.key=1"]
+    overrides = ["folds.n=3", "probe.background='jura_*'", "threads=1", "data=demo", "experiment=tiny",
+                 "+extra.key=1"]
+    assert selftrain.stage_keys("train", overrides) == ["folds.n=3", "data=demo", "experiment=tiny", "+extra.key=1"]
     assert selftrain.stage_keys("teacher", overrides) == ["folds.n=3", "probe.background='jura_*'", "data=demo",
-                                                           "+extra.key=1"]
+                                                           "experiment=tiny", "+extra.key=1"]
     assert "folds.n=3" not in selftrain.stage_keys("pseudo", overrides)
+    assert "threads=1" in selftrain.stage_keys("pseudo", overrides)
+
+
+def test_a_stage_override_no_stage_takes_is_refused(tmp_path):
+    cfg = compose_named("selftrain", "round0=anything", f"ensembles_dir={tmp_path / 'ensembles'}",
+                        "stage_overrides=['fodls.n=3']")
+    with pytest.raises(ValueError, match=r"fodls.n=3.*fit no stage"):
+        selftrain.selftrain(cfg)
 
 
 def test_recipe_folds_follow_the_folds_file():
@@ -353,3 +362,4 @@ def test_push_refuses_a_user_the_kernel_was_not_built_for(tmp_path):
     check_push_user(kernel.parent, "alice")
     with pytest.raises(SystemExit, match="built for Kaggle user 'alice', not 'bob'.*build name=demo user=bob"):
         check_push_user(kernel.parent, "bob")
+    check_push_user(kernel.parent, "bob", dry_run=True)  # a dry run only warns
