@@ -1,4 +1,4 @@
-"""A deterministic synthetic bird-audio competition in the BirdCLEF 2025 Kaggle layout.
+"""A deterministic synthetic bird-audio competition in the BirdCLEF 2025 Kaggle layout (or 2026's).
 
 `python -m src.synth` writes `synth.out` (default `data/demo/`):
 
@@ -8,6 +8,12 @@
     train_soundscapes_truth.csv                 their per-window truth (solution layout), for measuring
                                                 pseudo-labels only: nothing trains on it
     test_soundscapes/soundscape_XXX.ogg         60 s, 1-3 species; truth in solution.csv
+
+With `synth.layout=birdclef2026` it is laid out as BirdCLEF+ 2026 ships its data: soundscape names carry a site,
+a date and a time (`BC2026_Train_0001_S03_20250312_061500.ogg`), non-bird species are added (an insect sonotype's
+pulse train, a frog's croaks; `class_name` Insecta / Amphibia, calling at night), the last `birdclef2026.no_clip`
+species have no clip in train_audio/ (they call only in soundscapes), and the first `birdclef2026.n_labelled`
+train soundscapes get expert labels in `train_soundscapes_labels.csv` (hh:mm:ss, `;`-joined, every row twice).
 
 Every species has its own call shape in its own frequency band, so a small log-mel CNN can learn them.
 Planning (metadata, SNRs, which species where) uses one seeded generator in the main process; every audio
@@ -47,10 +53,15 @@ TRAIN_COLUMNS = (
     "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name", "common_name",
     "class_name", "author", "license", "rating", "url", "filename", "collection",
 )
+TRAIN_COLUMNS_2026 = (
+    "primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name", "common_name",
+    "class_name", "inat_taxon_id", "author", "license", "rating", "url", "filename", "collection",
+)
 TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name")
+LABELS_CSV = "train_soundscapes_labels.csv"  # birdclef2026: the labelled train soundscapes' windows
 
 # Independent random streams: adding a file of one kind never reshuffles the others.
-_PLAN, _REC, _AMBIENT, _TEST = 0, 1, 2, 3
+_PLAN, _REC, _AMBIENT, _TEST, _NAMES = 0, 1, 2, 3, 4
 TRUTH_CSV = "train_soundscapes_truth.csv"  # the unlabelled soundscapes' truth, beside solution.csv
 
 
@@ -69,6 +80,7 @@ class Species:
     rate: float = 0.0            # Hz: AM (trill, buzz), pulse (chirp_train) or FM (warble) rate
     harmonics: int = 1
     pulse_s: float = 0.0         # chirp_train: length of one chirp
+    class_name: str = "Aves"     # taxonomy.csv `class_name` (birdclef2026: Insecta, Amphibia too)
 
 
 # The call-shape table, one species a line. Bands are staggered so that the species differ in pitch as well as
@@ -82,6 +94,13 @@ CALL_SHAPES: tuple[Species, ...] = (
     Species("buzzy_bunting", "Buzzy Bunting", "Synthavis bombus", "song", "buzz", 4600, 5600, (0.4, 0.8), rate=85),
     Species("feebee_tit", "Fee-bee Tit", "Synthavis duplex", "song", "two_note", 3700, 4300, (0.5, 0.75), harmonics=2),
     Species("wobbling_warbler", "Wobbling Warbler", "Synthavis vibrans", "song", "warble", 1100, 1700, (0.6, 1.0), rate=9),
+)
+# birdclef2026's non-bird species: an insect sonotype (a fast pulse train, continuous) and a frog (slow croaks)
+NON_BIRD_SHAPES: tuple[Species, ...] = (
+    Species("47158son16", "Sonotype 16", "Insecta sonotypus", "call", "chirp_train", 11000, 11800, (1.5, 2.5),
+            rate=40, pulse_s=0.012, class_name="Insecta"),
+    Species("croaking_frog", "Croaking Frog", "Synthrana raucus", "call", "croak", 350, 700, (0.6, 1.1), rate=14,
+            harmonics=4, class_name="Amphibia"),
 )
 _MAX_F = 0.45        # highest synthesised frequency, fraction of the sample rate (no aliasing)
 _TWO_NOTE = (0.4, 0.55)  # two_note: first note ends, second note starts (fractions of the call)
@@ -130,7 +149,19 @@ def build_species(cfg: Any) -> list[Species]:
             call_type=base.call_type, kind=base.kind, f_lo=base.f_lo * p, f_hi=base.f_hi * p, dur=base.dur,
             rate=base.rate, harmonics=base.harmonics, pulse_s=base.pulse_s,
         ))
+    if cfg.get("layout", "birdclef2025") == "birdclef2026":
+        out += list(NON_BIRD_SHAPES[:int(cfg.birdclef2026.non_bird)])
     return out
+
+
+def no_clip_species(cfg: Any, n_species: int) -> list[int]:
+    """Indices of the species without a clip in train_audio/ (birdclef2026: the last `birdclef2026.no_clip`)."""
+    if cfg.get("layout", "birdclef2025") != "birdclef2026":
+        return []
+    k = int(cfg["birdclef2026"]["no_clip"])
+    if not 0 <= k < n_species:
+        raise ValueError(f"synth.birdclef2026.no_clip={k}: between 0 and {n_species - 1} (some species need clips)")
+    return list(range(n_species - k, n_species))
 
 
 # --------------------------------------------------------------------------------------------- synthesis
@@ -192,6 +223,9 @@ def synth_call(rng: np.random.Generator, sp: Species, pitch: float, sr: int, fad
         # each note gets its own smooth envelope; the gap between them is silent
         y *= np.where(u < end1, np.sin(np.pi * np.clip(u / end1, 0, 1)), 0.0) + np.where(
             note2, np.sin(np.pi * np.clip((u - start2) / (1 - start2), 0, 1)), 0.0)
+    elif sp.kind == "croak":
+        # pulsed harmonic croaks: a low rasping call
+        y = _osc(hi - (hi - lo) * u, sr, phase, sp.harmonics) * (0.5 - 0.5 * np.cos(2 * np.pi * sp.rate * t)) ** 3
     elif sp.kind == "warble":
         mid, dev = (lo + hi) / 2, (hi - lo) / 2
         y = _osc(mid + dev * np.sin(2 * np.pi * sp.rate * t + phase), sr, phase)
@@ -325,6 +359,8 @@ def _plan_recordings(rng: np.random.Generator, species: list[Species], cfg: Any)
     n_short = int(cfg["n_short_recordings"])
     short_sp = rng.choice(n_sp, size=n_short, replace=n_short > n_sp)
     durations += [(int(s), float(cfg["short_duration_s"])) for s in short_sp]
+    without = set(no_clip_species(cfg, n_sp))
+    durations = [(s, d) for s, d in durations if s not in without]
 
     n = len(durations)
     is_inat = rng.random(n) < float(m["inat_fraction"])
@@ -348,7 +384,8 @@ def _plan_recordings(rng: np.random.Generator, species: list[Species], cfg: Any)
             "longitude": round(float(lon), 4),
             "scientific_name": sp.scientific_name,
             "common_name": sp.common_name,
-            "class_name": "Aves",
+            "class_name": sp.class_name,
+            "inat_taxon_id": int(m["inat_taxon_start"]) + s,
             "author": authors[int(rng.choice(len(authors), p=author_p))],
             "license": _LICENSES[int(rng.integers(len(_LICENSES)))],
             "rating": rating,
@@ -408,16 +445,40 @@ def _plan_train_soundscapes(n_species: int, cfg: Any) -> list[dict]:
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), _PLAN, _AMBIENT]))
     n_amb = int(cfg["n_train_soundscapes"])
-    pool: list[int] = []
+    pool: list[int] = no_clip_species(cfg, n_species)  # dealt first: the labelled soundscapes hold them
+    labelled = n_labelled(cfg)
     jobs = []
     for i in range(n_amb):
         chosen = []
-        if rng.random() < float(cfg["train_soundscape_call_prob"]):
+        if rng.random() < float(cfg["train_soundscape_call_prob"]) or i < labelled:
             chosen = _deal(rng, pool, _irange(rng, cfg["train_soundscape_species"]), n_species)
         jobs.append(_soundscape_job(rng, cfg, f"train_soundscapes/train_soundscape_{i:0{_width(n_amb)}d}.ogg",
                                     [int(cfg["seed"]), _AMBIENT, i], chosen, cfg["train_soundscape_bouts"],
                                     cfg["train_soundscape_snr_db"]))
     return jobs
+
+
+def n_labelled(cfg: Any) -> int:
+    """How many train soundscapes get expert labels (birdclef2026's `n_labelled`; 0 in the 2025 layout)."""
+    if cfg.get("layout", "birdclef2025") != "birdclef2026":
+        return 0
+    return min(int(cfg["birdclef2026"]["n_labelled"]), int(cfg["n_train_soundscapes"]))
+
+
+def _name_2026(jobs: list[dict], split: str, species: list[Species], cfg: Any) -> None:
+    """Rename soundscape jobs as BirdCLEF+ 2026 does (`<prefix>_<Split>_<id>_<site>_<yyyymmdd>_<hhmmss>.ogg`): a
+    site and a date drawn per file, the hour at night when a non-bird species calls in it, else by day."""
+    y = cfg["birdclef2026"]
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), _NAMES, 0 if split == "Train" else 1]))
+    for i, job in enumerate(jobs):
+        night = any(species[t["species"]].class_name != "Aves" for t in job["tracks"])
+        hours = y["night_hours"] if night else y["day_hours"]
+        hour = int(hours[int(rng.integers(len(hours)))])
+        day = np.datetime64(str(y["first_date"])) + int(rng.integers(int(y["days"])))
+        stamp = f"{str(day).replace('-', '')}_{hour:02d}{int(rng.integers(0, 12)) * 5:02d}00"
+        site = f"S{int(rng.integers(1, int(y['sites']) + 1)):02d}"
+        folder = Path(job["path"]).parent
+        job["path"] = str(folder / f"{y['prefix']}_{split}_{i + 1:04d}_{site}_{stamp}.ogg")
 
 
 def _plan_test_soundscapes(rng: np.random.Generator, n_species: int, cfg: Any) -> list[dict]:
@@ -492,6 +553,10 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
     rows, rec_jobs = _plan_recordings(rng, species, plain)
     amb_jobs = _plan_train_soundscapes(len(species), plain)
     test_jobs = _plan_test_soundscapes(rng, len(species), plain)
+    layout_2026 = cfg.get("layout", "birdclef2025") == "birdclef2026"
+    if layout_2026:
+        _name_2026(amb_jobs, "Train", species, plain)
+        _name_2026(test_jobs, "Test", species, plain)
     jobs = rec_jobs + amb_jobs + test_jobs
     for i, job in enumerate(jobs):
         job["id"] = i
@@ -501,15 +566,17 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
     cols = sorted(labels)
     col_idx = [labels.index(c) for c in cols]
     rows.sort(key=lambda r: (r["primary_label"], r["filename"]))
-    pl.DataFrame(rows, schema={c: (pl.Float64 if c in ("latitude", "longitude", "rating") else pl.Utf8)
-                               for c in TRAIN_COLUMNS}).write_csv(root / "train.csv")
+    columns = TRAIN_COLUMNS_2026 if layout_2026 else TRAIN_COLUMNS
+    pl.DataFrame(rows, schema={c: (pl.Float64 if c in ("latitude", "longitude", "rating") else
+                                   pl.Int64 if c == "inat_taxon_id" else pl.Utf8) for c in columns}
+                 ).write_csv(root / "train.csv")
     tax = sorted(species, key=lambda sp: sp.label)
     pl.DataFrame({
         "primary_label": [sp.label for sp in tax],
         "inat_taxon_id": [int(cfg.meta.inat_taxon_start) + labels.index(sp.label) for sp in tax],
         "scientific_name": [sp.scientific_name for sp in tax],
         "common_name": [sp.common_name for sp in tax],
-        "class_name": ["Aves"] * len(tax),
+        "class_name": [sp.class_name for sp in tax],
     }).write_csv(root / "taxonomy.csv")
     test_ids, sol = _solution(test_jobs, results, species, cfg)
     pl.DataFrame({"row_id": test_ids, **{c: sol[:, j] for c, j in zip(cols, col_idx)}}).write_csv(
@@ -518,6 +585,8 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
     amb_ids, amb_sol = _solution(amb_jobs, results, species, cfg)
     pl.DataFrame({"row_id": amb_ids, **{c: amb_sol[:, j] for c, j in zip(cols, col_idx)}},
                  schema={"row_id": pl.Utf8, **{c: pl.Int64 for c in cols}}).write_csv(root / TRUTH_CSV)
+    if layout_2026:
+        _write_labels(root / LABELS_CSV, amb_jobs[:n_labelled(plain)], results, species, cfg)
     pl.DataFrame({"row_id": test_ids, **{c: np.full(len(test_ids), 1.0 / len(cols)) for c in cols}}).write_csv(
         root / "sample_submission.csv")
 
@@ -526,6 +595,23 @@ def _write_all(root: Path, cfg: DictConfig) -> str:
     return (f"{len(species)} species, {len(rec_jobs)} train recordings ({secs[0]:.0f} s), "
             f"{len(amb_jobs)} train soundscapes ({secs[1]:.0f} s, {int(amb_sol.sum())} positive labels), {len(test_jobs)} test soundscapes "
             f"({secs[2]:.0f} s, {len(test_ids)} windows, {int(sol.sum())} positive labels)")
+
+
+def _write_labels(path: Path, jobs: list[dict], results: dict[int, dict], species: list[Species], cfg: Any) -> None:
+    """2026's `train_soundscapes_labels.csv` of the labelled soundscapes: one row per window holding a call
+    (`filename,start,end,primary_label`, times hh:mm:ss, species `;`-joined), every row twice as in the real file."""
+    ids, truth = _solution(jobs, results, species, cfg)
+    win = float(cfg.window_s)
+    rows = []
+    for row_id, y in zip(ids, truth):
+        stem, end = row_id.rsplit("_", 1)
+        names = [species[k].label for k in np.flatnonzero(y)]
+        if names:
+            start = round(int(end) - win)
+            clock = [f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}" for t in (start, int(end))]
+            rows += [{"filename": f"{stem}.ogg", "start": clock[0], "end": clock[1],
+                      "primary_label": ";".join(sorted(names))}] * (2 if cfg.birdclef2026.duplicate_rows else 1)
+    pl.DataFrame(rows, schema={k: pl.Utf8 for k in ("filename", "start", "end", "primary_label")}).write_csv(path)
 
 
 def _render_all(jobs: list[dict], root: Path, species: list[Species], plain: dict, cfg: DictConfig

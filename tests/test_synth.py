@@ -159,3 +159,34 @@ def test_long_tail_counts_and_generated_species():
         species_counts(10, 5, None)
     species = build_species(small_cfg(n_species=206))
     assert len({sp.label for sp in species}) == 206  # listed variants, then generated ones
+
+
+def test_birdclef2026_layout(tmp_path):
+    """synth.layout=birdclef2026: 2026's CSV columns, non-bird taxa, classes without clips that occur in the
+    labelled soundscapes, site/date/time names, a labels file with every row twice that the 2026 reader reads."""
+    from src.soundscape_labels import parse_names, read_soundscape_labels
+
+    out = make_competition(tmp_path / "comp", small_cfg(layout="birdclef2026", n_train_soundscapes=4,
+                                                        recordings_per_species=[1, 1],
+                                                        birdclef2026={"n_labelled": 3, "no_clip": 2}))
+    train, taxonomy = pl.read_csv(out / "train.csv"), pl.read_csv(out / "taxonomy.csv")
+    assert train.columns[7:9] == ["class_name", "inat_taxon_id"]
+    assert {"Insecta", "Amphibia", "Aves"} == set(taxonomy["class_name"])
+    classes = pl.read_csv(out / "sample_submission.csv").columns[1:]
+    no_clip = sorted(set(classes) - set(train["primary_label"]))
+    assert len(no_clip) == 2 and no_clip == sorted(taxonomy.filter(pl.col("class_name") != "Aves")["primary_label"])
+    names = sorted(p.name for p in (out / "train_soundscapes").glob("*.ogg"))
+    parsed = parse_names(names, r"(?P<prefix>.+)_(?P<site>[^_]+)_(?P<date>\d{8})_(?P<time>\d{6})")
+    assert parsed["site"].null_count() == 0 and parsed["hour"].null_count() == 0
+    raw = pl.read_csv(out / "train_soundscapes_labels.csv")
+    assert raw.height == 2 * raw.unique().height  # every row twice
+    windows, problems = read_soundscape_labels(out / "train_soundscapes_labels.csv", out / "train_soundscapes",
+                                               classes, 5.0)
+    assert windows["filename"].n_unique() == 3 and windows.height == 3 * 12
+    labelled = set(windows.explode("labels")["labels"].drop_nulls())
+    assert set(no_clip) <= labelled  # the classes without clips are learnable from the labelled soundscapes
+    assert len(problems) == 1 and "duplicate" in problems[0]
+    heard = windows.explode("labels").drop_nulls("labels").group_by("filename").agg(pl.col("labels"))
+    for row in parsed.join(heard, on="filename").iter_rows(named=True):
+        if set(row["labels"]) & set(no_clip):
+            assert row["hour"] >= 19 or row["hour"] < 6  # the non-bird species call at night
