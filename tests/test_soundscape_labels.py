@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import write_audio
-from src.soundscape_labels import SoundscapeLabelsError, parse_names, parse_time, read_soundscape_labels
+from src.data.soundscape_labels import SoundscapeLabelsError, parse_names, parse_time, read_soundscape_labels
 
 CLASSES = ["a", "b", "c"]
 PATTERN = r"(?P<prefix>.+)_(?P<site>[^_]+)_(?P<date>\d{8})_(?P<time>\d{6})"

@@ -164,7 +164,7 @@ def test_long_tail_counts_and_generated_species():
 def test_birdclef2026_layout(tmp_path):
     """synth.layout=birdclef2026: 2026's CSV columns, non-bird taxa, classes without clips that occur in the
     labelled soundscapes, site/date/time names, a labels file with every row twice that the 2026 reader reads."""
-    from src.soundscape_labels import parse_names, read_soundscape_labels
+    from src.data.soundscape_labels import parse_names, read_soundscape_labels
 
     out = make_competition(tmp_path / "comp", small_cfg(layout="birdclef2026", n_train_soundscapes=4,
                                                         recordings_per_species=[1, 1],
