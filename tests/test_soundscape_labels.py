@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_audio
+
 from src.data.soundscape_labels import SoundscapeLabelsError, parse_names, parse_time, read_soundscape_labels
 
 CLASSES = ["a", "b", "c"]

@@ -66,12 +66,12 @@ def _row_windows(row: dict, line: int, where: str, window_s: float, classes: set
         return [], [], [f"{where}:{line}: {row['filename']}: end {row['end']} <= start {row['start']}: row skipped"]
     first, last = start / window_s, end / window_s
     if abs(first - round(first)) > 1e-6 or abs(last - round(last)) > 1e-6:
-        return [], [], [f"{where}:{line}: {row['filename']}: {row['start']}-{row['end']} is off the {window_s:g} s "
-                        "window grid: row skipped"]
+        return [], [], [(f"{where}:{line}: {row['filename']}: {row['start']}-{row['end']} is off the {window_s:g} s "
+                        "window grid: row skipped")]
     names = [n.strip() for n in str(row["primary_label"] or "").split(";") if n.strip()]
     unknown = [n for n in names if n not in classes]
-    problems = [f"{where}:{line}: {row['filename']}: unknown class(es) {unknown} (not columns of "
-                "sample_submission.csv): left out of the row"] if unknown else []
+    problems = [(f"{where}:{line}: {row['filename']}: unknown class(es) {unknown} (not columns of "
+                "sample_submission.csv): left out of the row")] if unknown else []
     known = [n for n in names if n in classes]
     if not known:
         return [], [], problems + [f"{where}:{line}: {row['filename']}: no known class: row skipped"]
