@@ -21,9 +21,9 @@ from sklearn.model_selection import GroupKFold
 
 from src.config import fold_dirs, fold_number, load_run_config
 from src.data.competition import load_competition
+from src.data.soundscape_labels import label_matrix
 from src.data.tables import read_parquet
-from src.evaluation.metrics import primary_one_hot, score, submission_score
-from src.evaluation.valsets import labels_matrix
+from src.evaluation.metrics import primary_one_hot, score, submission_per_class, submission_score
 from src.infer.blend import BLENDS, blend, class_ranks, combine_members
 from src.infer.io import atomic_write
 from src.infer.postprocess import postprocess_rows
@@ -166,26 +166,31 @@ def fit_clips(base: pl.DataFrame, oof: list[np.ndarray], classes: list[str], exp
                         "oof_score_in_sample": fitted_in_sample, "fit_on": "clip"}}
 
 
-def load_soundscape_oof(runs_dir: Path, exps: list[str], classes: list[str]
-                        ) -> tuple[pl.DataFrame, list[np.ndarray]] | None:
-    """Validation-soundscape rows every member predicted (row_id, filename, labels, fold; each soundscape's
-    windows consecutive) and each member's probabilities; None (said why) unless every fold of every member
-    has an oof_soundscape.parquet."""
-    frames = []
+WINDOW_OOFS = ("labelled", "soundscape")  # window OOF sets, in the order ensemble.fit.oof=auto prefers them
+
+
+def load_window_oof(runs_dir: Path, exps: list[str], classes: list[str], kind: str = "soundscape"
+                    ) -> tuple[pl.DataFrame, list[np.ndarray]] | None:
+    """The window rows of `oof_<kind>.parquet` (`soundscape`: the validation soundscapes; `labelled`: the held-out
+    labelled soundscapes, 2026) every member predicted (row_id, filename, labels, fold; each soundscape's windows
+    consecutive) and each member's probabilities; None unless every fold of every member has that file (said
+    why when some have it)."""
+    frames, name = [], f"oof_{kind}.parquet"
     for exp in exps:
         dirs = fold_dirs(runs_dir, exp)
-        missing = [d for d in dirs if not (d / "oof_soundscape.parquet").exists()]
+        missing = [d for d in dirs if not (d / name).exists()]
         if missing:
-            print(f"{missing[0]}: no oof_soundscape.parquet (score it: python -m src.valsets +runs=[{exp}]); "
-                  "blend and post-processing are fitted on the clip OOF")
+            if kind == "soundscape" or len(missing) < len(dirs):
+                print(f"{missing[0]}: no {name} (score it: python -m src.valsets +runs=[{exp}]): the ensemble is not "
+                      f"fitted on the {kind} OOF")
             return None
-        frames.append(pl.concat([read_parquet(d / "oof_soundscape.parquet", f"python -m src.valsets +runs=[{exp}]").with_columns(
+        frames.append(pl.concat([read_parquet(d / name, f"python -m src.valsets +runs=[{exp}]").with_columns(
             pl.lit(fold_number(d)).alias("fold")) for d in dirs]))
     base = frames[0].select("row_id", "filename", "labels", "fold")
     for f in frames[1:]:
         base = base.join(f.select("row_id"), on="row_id", how="inner", maintain_order="left")
     if base.height == 0:
-        print(f"members {exps} share no validation-soundscape rows (other valsets settings?): fitted on clip OOF")
+        print(f"members {exps} share no {kind} OOF rows (other folds or valsets settings?): not fitted on them")
         return None
     keys = base.select("row_id")
     return base, [keys.join(f, on="row_id", how="left", maintain_order="left").select(classes).to_numpy()
@@ -222,11 +227,12 @@ def nested_pipeline(preds: list[np.ndarray], y: np.ndarray, ids: list[str], grou
     return score(y, out, metric)
 
 
-def fit_soundscapes(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str], ens: DictConfig,
-                    metric: str) -> dict:
-    """Blend, weights and post-processing chosen on the validation-soundscape OOF, with the nested score of
-    each step (blend alone, + smoothing, + file prior) so each step's gain is measured honestly."""
-    y, ids = labels_matrix(base, classes), base["row_id"].to_list()
+def fit_windows(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str], ens: DictConfig,
+                metric: str, kind: str = "soundscape") -> dict:
+    """Blend, weights and post-processing chosen on a window OOF (`kind`: soundscape or labelled), with the
+    nested score of each step (blend alone, + smoothing, + file prior) so each step's gain is measured honestly;
+    the summary's keys start with `kind`."""
+    y, ids = label_matrix(base["labels"].to_list(), classes), base["row_id"].to_list()
     folds = base["fold"].to_numpy()
     if len(np.unique(folds)) > 1:
         groups = folds
@@ -244,16 +250,15 @@ def fit_soundscapes(base: pl.DataFrame, preds: list[np.ndarray], classes: list[s
     kept = max(steps, key=steps.get)
     weights = fit_weights(preds, y, method, metric, power, restarts)
     post, in_sample = choose_post(preds, y, ids, weights, method, power, post_candidates(ens.search, kept), metric)
-    print(f"soundscape OOF {metric} on {base.height} windows, nested: blends "
+    print(f"{kind} OOF {metric} on {base.height} windows, nested: blends "
           + ", ".join(f"{m} {v:.4f}" for m, v in table.items()) + f" -> {method}; steps "
           + ", ".join(f"{k} {v:.4f}" for k, v in steps.items()) + f" -> up to {kept}: post-processing {post}")
     return {"method": method, "weights": weights, "postprocess": post,
-            "summary": {"soundscape_blends_nested": table, "soundscape_steps_nested": steps,
-                        "soundscape_step_gain": {"smoothing": steps["smoothing"] - steps["blend"],
-                                                 "file_prior": steps["file_prior"] - steps["smoothing"]},
-                        "soundscape_steps_kept": kept, "soundscape_oof_score": steps[kept],
-                        "soundscape_oof_score_in_sample": in_sample,
-                        "fit_on": "soundscape"}}
+            "summary": {f"{kind}_blends_nested": table, f"{kind}_steps_nested": steps,
+                        f"{kind}_step_gain": {"smoothing": steps["smoothing"] - steps["blend"],
+                                              "file_prior": steps["file_prior"] - steps["smoothing"]},
+                        f"{kind}_steps_kept": kept, f"{kind}_oof_score": steps[kept],
+                        f"{kind}_oof_score_in_sample": in_sample, "fit_on": kind}}
 
 
 def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
@@ -266,26 +271,33 @@ def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
 
 
 def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:
-    """Blend, weights and post-processing fitted on the members' OOF: on the validation-soundscape OOF when every
-    member has one (unless `ensemble.fit.oof=clip`), else on the clip OOF with the configured post-processing.
-    Returns (classes, blend method, weights, post-processing, summary of the scores)."""
+    """Blend, weights and post-processing fitted on the members' OOF (`ensemble.fit.oof`): auto fits on the
+    labelled soundscapes' OOF (2026) when every member has one, else on the validation soundscapes' when every
+    member has one, else on the clip OOF with the configured post-processing; the window OOF sets not fitted on
+    are scored with the choice made. Returns (classes, blend method, weights, post-processing, summary)."""
     runs_dir, ens, metric = Path(cfg.runs_dir), cfg.ensemble, str(cfg.data.metric)
     base, oof, classes = load_oof(runs_dir, exps)
     clip = fit_clips(base, oof, classes, exps, ens, metric)
     method, weights, summary = clip["method"], clip["weights"], clip["summary"]
     post = OmegaConf.to_container(ens.postprocess, resolve=True)
-    sound = load_soundscape_oof(runs_dir, exps, classes)
-    if sound is None and ens.fit.oof == "soundscape":
-        raise ValueError("ensemble.fit.oof=soundscape needs every member's oof_soundscape.parquet: "
+    sets = {kind: load_window_oof(runs_dir, exps, classes, kind) for kind in WINDOW_OOFS}
+    wanted = str(ens.fit.oof)
+    if wanted not in ("auto", "clip", *WINDOW_OOFS):
+        raise ValueError(f"ensemble.fit.oof={wanted}: use auto, clip, {' or '.join(WINDOW_OOFS)}")
+    if wanted in WINDOW_OOFS and sets[wanted] is None:
+        raise ValueError(f"ensemble.fit.oof={wanted} needs every member's oof_{wanted}.parquet: "
                          f"python -m src.valsets +runs=[{','.join(exps)}]")
-    if sound is not None and ens.fit.oof != "clip":
-        sfit = fit_soundscapes(*sound, classes, ens, metric)
+    fit_on = next((k for k in WINDOW_OOFS if sets[k] is not None), None) if wanted == "auto" else \
+        (None if wanted == "clip" else wanted)
+    if fit_on is not None:
+        sfit = fit_windows(*sets[fit_on], classes, ens, metric, fit_on)
         method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
         summary |= sfit["summary"] | {"oof_score": summary["blend_oof_nested"][method]}
-    elif sound is not None:  # clip choices and the configured post-processing, scored on the soundscapes
-        sbase, spreds = sound
-        summary["soundscape_oof_score"] = score(labels_matrix(sbase, classes), postprocess_rows(
-            sbase["row_id"].to_list(), blend(spreds, weights, method, float(ens.power)), post), metric)
+    for kind, found in sets.items():  # the other window sets, scored with the choices made
+        if found is not None and kind != fit_on:
+            wbase, wpreds = found
+            summary[f"{kind}_oof_score"] = score(label_matrix(wbase["labels"].to_list(), classes), postprocess_rows(
+                wbase["row_id"].to_list(), blend(wpreds, weights, method, float(ens.power)), post), metric)
     return classes, method, weights, post, summary
 
 
@@ -346,13 +358,27 @@ def predict_test(cfg: DictConfig, comp, members: list[dict], summary: dict, out_
     test = {"test_problems": problems + align_problems}
     solution = comp.test_dir.parent / "solution.csv"
     if solution.exists():
-        metric = summary["metric"]
-        result = {metric: submission_score(pl.read_csv(solution), pl.read_csv(out_dir / "submission.csv"), metric)}
+        result = score_submission(solution, out_dir / "submission.csv", summary["metric"], comp)
         with atomic_write(out_dir / "score.json") as tmp:
             Path(tmp).write_text(json.dumps(result, indent=1))
-        test["test_score"] = result[metric]
-        print(f"test {metric} against {solution}: {result[metric]:.4f}")
+        test["test_score"] = result[summary["metric"]]
+        test |= {"test_no_clip": result["no_clip_mean"]} if result.get("no_clip_mean") is not None else {}
     return test
+
+
+def score_submission(solution: Path, submission: Path, metric: str, comp) -> dict:
+    """score.json: the submission's score against a solution.csv (scoring only, never a choice), each class's
+    ROC-AUC, and those of the classes without a training clip (2026) with their mean; printed."""
+    truth, predicted = pl.read_csv(solution), pl.read_csv(submission)
+    result = {metric: submission_score(truth, predicted, metric), "per_class": submission_per_class(truth, predicted)}
+    no_clip = sorted(set(comp.classes) - set(comp.meta["primary_label"]))
+    scored = {c: result["per_class"][c] for c in no_clip if c in result["per_class"]}
+    print(f"test {metric} against {solution}: {result[metric]:.4f}")
+    if scored:
+        result |= {"no_clip": scored, "no_clip_mean": float(np.mean(list(scored.values())))}
+        print("  classes without a training clip: " + ", ".join(f"{c} {v:.4f}" for c, v in scored.items())
+              + f" (mean {result['no_clip_mean']:.4f})")
+    return result
 
 
 @hydra.main(config_path="../configs", config_name="ensemble", version_base=None)

@@ -17,7 +17,8 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from src import config as _config  # noqa: F401  (registers the root_tag resolver)
 from src.data.competition import LAYOUTS, Competition, load_competition
-from src.data.splits import FoldsError, folds_path, load_folds
+from src.data.soundscape_labels import labelled_windows
+from src.data.splits import SOUNDSCAPE_FOLD_PREFIX, FoldsError, folds_path, load_folds
 from src.infer.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,51 @@ def write_folds(cfg: DictConfig, report: bool = True) -> Path:
     comp = load_competition(cfg.data.root, cfg.data.layout)
     _warn_if_no_groups(comp, str(cfg.folds.group))
     folds = make_folds(comp.meta, int(cfg.folds.n), str(cfg.folds.group), int(cfg.folds.seed))
+    labelled, _ = labelled_windows(comp, cfg.data.get("soundscape_names"), float(cfg.audio.window_s))
+    soundscapes = soundscape_folds(labelled, int(cfg.folds.n), str(cfg.folds.labelled_group), comp.labels_file)
     path = folds_path(cfg)
     check_replace(path, comp, cfg)
     with atomic_write(path) as tmp:
-        folds.write_csv(tmp)
+        pl.concat([folds, soundscapes.select("filename", "fold")]).write_csv(tmp)
     if report:
         _report(comp.meta, folds, str(cfg.folds.group), path)
+        _report_soundscapes(soundscapes)
     return path
+
+
+def soundscape_folds(labelled: pl.DataFrame, n: int, group: str, labels_file: Path | None) -> pl.DataFrame:
+    """A fold for every labelled soundscape (2026), whole groups (`folds.labelled_group`: site, or filename) to
+    one fold, so no recorder site is in two folds: groups by their positive windows, most first, each to the
+    fold with the fewest so far (a greedy split). Returns `filename` (`train_soundscapes/<file>`), `fold`,
+    `group`, `positives`. FoldsError when there are fewer groups than folds."""
+    if labelled.height == 0:
+        return pl.DataFrame(schema={"filename": pl.Utf8, "fold": pl.Int64, "group": pl.Utf8, "positives": pl.Int64})
+    if group not in ("site", "filename"):
+        raise FoldsError(f"folds.labelled_group={group!r}: use site or filename")
+    files = labelled.group_by("filename").agg(pl.col("site").first(), (pl.col("labels").list.len() > 0).sum()
+                                              .alias("positives"))
+    files = files.with_columns(pl.coalesce(pl.col(group), pl.col("filename")).alias("group"))
+    groups = files.group_by("group").agg(pl.col("positives").sum(), pl.len().alias("files")).sort(
+        ["positives", "files", "group"], descending=[True, True, False])
+    if groups.height < n:
+        raise FoldsError(f"{labels_file}: its labelled soundscapes come from {groups.height} {group}(s), fewer than "
+                         f"folds.n={n}: lower folds.n, or pass folds.labelled_group=filename (a site may then "
+                         "validate in two folds)")
+    load, count, assigned = np.zeros(n), np.zeros(n), {}
+    for g, positives, size in groups.iter_rows():
+        k = int(np.lexsort((np.arange(n), count, load))[0])  # fewest positives, then fewest files, then lowest
+        assigned[g] = k
+        load[k], count[k] = load[k] + positives, count[k] + size
+    return files.with_columns(pl.col("group").replace_strict(assigned, return_dtype=pl.Int64).alias("fold"),
+                              (SOUNDSCAPE_FOLD_PREFIX + pl.col("filename")).alias("filename")).sort("filename")
+
+
+def _report_soundscapes(soundscapes: pl.DataFrame) -> None:
+    if soundscapes.height == 0:
+        return
+    for (k,), rows in soundscapes.sort("fold").group_by(["fold"], maintain_order=True):
+        print(f"  fold {k}: {rows.height} labelled soundscapes ({', '.join(sorted(set(rows['group'])))}), "
+              f"{rows['positives'].sum()} positive windows")
 
 
 if __name__ == "__main__":

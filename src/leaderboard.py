@@ -45,11 +45,13 @@ BOOKKEEPING = ("exp", "fold", "resume", "device", "runs_dir", "classes", "paths"
 # Config differences are listed in this order of sections, then alphabetically.
 SECTION_ORDER = ("model", "data", "train", "audio", "aug", "sampler", "labels", "seed")
 LB_COLUMNS = ["exp", "score", "date", "note"]
-CSV_COLUMNS = ["rank", "exp", "kind", "backbone", "config", "folds", "cv", "cv_std", "soundscape_cv", "fold_scores",
+CSV_COLUMNS = ["rank", "exp", "kind", "backbone", "config", "folds", "cv", "cv_std", "soundscape_cv", "labelled_cv",
+               "fold_scores",
                "metric",
                "auc", "cmap", "lb", "lb_date", "test_auc", "train_s", "commit"]
-# The two local CVs whose agreement with the leaderboard is measured: clip OOF and validation soundscapes.
-CV_KINDS = {"clip": "cv", "soundscape": "soundscape_cv"}
+# The local CVs whose agreement with the leaderboard is measured: clip OOF, validation soundscapes, and (2026)
+# the held-out labelled train soundscapes.
+CV_KINDS = {"clip": "cv", "soundscape": "soundscape_cv", "labelled": "labelled_cv"}
 
 
 class LeaderboardError(Exception):
@@ -241,6 +243,7 @@ def run_row(run: dict, config_diff: list[str]) -> dict:
         "config_parts": config_diff, "folds": folds, "cv": float(np.mean(scores)),
         "cv_std": float(np.std(scores)) if len(scores) > 1 else None, "fold_scores": scores,
         "soundscape_cv": _mean([m.get(f"soundscape_{first['metric']}") for m in metrics.values()]),
+        "labelled_cv": _mean([m.get(f"labelled_{first['metric']}") for m in metrics.values()]),
         "metric": first["metric"], "auc": _mean([m.get("auc") for m in metrics.values()]),
         "cmap": _mean([m.get("cmap") for m in metrics.values()]), "test_auc": None,
         "train_s": float(sum(float(m.get("duration_s") or 0.0) for m in metrics.values())),
@@ -263,7 +266,8 @@ def ensemble_row(ens: dict, backbones: dict[str, str]) -> dict:
     return {
         "exp": str(ens["name"]), "kind": "ensemble", "backbone": "+".join(dict.fromkeys(used)),
         "config_parts": parts, "folds": folds, "cv": score, "cv_std": None, "fold_scores": [],
-        "soundscape_cv": ens.get("soundscape_oof_score"), "members": [str(m.get("run")) for m in members],
+        "soundscape_cv": ens.get("soundscape_oof_score"), "labelled_cv": ens.get("labelled_oof_score"),
+        "members": [str(m.get("run")) for m in members],
         "metric": metric, **metriclib.by_name(metric, score),
         "test_auc": ens.get("test_auc"), "train_s": None, "commit": "",
     }
@@ -333,6 +337,7 @@ def _display(row: dict, config_width: int | None) -> dict[str, str]:
     return {
         "#": str(row["rank"]), "exp": row["exp"], "kind": row["kind"], "backbone": row["backbone"],
         "folds": folds, "metric": row["metric"], "cv": cv, "soundscape cv": _num(row["soundscape_cv"]),
+        "labelled cv": _num(row.get("labelled_cv")),
         "per fold": " ".join(_num(s) for s in row["fold_scores"]),
         "cmap": _num(row["cmap"]), "public LB": _num(row["lb"]), "test auc": _num(row["test_auc"]),
         "time": _duration(row["train_s"]), "commit": row["commit"],
@@ -367,7 +372,7 @@ def _correlation_line(corr: tuple[float, int] | None, label: str = "CV-LB") -> s
 
 
 def correlation_lines(rows: list[dict]) -> list[str]:
-    """The clip CV's and the soundscape CV's rank correlation with the public LB and with the local test score."""
+    """Each local CV's (clip, soundscape, labelled) rank correlation with the public LB and the local test score."""
     lines = [_correlation_line(cv_lb_correlation(rows), "CV-LB")]
     for kind, column in CV_KINDS.items():
         for target, name in (("lb", "public LB"), ("test_auc", "local test")):

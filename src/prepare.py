@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from src import config as _config  # noqa: F401  (registers the root_tag resolver)
 from src.data.audio_cache import (
+    LABELLED_INDEX,
     SOUNDSCAPE_INDEX,
     CacheSettingsError,
     cache_path,
@@ -42,6 +43,7 @@ from src.data.audio_cache import (
 )
 from src.data.chunks import chunk_energy_db, chunk_starts, silent_mask
 from src.data.competition import load_competition
+from src.data.soundscape_labels import labelled_windows, parse_names
 from src.infer.audio import AudioError, load_audio, to_int16
 from src.infer.io import atomic_write, remove_stale_temporaries
 
@@ -179,13 +181,36 @@ def build_chunk_index(meta: pl.DataFrame, n_samples: dict[str, int], cache_dir: 
                        on="filename", how="left")
 
 
-def class_report(meta: pl.DataFrame, chunks: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
-    """Per class: recordings, chunks, non-silent chunks (classes with no recording included)."""
+def class_report(meta: pl.DataFrame, chunks: pl.DataFrame, classes: list[str],
+                 labelled: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Per class: recordings (clips), chunks, non-silent chunks and positive labelled soundscape windows (2026),
+    classes with no recording included."""
     per = chunks.group_by("primary_label").agg(pl.len().alias("chunks"), (~pl.col("silent")).sum().alias("kept"))
     rec = meta.group_by("primary_label").agg(pl.len().alias("recordings"))
     table = pl.DataFrame({"primary_label": classes}).join(rec, on="primary_label", how="left").join(
         per, on="primary_label", how="left")
+    if labelled is not None and labelled.height:
+        counts = labelled.explode("labels").drop_nulls("labels").group_by("labels").len()
+        table = table.join(counts.rename({"labels": "primary_label", "len": "labelled_windows"}),
+                           on="primary_label", how="left")
     return table.fill_null(0).sort("kept")
+
+
+def soundscape_selection(comp, limit: int | None, labelled: set[str]) -> list[Path]:
+    """The train soundscapes to cache: the first `prepare.soundscapes` (null: all), and every labelled one."""
+    files = comp.soundscape_files()
+    chosen = files if limit is None else files[: int(limit)]
+    return chosen + [p for p in files if p.name in labelled and p not in chosen]
+
+
+def write_labelled(labelled: pl.DataFrame, cached: list[str], cache_dir: Path, problems: list[str]) -> pl.DataFrame:
+    """`<cache_dir>/labelled.parquet`: the labelled windows of the soundscapes that were cached (a labelled file
+    that failed to decode is dropped, reported in bad_files.csv); the label file's problems are logged."""
+    for problem in problems:
+        log.warning(problem)
+    kept = labelled.filter(pl.col("filename").is_in(cached))
+    _write_parquet(kept, cache_dir / LABELLED_INDEX)
+    return kept
 
 
 _WINDOW_SCHEMA = {"filename": pl.Utf8, "window": pl.Int32, "start_s": pl.Float64, "end_s": pl.Float64,
@@ -206,8 +231,11 @@ def soundscape_windows(filename: str, y: np.ndarray, cfg: DictConfig) -> pl.Data
                         schema=_WINDOW_SCHEMA)
 
 
-def prepare_soundscapes(files: list[Path], cache_dir: Path, cfg: DictConfig) -> tuple[pl.DataFrame, list[tuple]]:
-    """Cache every unlabelled soundscape and write `<cache_dir>/soundscapes.parquet`, their window index.
+def prepare_soundscapes(files: list[Path], cache_dir: Path, cfg: DictConfig, labelled: set[str] = frozenset()
+                        ) -> tuple[pl.DataFrame, list[tuple]]:
+    """Cache every train soundscape and write `<cache_dir>/soundscapes.parquet`, their window index, with the
+    site, date and hour of each (`data.soundscape_names`) and whether it is a labelled one (2026: `labelled`;
+    pseudo-labels never replace its labels).
 
     A soundscape that is corrupt, empty, shorter than `prepare.soundscape_min_s` or silent (every window below
     `prepare.silence.abs_db`) is skipped and returned in the bad list as (filename, problem).
@@ -232,6 +260,9 @@ def prepare_soundscapes(files: list[Path], cache_dir: Path, cfg: DictConfig) -> 
             log.warning("skipped %s", problem)
             bad.append((name, problem))
     windows = pl.concat(frames) if frames else pl.DataFrame(schema=_WINDOW_SCHEMA)
+    names = parse_names(windows["filename"].unique(maintain_order=True).to_list(), cfg.data.get("soundscape_names"))
+    windows = windows.join(names, on="filename", how="left", maintain_order="left").with_columns(
+        pl.col("filename").is_in(list(labelled)).alias("labelled"))
     _write_parquet(windows, cache_dir / SOUNDSCAPE_INDEX)
     return windows, bad
 
@@ -243,9 +274,9 @@ def prepare(cfg: DictConfig) -> dict:
     sr = int(cfg.audio.sample_rate)
     meta = comp.meta
     jobs, unsafe = _recording_jobs(meta, cache_dir, cfg)
-    soundscapes = comp.soundscape_files()
-    limit = cfg.prepare.soundscapes
-    soundscapes = soundscapes if limit is None else soundscapes[: int(limit)]
+    labelled, label_problems = labelled_windows(comp, cfg.data.get("soundscape_names"), float(cfg.audio.window_s),
+                                                bool(cfg.data.get("labelled_negatives", True)))
+    soundscapes = soundscape_selection(comp, cfg.prepare.soundscapes, set(labelled["filename"]))
     sjobs = [CacheJob(str(p), str(cache_path(cache_dir, p.name, "soundscapes")), sr, 0.0) for p in soundscapes]
     estimate = check_disk(jobs + sjobs, cache_dir, float(cfg.prepare.disk_headroom_gb))
     log.info("cache: ~%s to write into %s", _size(estimate), cache_dir)
@@ -258,9 +289,10 @@ def prepare(cfg: DictConfig) -> dict:
     good = meta.filter(pl.col("filename").is_in(list(n_samples)))
     chunks = build_chunk_index(good, n_samples, cache_dir, cfg)
 
-    windows, sbad = prepare_soundscapes(soundscapes, cache_dir, cfg)
+    windows, sbad = prepare_soundscapes(soundscapes, cache_dir, cfg, set(labelled["filename"]))
     sres = windows["filename"].unique().to_list()
     bad += sbad
+    labelled = write_labelled(labelled, sres, cache_dir, label_problems)
 
     _write_index(cache_dir, meta, results, chunks, bad)
     manifest = {"root": str(Path(cfg.data.root).resolve()), "layout": cfg.data.layout, "sample_rate": sr,
@@ -268,12 +300,14 @@ def prepare(cfg: DictConfig) -> dict:
                 "classes": comp.classes,
                 "recordings": len(meta), "bad": len(bad), "chunks": chunks.height,
                 "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems,
-                "soundscapes": len(sres), "soundscape_windows": windows.height}
+                "soundscapes": len(sres), "soundscape_windows": windows.height,
+                "labelled_soundscapes": labelled["filename"].n_unique(), "labelled_windows": labelled.height,
+                "label_problems": label_problems}
     with atomic_write(cache_dir / "manifest.json") as tmp:
         Path(tmp).write_text(json.dumps(manifest, indent=1))
 
     silent_frac = manifest["silent"] / max(chunks.height, 1)
-    _print_class_report(class_report(good, chunks, comp.classes))
+    _print_class_report(class_report(good, chunks, comp.classes, labelled))
     print(f"cached {len(n_samples)}/{len(meta)} recordings ({sum(n_samples.values()) / sr / 3600:.2f} h), "
           f"{len(sres)} soundscapes, {chunks.height} chunks, silent fraction {silent_frac:.1%}, "
           f"{len(bad)} bad file(s){' -> ' + str(cache_dir / 'bad_files.csv') if bad else ''}")
@@ -310,12 +344,15 @@ def _write_index(cache_dir: Path, meta: pl.DataFrame, results: dict, chunks: pl.
 
 
 def _print_class_report(report: pl.DataFrame) -> None:
-    """The non-silent chunks per class, fewest first, and the classes without a training recording."""
+    """The non-silent chunks per class, fewest first, and the classes without a training recording (with their
+    labelled soundscape windows when the competition has them: their only supervision)."""
     with pl.Config(tbl_rows=12, tbl_hide_dataframe_shape=True):
         print(f"non-silent chunks per class (fewest first):\n{report.filter(pl.col('recordings') > 0)}")
-    empty = report.filter(pl.col("recordings") == 0)["primary_label"].to_list()
-    if empty:
-        print(f"{len(empty)} classes have no training recording: {empty[:10]}{'...' if len(empty) > 10 else ''}")
+    empty = report.filter(pl.col("recordings") == 0)
+    if empty.height:
+        windows = empty["labelled_windows"] if "labelled_windows" in empty.columns else pl.repeat(0, empty.height)
+        shown = [f"{c} ({n} labelled windows)" for c, n in zip(empty["primary_label"], windows)]
+        print(f"{empty.height} classes have no training recording: {shown[:10]}{'...' if len(shown) > 10 else ''}")
 
 
 def open_cache(cfg: DictConfig) -> Path:

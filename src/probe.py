@@ -28,12 +28,14 @@ from src.config import git_commit
 from src.data.audio_cache import load_chunk_index
 from src.data.competition import multi_hot
 from src.data.pseudo_labels import load_pseudo_windows, pseudo_digest
-from src.data.splits import split_fold
+from src.data.soundscape_labels import label_matrix
+from src.data.splits import split_fold, training_labelled
 from src.data.teacher_cache import cache_dir, cached_rows, load_cache
 from src.evaluation.metrics import per_class_auc, primary_one_hot, scores
 from src.infer.io import atomic_write, run_lock
 from src.infer.runtimes import make_head
 from src.teacher import model_files
+from src.valsets import score_run
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,23 @@ def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame,
     return x, y
 
 
+def labelled_set(cfg: DictConfig, windows: pl.DataFrame, emb: np.ndarray, classes: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and 0/1 targets of the labelled train soundscape windows this fold trains on (2026: the other
+    folds' soundscapes, `src.data.splits.training_labelled`; for a class unknown to the teacher and without clips
+    the only supervision); none with `probe.labelled_weight=0` or a competition without labels."""
+    table = training_labelled(cfg) if float(cfg.probe.labelled_weight) > 0 else pl.DataFrame()
+    if table.height == 0:
+        return np.zeros((0, emb.shape[1]), np.float32), np.zeros((0, len(classes)), np.float32)
+    rows = windows.with_row_index("row").filter(pl.col("source") == "train_soundscapes", pl.col("copy") == 0)
+    joined = table.join(rows.select("filename", pl.col("chunk").alias("window"), "row"), on=["filename", "window"],
+                        how="inner", maintain_order="left")
+    if joined.height < table.height:
+        raise ValueError(f"{table.height - joined.height} labelled soundscape window(s) are not in the teacher cache: "
+                         "rerun `python -m src.teacher` with train_soundscapes in teacher_cache.sources")
+    return np.asarray(emb[joined["row"].to_numpy()]), label_matrix(joined["labels"].to_list(), classes)
+
+
 def pseudo_set(windows: pl.DataFrame, emb: np.ndarray, classes: list[str],
                table: pl.DataFrame, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and soft targets of the pseudo-labelled soundscape windows of `table` (`load_pseudo_windows`
@@ -151,8 +170,13 @@ def train_probe(cfg: DictConfig) -> dict:
     if cfg.probe.head == "probe":
         pseudo = load_pseudo_windows(cfg, classes) if cfg.pseudo.path else None
         x, y = training_set(cfg, train_df, windows, emb, classes, pseudo)
+        lx, ly = labelled_set(cfg, windows, emb, classes)
+        sample_weight = np.concatenate([np.ones(len(x), np.float32),
+                                        np.full(len(lx), float(cfg.probe.labelled_weight), np.float32)])
+        x, y = np.concatenate([x, lx]), np.concatenate([y, ly])
         extra = None if pseudo is None else pseudo_set(windows, emb, classes, pseudo, str(cfg.pseudo.path))
-        weights = fit_probe(x, y, cfg.probe, extra=extra, extra_weight=float(cfg.pseudo.weight))
+        weights = fit_probe(x, y, cfg.probe, extra=extra, sample_weight=sample_weight,
+                            extra_weight=float(cfg.pseudo.weight))
         n_train, n_pseudo = len(x), 0 if extra is None else len(extra[0])
     head = make_head(spec, weights)
 
@@ -170,12 +194,10 @@ def train_probe(cfg: DictConfig) -> dict:
     with run_lock(run_dir):
         write_run(cfg, run_dir, exp, classes, spec, weights, val_rows, predict(val_rows), n_train,
                   time.time() - started, {"mixed_auc": mixed_auc, "n_pseudo_windows": n_pseudo, **pseudo_digest(cfg)})
-        if cfg.train.soundscape_cv:  # the fold's validation soundscapes, as src.train scores its runs
-            from src.valsets import score_run
-
-            sound = score_run(run_dir, int(cfg.train.threads), int(cfg.teacher.batch_size))
-            if sound:
-                print(f"{exp} fold {cfg.fold}: validation soundscapes macro ROC-AUC {sound['soundscape_auc']:.4f}")
+        # the fold's validation soundscapes and held-out labelled soundscapes, as src.train scores its runs
+        scored = score_run(run_dir, int(cfg.train.threads), int(cfg.teacher.batch_size))
+        if scored:
+            print(f"{exp} fold {cfg.fold}: " + ", ".join(f"{k} {v:.4f}" for k, v in scored.items() if "auc" in k))
     return json.loads((run_dir / "metrics.json").read_text())
 
 

@@ -174,6 +174,8 @@ def pseudo_label(cfg: DictConfig) -> dict:
         raise PseudoLabelError(f"teacher {pcfg.teacher!r}: its classes differ from {comp.sample_submission}'s "
                                "(trained on another competition?)")
     index = load_soundscape_index(cfg.data.cache_dir).sort("filename", "window")
+    if "labelled" in index.columns:  # 2026: a labelled soundscape's windows have their truth, not pseudo-labels
+        index = index.filter(~pl.col("labelled"))
     if index.height == 0:
         raise PseudoLabelError(f"{Path(cfg.data.cache_dir) / 'soundscapes.parquet'}: no unlabelled window "
                                f"(no good soundscape in {comp.soundscape_dir})")

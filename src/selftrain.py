@@ -31,6 +31,7 @@ from src.infer.io import atomic_write
 
 log = logging.getLogger(__name__)
 # student command -> (config name, "module:function", the key naming its run, the key taking the pseudo-labels)
+SELECTABLE = ("labelled_auc", "soundscape_auc", "oof_score")  # the CVs a round can be chosen by, auto's order
 STAGE_CONFIGS = ("train", "teacher", "pseudo", "ensemble")  # what the stages of a round compose
 COMMANDS = {"train": ("train", "src.train:train", "exp", "pseudo.path"),
             "probe": ("teacher", "src.probe:train_probe", "probe.exp", "pseudo.path")}
@@ -92,8 +93,7 @@ def check_settings(cfg: DictConfig) -> None:
         (not cfg.round0, "round0=<ensemble or run>: the teacher of round 1 (e.g. round0=birdnet)"),
         (not cfg.name, "name=<loop name>: its rounds are ensembles <name>_r<k>"),
         (not cfg.students, "students: the recipe lists none (recipe=demo | birdnet_probe, configs/recipe/)"),
-        (str(cfg.select) not in ("auto", "soundscape_auc", "oof_score"),
-         f"select={cfg.select}: auto, soundscape_auc or oof_score"),
+        (str(cfg.select) not in ("auto", *SELECTABLE), f"select={cfg.select}: auto, {', '.join(SELECTABLE)}"),
         (min_gain < 0, f"min_gain={cfg.min_gain}: >= 0"),
     ]
     for student in cfg.students or []:
@@ -211,17 +211,18 @@ def round_record(cfg: DictConfig, k: int, seconds: float, labels: Path | None) -
     meta = json.loads(Path(f"{labels}.json").read_text()) if labels else {}
     return {"round": k, "ensemble": f"{cfg.name}_r{k}", "members": [m["run"] for m in summary["members"]],
             "oof_score": summary.get("oof_score"), "soundscape_auc": summary.get("soundscape_oof_score"),
-            "test_score": summary.get("test_score"), "pseudo_auc": meta.get("pseudo_auc"),
+            "labelled_auc": summary.get("labelled_oof_score"), "test_score": summary.get("test_score"), "pseudo_auc": meta.get("pseudo_auc"),
             "seconds": round(seconds, 1)}
 
 
 def best_round(rounds: list[dict], select: str, min_gain: float = 0.0) -> tuple[int, str]:
-    """The round with the highest CV and which CV decided (soundscape_auc when every round has it); a later
-    round replaces the best so far only when its CV is higher by more than `min_gain` (CV noise)."""
+    """The round with the highest CV and which CV decided (auto: labelled_auc when every round has it (2026),
+    else soundscape_auc when every round has it, else oof_score); a later round replaces the best so far only
+    when its CV is higher by more than `min_gain` (CV noise)."""
     key = select
     if select == "auto":
-        key = "soundscape_auc" if all(r.get("soundscape_auc") is not None for r in rounds) else "oof_score"
-    if key not in ("soundscape_auc", "oof_score") or any(r.get(key) is None for r in rounds):
+        key = next((k for k in SELECTABLE if all(r.get(k) is not None for r in rounds)), "oof_score")
+    if key not in SELECTABLE or any(r.get(key) is None for r in rounds):
         raise ValueError(f"select={select}: {key} is not known for every round (use auto or oof_score)")
     best = rounds[0]
     for r in rounds[1:]:
@@ -274,10 +275,11 @@ def print_rounds(rounds: list[dict]) -> None:
     def num(v):
         return "-" if v is None else f"{v:.4f}"
 
-    print("round  ensemble                 oof_score  soundscape_auc  pseudo_auc  test_score  minutes")
+    print("round  ensemble                 oof_score  soundscape_auc  labelled_auc  pseudo_auc  test_score  minutes")
     for r in rounds:
         print(f"{r['round']:5d}  {r['ensemble']:<24} {num(r['oof_score']):>9}  {num(r['soundscape_auc']):>14}  "
-              f"{num(r['pseudo_auc']):>10}  {num(r['test_score']):>10}  {r['seconds'] / 60:7.1f}")
+              f"{num(r.get('labelled_auc')):>12}  {num(r['pseudo_auc']):>10}  {num(r['test_score']):>10}  "
+              f"{r['seconds'] / 60:7.1f}")
 
 
 @hydra.main(config_path="../configs", config_name="selftrain", version_base=None)

@@ -22,22 +22,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from src import config as cfglib
 from src.config import git_commit
 from src.data.audio_cache import load_chunk_index
-from src.data.augment import BatchAugment, NoiseBank, build_wave_augment
-from src.data.dataset import ChunkDataset, PseudoBatches, PseudoWindowDataset, rating_weights
-from src.data.pseudo_labels import load_pseudo_windows, pseudo_digest
-from src.data.samplers import MassSampler, build_sampler
+from src.data.augment import BatchAugment
+from src.data.dataset import ChunkDataset
+from src.data.pseudo_labels import pseudo_digest
 from src.data.splits import is_full_fit, split_fold
 from src.evaluation.metrics import per_class_auc, primary_one_hot, scores
 from src.evaluation.metrics import select as select_metric
-from src.evaluation.valsets import ValSet, evaluate_soundscapes, load_fold
+from src.evaluation.valsets import ValSet, evaluate_soundscapes, labelled_valset, load_fold
 from src.infer.io import atomic_write, run_lock
 from src.models.model import BirdModel, build_model
+from src.training.batches import build_train_data
 from src.training.distill import setup_distillation
 from src.training.step import Dist, Evaluator, Run, TrainForward, loss_fn
 
@@ -158,27 +157,6 @@ def start_run(cfg: DictConfig) -> Run:
                train_df, val_df, started)
 
 
-def build_train_data(run: Run) -> tuple[Dataset, Sampler, DataLoader]:
-    """The training dataset (labelled chunks, wave augs, background noise), its sampler and loader (joined by
-    pseudo-labelled soundscape windows with `pseudo.path`).
-
-    The one place that decides what a training batch is drawn from.
-    """
-    cfg, d = run.cfg, run.dist
-    sr, window = int(cfg.audio.sample_rate), float(cfg.audio.window_s)
-    cache = Path(cfg.data.cache_dir)
-    noise = NoiseBank(sorted((cache / "soundscapes").glob("*.npy"))) if (cache / "soundscapes").is_dir() else None
-    wave_aug = build_wave_augment(cfg.aug.wave, sr, noise if noise and len(noise) else None)
-    jitter = (cfg.prepare.chunk_s - cfg.prepare.overlap_s) / 2 if cfg.sampler.random_offset else 0.0
-    dataset = ChunkDataset(run.train_df, cache, run.classes, sr, window, cfg.labels.secondary, jitter, wave_aug,
-                           rating_weights(cfg.labels))
-    sampler = build_sampler(cfg.sampler, run.train_df["primary_label"].to_numpy(), cfg.seed, d.rank, d.world)
-    loader = DataLoader(dataset, batch_size=int(cfg.train.batch_size) - pseudo_batch_size(cfg), sampler=sampler,
-                        drop_last=True, num_workers=int(cfg.train.num_workers), pin_memory=run.device.type == "cuda",
-                        persistent_workers=int(cfg.train.num_workers) > 0)
-    return dataset, sampler, with_pseudo(run, loader, wave_aug)
-
-
 def noisy_student(cfg: DictConfig) -> DictConfig:
     """With `pseudo.noisy_student`, the config with `pseudo.noise` merged in (drop path, dropout, stronger augs)."""
     if not cfg.pseudo.noisy_student:
@@ -186,37 +164,6 @@ def noisy_student(cfg: DictConfig) -> DictConfig:
     merged = OmegaConf.merge(cfg, cfg.pseudo.noise)
     OmegaConf.set_struct(merged, True)
     return merged
-
-
-def pseudo_batch_size(cfg: DictConfig) -> int:
-    """Pseudo-labelled windows per batch in batch mode (0 when off or in mixup mode)."""
-    if not cfg.pseudo.path or cfg.pseudo.mode != "batch":
-        return 0
-    k = round(float(cfg.pseudo.ratio) * int(cfg.train.batch_size))
-    if not 0 < k < int(cfg.train.batch_size):
-        raise ValueError(f"pseudo.ratio={cfg.pseudo.ratio} leaves no clip or no pseudo window in a batch of "
-                         f"{cfg.train.batch_size}: use a ratio strictly between 0 and 1")
-    return k
-
-
-def with_pseudo(run: Run, clips: DataLoader, wave_aug) -> DataLoader:
-    """The clip loader joined by pseudo-labelled soundscape windows (`pseudo.*`; training only, never validated
-    on), or the clip loader itself when `pseudo.path` is unset."""
-    cfg, d = run.cfg, run.dist
-    if not cfg.pseudo.path:
-        return clips
-    table = load_pseudo_windows(cfg, run.classes)
-    ds = PseudoWindowDataset(table, Path(cfg.data.cache_dir), run.classes, int(cfg.audio.sample_rate),
-                             float(cfg.audio.window_s), float(cfg.pseudo.weight), wave_augment=wave_aug)
-    k = pseudo_batch_size(cfg) or int(cfg.train.batch_size)
-    mass = table.select(run.classes).to_numpy().sum(axis=1)
-    sampler = MassSampler(mass, float(cfg.pseudo.sampler.power), float(cfg.pseudo.sampler.floor),
-                          len(clips) * k * d.world, int(cfg.seed) + int(cfg.pseudo.sampler.seed_offset), d.rank,
-                          d.world)
-    windows = DataLoader(ds, batch_size=k, sampler=sampler, drop_last=True, num_workers=int(cfg.train.num_workers),
-                         pin_memory=run.device.type == "cuda")
-    mix = cfg.pseudo.mixup
-    return PseudoBatches(clips, windows, str(cfg.pseudo.mode), float(mix.p), float(mix.alpha), str(mix.label))
 
 
 def count_epoch_steps(run: Run) -> int:
@@ -353,13 +300,21 @@ def build_evaluators(run: Run) -> list[Evaluator]:
     """What is scored after every epoch; each evaluator adds its named scores (log.csv columns): the
     validation chunks, and the fold's validation soundscapes (src.valsets) unless train.soundscape_cv=false."""
     evaluators: list[Evaluator] = [evaluate_chunks]
-    valset = load_valset(run) if run.cfg.train.soundscape_cv else None
-    if valset is not None:
-        def evaluate_valset(r: Run, model: torch.nn.Module) -> dict[str, float]:
+    for valset in scored_sets(run):
+        def evaluate_valset(r: Run, model: torch.nn.Module, vs: ValSet = valset) -> dict[str, float]:
             return evaluate_soundscapes(probability_fn(model, r.device, r.dtype), r.cfg, r.classes,
-                                        batch_size=int(r.cfg.train.val_batch_size), valset=valset)
+                                        batch_size=int(r.cfg.train.val_batch_size), valset=vs)
         evaluators.append(evaluate_valset)
     return evaluators
+
+
+def scored_sets(run: Run) -> list[ValSet]:
+    """The fold's soundscape sets scored every epoch and at the end: its validation soundscapes
+    (`train.soundscape_cv`) and its held-out labelled soundscapes (2026, `labelled.cv`), those it has."""
+    sets = [load_valset(run) if run.cfg.train.soundscape_cv else None]
+    if run.cfg.labelled.cv and not is_full_fit(run.cfg.fold):
+        sets.append(labelled_valset(run.cfg, int(run.cfg.fold), run.classes))
+    return [s for s in sets if s is not None]
 
 
 def load_valset(run: Run) -> ValSet | None:
@@ -393,12 +348,13 @@ def evaluate_chunks(run: Run, model: torch.nn.Module) -> dict[str, float]:
 
 def selection_score(run: Run, values: dict[str, float]) -> float:
     """The score that picks best.pt and drives early stopping (`train.select`): the competition metric on the
-    validation chunks (clip) or on the validation soundscapes (soundscape; clip where the fold has none)."""
+    validation chunks (clip), on the validation soundscapes (soundscape) or on the held-out labelled soundscapes
+    (labelled, 2026); clip where the fold has no such set."""
     metric, select = str(run.cfg.data.metric), str(run.cfg.train.select)
-    if select not in ("clip", "soundscape"):
-        raise ValueError(f"train.select={select!r}: use clip or soundscape")
-    sound = values.get(f"soundscape_{metric}")
-    if select == "soundscape" and sound is not None and not math.isnan(sound):
+    if select not in ("clip", "soundscape", "labelled"):
+        raise ValueError(f"train.select={select!r}: use clip, soundscape or labelled")
+    sound = values.get(f"{select}_{metric}")
+    if select != "clip" and sound is not None and not math.isnan(sound):
         return sound
     return select_metric(metric, values)
 
@@ -443,11 +399,13 @@ def save_checkpoints(run: Run, epoch: int, score: float, improved: bool) -> None
 
 
 def finish_soundscapes(run: Run, model: torch.nn.Module) -> dict[str, float]:
-    """best.pt on the validation soundscapes: writes oof_soundscape.parquet, returns the metrics.json keys."""
-    if not run.cfg.train.soundscape_cv:
-        return {}
-    return evaluate_soundscapes(probability_fn(model, run.device, run.dtype), run.cfg, run.classes, run.run_dir,
-                                int(run.cfg.train.val_batch_size))
+    """best.pt on the fold's scored soundscape sets (`scored_sets`): writes oof_soundscape.parquet and
+    oof_labelled.parquet, returns the metrics.json keys (soundscape_auc, labelled_auc, ...)."""
+    values: dict[str, float] = {}
+    for vs in scored_sets(run):
+        values |= evaluate_soundscapes(probability_fn(model, run.device, run.dtype), run.cfg, run.classes,
+                                       run.run_dir, int(run.cfg.train.val_batch_size), valset=vs)
+    return values
 
 
 def finish(run: Run) -> dict:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from src import config as cfglib
 from src.data.teacher_cache import cached_run_predictions, valset_name
-from src.evaluation.valsets import build_fold, evaluate_soundscapes, load_fold, score_predictions
+from src.evaluation.valsets import build_fold, evaluate_soundscapes, labelled_valset, load_fold, score_predictions
 from src.infer.io import atomic_write
 
 
@@ -39,22 +39,28 @@ def build_all(cfg: DictConfig) -> dict[int, Path | None]:
 
 def score_run(fold_dir: str | Path, threads: int = 0, batch_size: int = 16) -> dict[str, float]:
     """Score a finished run fold (any kind `src.models.export.eager_runtime` loads) on its fold's validation
-    soundscapes: writes its oof_soundscape.parquet and adds the soundscape metrics to its metrics.json.
-    A teacher run whose teacher cache holds the fold's sets (source `valsets`) is scored from the cache."""
+    soundscapes and (2026) its held-out labelled soundscapes: writes its oof_soundscape.parquet /
+    oof_labelled.parquet and adds the metrics to its metrics.json. A teacher run whose teacher cache holds the
+    windows (sources `valsets`, `train_soundscapes`) is scored from the cache."""
     fold_dir = Path(fold_dir)
     cfg = cfglib.load_run_config(fold_dir)
     classes = list(cfg.classes)
-    vs = load_fold(cfg, int(cfg.fold), classes)
-    if vs is None:
-        return {}
-    cached = cached_run_predictions(fold_dir, "valsets", [valset_name(f, cfg.data.cache_dir) for f in vs.files])
-    if cached is not None:
-        metrics = score_predictions(vs, *cached, classes, fold_dir)
-    else:
-        from src.models.export import eager_runtime  # torch and the models: only when a run is predicted
+    sets = [load_fold(cfg, int(cfg.fold), classes) if cfg.train.get("soundscape_cv", True) else None,
+            labelled_valset(cfg, int(cfg.fold), classes) if cfg.get("labelled", {}).get("cv", True) else None]
+    metrics: dict[str, float] = {}
+    for vs in (s for s in sets if s is not None):
+        source, names = ("valsets", [valset_name(f, cfg.data.cache_dir) for f in vs.files]) \
+            if vs.kind == "soundscape" else ("train_soundscapes", [f.name for f in vs.files])
+        cached = cached_run_predictions(fold_dir, source, names)
+        if cached is not None:
+            metrics |= score_predictions(vs, *cached, classes, fold_dir)
+        else:
+            from src.models.export import eager_runtime  # torch and the models: only when a run is predicted
 
-        metrics = evaluate_soundscapes(eager_runtime(fold_dir, threads), cfg, classes, fold_dir, batch_size,
-                                       valset=vs)
+            metrics |= evaluate_soundscapes(eager_runtime(fold_dir, threads), cfg, classes, fold_dir, batch_size,
+                                            valset=vs)
+    if not metrics:
+        return {}
     path = fold_dir / "metrics.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     with atomic_write(path) as tmp:

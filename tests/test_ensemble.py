@@ -318,11 +318,11 @@ def test_ensemble_fits_blend_and_post_processing_on_the_soundscape_oof(tiny_pipe
     assert 0 <= default["soundscape_oof_score"] <= 1
     assert fitted["oof_score"] == fitted["blend_oof_nested"][fitted["blend"]]  # the clip CV of the blend it uses
     # the in-sample choice is the best candidate on all rows: at least as good as no post-processing there
-    from src.evaluation.valsets import labels_matrix
+    from src.data.soundscape_labels import label_matrix
     from src.infer.blend import blend
     from src.infer.postprocess import postprocess_rows
-    base, preds = ensemble.load_soundscape_oof(scored_runs, ["tiny_a", "tiny_b"], fitted["classes"])
-    y, ids = labels_matrix(base, fitted["classes"]), base["row_id"].to_list()
+    base, preds = ensemble.load_window_oof(scored_runs, ["tiny_a", "tiny_b"], fitted["classes"])
+    y, ids = label_matrix(base["labels"].to_list(), fitted["classes"]), base["row_id"].to_list()
     mixed = blend(preds, [m["weight"] for m in fitted["members"]], fitted["blend"], fitted["power"])
     chosen = score(y, postprocess_rows(ids, mixed, fitted["inference"]["postprocess"]), "auc")
     assert chosen == pytest.approx(fitted["soundscape_oof_score_in_sample"]) and chosen >= score(y, mixed, "auc") - 1e-12
@@ -334,8 +334,8 @@ def test_a_post_processing_step_that_lowers_the_nested_score_is_left_out(scored_
     # nested scores by step (told apart by their candidate counts): smoothing helps, the file prior hurts
     monkeypatch.setattr(ensemble, "nested_pipeline", lambda *a: {1: 0.80, n_smoothing: 0.90}.get(len(a[7]), 0.85))
     classes = OmegaConf.load(scored_runs / "tiny_a" / "fold0" / "config.yaml").classes
-    base, preds = ensemble.load_soundscape_oof(scored_runs, ["tiny_a", "tiny_b"], list(classes))
-    fitted = ensemble.fit_soundscapes(base, preds, list(classes), cfg.ensemble, "auc")
+    base, preds = ensemble.load_window_oof(scored_runs, ["tiny_a", "tiny_b"], list(classes))
+    fitted = ensemble.fit_windows(base, preds, list(classes), cfg.ensemble, "auc")
     assert fitted["summary"]["soundscape_steps_kept"] == "smoothing"
     assert fitted["summary"]["soundscape_oof_score"] == 0.90 and fitted["postprocess"]["file_prior"] is None
 

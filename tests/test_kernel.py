@@ -154,15 +154,16 @@ def offline_command(script) -> tuple[list[str], str]:
     return [sys.executable, "-I", "-c", block_src + patch_net + check_net + run, str(script)], "patched sockets"
 
 
-def run_script_alone(root, comp, tmp_path, crashed: bool = False) -> subprocess.CompletedProcess:
+def run_script_alone(root, comp, tmp_path, crashed: bool = False, competition: str = COMPETITION,
+                     slug: str = SLUG) -> subprocess.CompletedProcess:
     """The kernel script as Kaggle runs it: its own folder as cwd, /kaggle/input and /kaggle/working via env.
     It must exit 0, and have fallen back to the crash submission exactly when `crashed`."""
     input_dir, working = tmp_path / "input", tmp_path / "working"
     input_dir.mkdir()
     working.mkdir()
-    (input_dir / COMPETITION).symlink_to(comp, target_is_directory=True)
-    (input_dir / f"{SLUG}-weights").symlink_to(root / "dataset", target_is_directory=True)
-    script = shutil.copy(root / "kernel" / f"{SLUG}.py", working)
+    (input_dir / competition).symlink_to(comp, target_is_directory=True)
+    (input_dir / f"{slug}-weights").symlink_to(root / "dataset", target_is_directory=True)
+    script = shutil.copy(root / "kernel" / f"{slug}.py", working)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "KAGGLE_"))}
     env |= {"KAGGLE_INPUT_DIR": str(input_dir), "KAGGLE_WORKING_DIR": str(working)}
     cmd, how = offline_command(script)

@@ -10,8 +10,9 @@ import pytest
 from conftest import add_recording, make_tiny_competition, prepare_config, tone, write_audio
 
 from src.data.audio_cache import cache_path
+from src.data.soundscape_labels import label_matrix
 from src.evaluation.metrics import macro_auc
-from src.evaluation.valsets import build_fold, evaluate_soundscapes, fold_dir, labels_matrix, load_fold, mix
+from src.evaluation.valsets import build_fold, evaluate_soundscapes, fold_dir, load_fold, mix
 from src.folds import write_folds
 from src.infer.audio import load_audio
 from src.prepare import prepare
@@ -181,7 +182,7 @@ def test_evaluator_writes_oof_soundscape(tmp_path):
     vs = load_fold(cfg, 2, classes)
     assert oof.columns == ["row_id", "filename", "labels", *classes]
     assert oof["row_id"].to_list() == vs.labels["row_id"].to_list()
-    y = labels_matrix(oof, classes)
+    y = label_matrix(oof["labels"].to_list(), classes)
     assert np.array_equal(y, vs.labels.select(classes).to_numpy())
     assert metrics["soundscape_auc"] == pytest.approx(macro_auc(y, oof.select(classes).to_numpy()))
     assert metrics["soundscape_auc"] > 0.9 and 0 < metrics["soundscape_cmap"] <= 1

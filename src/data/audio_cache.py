@@ -13,6 +13,8 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
+from src.data.soundscape_labels import NAME_SCHEMA, WINDOW_SCHEMA
+
 
 class CacheSettingsError(ValueError):
     """A cache made with other settings than the command's; the message names each one and the fix."""
@@ -68,6 +70,7 @@ def load_cached(path: Path) -> np.ndarray:
 
 
 SOUNDSCAPE_INDEX = "soundscapes.parquet"
+LABELLED_INDEX = "labelled.parquet"  # 2026: the expert-labelled train soundscape windows (src.prepare)
 
 
 def load_soundscape_index(cache_dir: str | Path) -> pl.DataFrame:
@@ -102,5 +105,15 @@ def load_chunk_index(cfg: DictConfig) -> tuple[pl.DataFrame, list[str]]:
 
 
 def cached_soundscapes(cache_dir: str | Path) -> list[str]:
-    """Stems of the unlabelled soundscapes prepare cached (`<cache_dir>/soundscapes/<stem>.npy`), sorted."""
-    return sorted(p.stem for p in (Path(cache_dir) / "soundscapes").glob("*.npy"))
+    """Stems of the unlabelled soundscapes prepare cached (`<cache_dir>/soundscapes/<stem>.npy`), sorted: the
+    labelled ones (2026, `labelled.parquet`) left out, as their windows are training data and labelled CV."""
+    labelled = {Path(f).stem for f in load_labelled(cache_dir)["filename"].unique()}
+    return sorted(p.stem for p in (Path(cache_dir) / "soundscapes").glob("*.npy") if p.stem not in labelled)
+
+
+def load_labelled(cache_dir: str | Path) -> pl.DataFrame:
+    """The labelled train soundscape windows prepare cached (`filename, window, start_s, end_s, labels, site, date,
+    hour`; `labels` a list of classes, empty for a negative window); an empty table for a competition without
+    labels or a cache prepared before they were read."""
+    path = Path(cache_dir) / LABELLED_INDEX
+    return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=WINDOW_SCHEMA | NAME_SCHEMA)

@@ -1,4 +1,4 @@
-"""Readers for the BirdCLEF 2023, 2024 and 2025 Kaggle layouts, into one polars table.
+"""Readers for the BirdCLEF 2023, 2024, 2025 and BirdCLEF+ 2026 Kaggle layouts, into one polars table.
 
 Every later stage reads `Competition.meta` (one row per training recording) and
 `Competition.classes` (the columns of `sample_submission.csv`, in order).
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # File names of each layout, as Kaggle ships each year's data.
 LAYOUTS: dict[str, dict[str, str | None]] = {
+    "birdclef2026": {"metadata": "train.csv", "taxonomy": "taxonomy.csv", "soundscapes": "train_soundscapes",
+                     "soundscape_labels": "train_soundscapes_labels.csv"},
     "birdclef2025": {"metadata": "train.csv", "taxonomy": "taxonomy.csv", "soundscapes": "train_soundscapes"},
     "birdclef2024": {"metadata": "train_metadata.csv", "taxonomy": "eBird_Taxonomy_v2021.csv",
                      "soundscapes": "unlabeled_soundscapes"},
@@ -44,6 +46,8 @@ class Competition:
     test_dir: Path
     soundscape_dir: Path | None
     problems: list[str] = field(default_factory=list)
+    labels_file: Path | None = None  # 2026: train_soundscapes_labels.csv (expert labels of some soundscapes)
+    taxa: dict[str, str] = field(default_factory=dict)  # class -> taxonomy class_name (Aves, Insecta, ...) if known
 
     def test_files(self) -> list[Path]:
         """Every audio file in `test_soundscapes/`, sorted."""
@@ -109,12 +113,25 @@ def load_competition(root: str | Path, layout: str) -> Competition:
     )
     for p in problems:
         log.warning(p)
-    soundscapes = files["soundscapes"]
+    soundscapes, labels = files["soundscapes"], files.get("soundscape_labels")
     return Competition(root=root, layout=layout, classes=classes,
                        meta=meta.select("filename", "path", "primary_label", "secondary_labels", "author",
                                         "rating", "collection", "group"),
                        sample_submission=root / "sample_submission.csv", test_dir=root / "test_soundscapes",
-                       soundscape_dir=root / soundscapes if soundscapes else None, problems=problems)
+                       soundscape_dir=root / soundscapes if soundscapes else None, problems=problems,
+                       labels_file=root / labels if labels else None,
+                       taxa=read_taxa(root / str(files["taxonomy"])))
+
+
+def read_taxa(taxonomy: Path) -> dict[str, str]:
+    """class -> `class_name` (Aves, Amphibia, Insecta, Mammalia, Reptilia) from a taxonomy with that column
+    (2025 / 2026); {} for one without (2023 / 2024's eBird taxonomy lists birds only)."""
+    if not taxonomy.exists():
+        return {}
+    table = pl.read_csv(taxonomy, infer_schema_length=0)
+    if not {"primary_label", "class_name"} <= set(table.columns):
+        return {}
+    return {k: v for k, v in zip(table["primary_label"], table["class_name"]) if k and v}
 
 
 def _taxonomy_problems(taxonomy: Path, sample: Path, classes: list[str], exhaustive: bool) -> list[str]:

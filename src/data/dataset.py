@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset
 
 from src.data.audio_cache import cache_path, load_cached
 from src.data.competition import multi_hot
+from src.data.soundscape_labels import label_matrix
 from src.infer.audio import from_int16
 
 
@@ -106,51 +108,101 @@ class PseudoWindowDataset(ChunkDataset):
         self.weights = torch.full((table.height,), float(weight))
 
 
-class PseudoBatches:
-    """Labelled batches joined, step by step, by batches of pseudo-labelled windows.
+class LabelledWindowDataset(ChunkDataset):
+    """Expert-labelled train soundscape windows (BirdCLEF+ 2026, prepare's `labelled.parquet`) with their 0/1
+    targets (a window without any class is all negative). Indexed like ChunkDataset; returns (wave, target,
+    mask of ones, `weight`)."""
 
-    `mode="batch"`: the pseudo windows are appended to the batch (the clip loader is built with the smaller
-    batch size). `mode="mixup"`: each clip is mixed, with probability `p`, with one pseudo window: wave
-    lam * clip + (1 - lam) * window, lam ~ Beta(alpha, alpha), labels combined by `label` (max or weighted);
-    the clip keeps its loss mask and weight. Iterates like the clip loader: (wave, target, mask, weight).
-    """
+    cache_kind = "soundscapes"
 
-    def __init__(self, clips, pseudo, mode: str, p: float = 1.0, alpha: float = 0.5, label: str = "max",
-                 ):
-        if mode not in ("batch", "mixup"):
-            raise ValueError(f"pseudo.mode={mode!r}: use batch or mixup")
-        if label not in ("max", "weighted"):
-            raise ValueError(f"pseudo.mixup.label={label!r}: use max or weighted")
-        self.clips, self.pseudo, self.mode = clips, pseudo, mode
-        self.p, self.alpha, self.label = float(p), float(alpha), label
+    def __init__(self, table: pl.DataFrame, cache_dir: Path, classes: list[str], sample_rate: int, window_s: float,
+                 weight: float = 1.0, jitter_s: float = 0.0, wave_augment: Callable | None = None):
+        self._windows(table, cache_dir, sample_rate, window_s, jitter_s, wave_augment)
+        self.targets = torch.from_numpy(label_matrix(table["labels"].to_list(), classes))
+        self.masks = torch.ones_like(self.targets)
+        self.weights = torch.full((table.height,), float(weight))
+
+
+@dataclass
+class Extra:
+    """A source of extra training windows joined to the clips (`JoinedBatches`): its loader of (wave, target,
+    mask, weight) batches, and how: `batch` (appended to every batch) or `mixup` (mixed onto a clip with
+    probability `p`, lam ~ Beta(alpha, alpha), labels combined by `label`: max or weighted). `cap`: the mixed-in
+    window's labels scaled so they sum to at most this (the 2026 1st place: 0.5 for labelled soundscape windows,
+    0.75 for pseudo-labels); None = as they are."""
+
+    loader: Iterable
+    mode: str
+    p: float = 1.0
+    alpha: float = 2.0
+    label: str = "max"
+    cap: float | None = None
+    name: str = "extra"
+
+    def __post_init__(self):
+        if self.mode not in ("batch", "mixup"):
+            raise ValueError(f"{self.name}.mode={self.mode!r}: use batch or mixup")
+        if self.label not in ("max", "weighted"):
+            raise ValueError(f"{self.name}.mixup.label={self.label!r}: use max or weighted")
+
+
+class JoinedBatches:
+    """Clip batches joined, step by step, by batches of each `Extra` source (pseudo-labelled windows, labelled
+    soundscape windows). Batch sources are appended; mixup sources share one draw per clip, so a clip is mixed with
+    at most one of them (never both a labelled and a pseudo-labelled window): source j with probability p_j (their
+    sum at most 1). A mixed clip keeps its loss mask and weight. Iterates like the clip loader."""
+
+    def __init__(self, clips, extras: list[Extra]):
+        mixing = [e for e in extras if e.mode == "mixup"]
+        if sum(e.p for e in mixing) > 1 + 1e-9:
+            raise ValueError(f"mixup probabilities {[e.p for e in mixing]} of {[e.name for e in mixing]} sum above 1: "
+                             "a clip is mixed with one window at most")
+        self.clips, self.extras = clips, extras
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __iter__(self):
-        # the windows' epoch follows the clips' (so a resumed run repeats it); mixing draws come from torch's
+        # the extra sources' epoch follows the clips' (so a resumed run repeats it); mixing draws come from torch's
         # global RNG, which training reseeds every epoch
-        self.pseudo.sampler.set_epoch(getattr(self.clips.sampler, "epoch", 0))
-        windows = iter(self.pseudo)
+        for extra in self.extras:
+            extra.loader.sampler.set_epoch(getattr(self.clips.sampler, "epoch", 0))
+        streams = [iter(e.loader) for e in self.extras]
         for clip in self.clips:
-            extra = next(windows, None)
-            if extra is None:  # the pseudo sampler's epoch ran out: start it again
-                windows = iter(self.pseudo)
-                extra = next(windows)
-            yield self._join(clip, extra)
+            batches = []
+            for k, extra in enumerate(self.extras):
+                batch = next(streams[k], None)
+                if batch is None:  # that source's epoch ran out: start it again
+                    streams[k] = iter(extra.loader)
+                    batch = next(streams[k])
+                batches.append(batch)
+            yield self._join(clip, batches)
 
-    def _join(self, clip, extra):
-        if self.mode == "batch":
-            return tuple(torch.cat([a, b]) for a, b in zip(clip, extra, strict=True))
-        wave, target, mask, weight = clip
-        n = min(len(wave), len(extra[0]))
-        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((n,)) if self.alpha > 0 else torch.ones(n)
-        lam = torch.where(torch.rand(n) < self.p, lam, torch.ones(n))
-        wave, target = wave.clone(), target.clone()
-        wave[:n] = lam[:, None] * wave[:n] + (1 - lam[:, None]) * extra[0][:n]
-        mixed = lam < 1
-        other = extra[1][:n]
-        combined = torch.maximum(target[:n], other) if self.label == "max" else \
-            lam[:, None] * target[:n] + (1 - lam[:, None]) * other
-        target[:n] = torch.where(mixed[:, None], combined, target[:n])
-        return wave, target, mask, weight
+    def _join(self, clip, batches):
+        wave, target, mask, weight = (t.clone() for t in clip)
+        n = len(wave)
+        draw = torch.rand(n)
+        low = 0.0
+        for extra, batch in zip(self.extras, batches, strict=True):
+            if extra.mode != "mixup":
+                continue
+            m = min(n, len(batch[0]))
+            chosen = (draw[:m] >= low) & (draw[:m] < low + extra.p)
+            low += extra.p
+            lam = torch.distributions.Beta(extra.alpha, extra.alpha).sample((m,)) if extra.alpha > 0 else torch.ones(m)
+            lam = torch.where(chosen, lam, torch.ones(m))
+            wave[:m] = lam[:, None] * wave[:m] + (1 - lam[:, None]) * batch[0][:m]
+            other = capped(batch[1][:m], extra.cap)
+            combined = torch.maximum(target[:m], other) if extra.label == "max" else \
+                lam[:, None] * target[:m] + (1 - lam[:, None]) * other
+            target[:m] = torch.where((lam < 1)[:, None], combined, target[:m])
+        appended = [b for e, b in zip(self.extras, batches, strict=True) if e.mode == "batch"]
+        return tuple(torch.cat([a, *[b[i] for b in appended]]) for i, a in enumerate((wave, target, mask, weight)))
+
+
+def capped(labels: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Each row of labels scaled down so it sums to at most `cap` (None: unchanged)."""
+    if cap is None:
+        return labels
+    total = labels.sum(dim=1, keepdim=True)
+    return labels * torch.clamp(float(cap) / total.clamp(min=1e-12), max=1.0)

@@ -15,7 +15,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from src.config import valsets_settings
-from src.data.audio_cache import cached_soundscapes, load_soundscape_index
+from src.data.audio_cache import cached_soundscapes, load_labelled, load_soundscape_index
 from src.data.tables import read_parquet
 
 KEYS = ["filename", "window", "start_s", "end_s"]
@@ -65,19 +65,19 @@ def pseudo_digest(cfg: DictConfig) -> dict[str, str]:
 
 
 def load_pseudo_windows(cfg: DictConfig, classes: list[str]) -> pl.DataFrame:
-    """The checked pseudo-label table of `pseudo.path`, without the windows prepare marked silent (by default)."""
-    from src.data.pseudo_labels import load_pseudo
-
+    """The checked pseudo-label table of `pseudo.path`, without the windows prepare marked silent (by default),
+    those of the labelled soundscapes (2026: their labels are the truth) and of the validation beds."""
     table, meta = load_pseudo(cfg.pseudo.path, classes, str(cfg.data.competition))
     if not cfg.pseudo.include_silent:
         index = load_soundscape_index(cfg.data.cache_dir).select("filename", "window", "silent")
         table = table.join(index, on=["filename", "window"], how="inner").filter(~pl.col("silent")).drop("silent")
     beds = set(bed_soundscapes(cfg) or []) if cfg.train.soundscape_cv else set()
-    reserved = [f for f in table["filename"].unique().to_list() if Path(f).stem in beds]
+    labelled = set(load_labelled(cfg.data.cache_dir)["filename"])  # their labels are the truth, never replaced
+    reserved = [f for f in table["filename"].unique().to_list() if Path(f).stem in beds or f in labelled]
     table = table.filter(~pl.col("filename").is_in(reserved))
     if table.height == 0:
-        raise ValueError(f"{cfg.pseudo.path}: no pseudo-labelled window left (all silent, not in this cache or "
-                         "reserved as validation beds: valsets.bed_share)")
+        raise ValueError(f"{cfg.pseudo.path}: no pseudo-labelled window left (all silent, not in this cache, "
+                         "labelled soundscapes, or reserved as validation beds: valsets.bed_share)")
     print(f"pseudo-labels {cfg.pseudo.path}: {table.height} windows from teacher {meta['teacher']} "
           f"(round {meta['round']}), mode {cfg.pseudo.mode}")
     return table

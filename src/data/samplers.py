@@ -100,3 +100,20 @@ class MassSampler(_EpochSampler):
 
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
         return rng.choice(len(self.p), self.epoch_size, replace=True, p=self.p)
+
+
+class GroupSampler(_EpochSampler):
+    """`epoch_size` rows drawn with replacement: a group uniformly, then a row of it uniformly. With one group per
+    class (the rows holding it) and one of the rows holding none, class-balanced sampling reaches every class of
+    the rows, those without a clip included (2026's labelled soundscape windows)."""
+
+    def __init__(self, groups: list[np.ndarray], epoch_size: int, seed: int, rank: int = 0, world: int = 1):
+        groups = [np.asarray(g, np.int64) for g in groups if len(g)]
+        if not groups:
+            raise ValueError("GroupSampler: every group is empty: nothing to draw")
+        super().__init__(np.concatenate(groups), seed, rank, world)
+        self.groups, self.epoch_size = groups, int(epoch_size)
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        which = rng.integers(len(self.groups), size=self.epoch_size)
+        return np.array([g[rng.integers(len(g))] for g in (self.groups[k] for k in which)], np.int64)

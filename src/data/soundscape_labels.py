@@ -19,6 +19,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import soundfile as sf
 
@@ -166,3 +167,26 @@ def parse_names(filenames: list[str], pattern: str | None) -> pl.DataFrame:
                     "hour are null", len(unmatched), pattern, unmatched[0])
     frame = pl.DataFrame(rows, schema={"filename": pl.Utf8, "site": pl.Utf8, "date": pl.Utf8, "hour": pl.Int8})
     return frame.with_columns(pl.col("date").str.to_date("%Y%m%d", strict=False))
+
+
+def labelled_windows(comp, pattern: str | None, window_s: float, negatives: bool = True
+                     ) -> tuple[pl.DataFrame, list[str]]:
+    """Every labelled window of a competition with a labels file (`Competition.labels_file`; an empty table
+    otherwise), with the site, date and hour of its soundscape: `filename, window, start_s, end_s, labels, site, date,
+    hour`; and the problems found."""
+    if comp.labels_file is None:
+        return pl.DataFrame(schema=WINDOW_SCHEMA | NAME_SCHEMA), []
+    windows, problems = read_soundscape_labels(comp.labels_file, comp.soundscape_dir, comp.classes, window_s,
+                                               {p.name for p in comp.test_files()}, negatives)
+    names = parse_names(windows["filename"].unique(maintain_order=True).to_list(), pattern)
+    return windows.join(names, on="filename", how="left"), problems
+
+
+def label_matrix(labels: list[list[str]], classes: list[str]) -> np.ndarray:
+    """(rows, classes) 0/1 float32 truth from per-row class lists (an oof's or a labels table's `labels` column;
+    names not in `classes` ignored)."""
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(labels), len(classes)), np.float32)
+    for r, names in enumerate(labels):
+        y[r, [index[n] for n in names or () if n in index]] = 1.0
+    return y

@@ -91,6 +91,18 @@ def submission_score(solution: pl.DataFrame, submission: pl.DataFrame, metric: s
     Rows are matched by `row_id` (any order); the classes are the solution's columns. A missing or
     unknown row_id or class column raises ValueError naming them.
     """
+    _classes, y, p = aligned_submission(solution, submission)
+    return score(y, p, metric)
+
+
+def submission_per_class(solution: pl.DataFrame, submission: pl.DataFrame) -> dict[str, float]:
+    """ROC-AUC of each class of the solution that has a positive (as the macro average skips the others)."""
+    classes, y, p = aligned_submission(solution, submission)
+    return per_class_auc(y, p, classes)
+
+
+def aligned_submission(solution: pl.DataFrame, submission: pl.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(classes, truth, predictions) of a submission matched to a solution by row_id (see `submission_score`)."""
     for name, frame in (("solution", solution), ("submission", submission)):
         if "row_id" not in frame.columns:
             raise ValueError(f"{name} has no 'row_id' column (columns: {frame.columns[:5]}...)")
@@ -110,7 +122,7 @@ def submission_score(solution: pl.DataFrame, submission: pl.DataFrame, metric: s
     order = solution.select(pl.col("row_id").cast(pl.Utf8))
     aligned = order.join(submission.with_columns(pl.col("row_id").cast(pl.Utf8)), on="row_id", how="left",
                          maintain_order="left")
-    return score(solution.select(classes).to_numpy(), aligned.select(classes).to_numpy(), metric)
+    return classes, solution.select(classes).to_numpy(), aligned.select(classes).to_numpy()
 
 
 def primary_one_hot(primary_labels: list[str], classes: list[str]) -> np.ndarray:

@@ -30,9 +30,11 @@ from tqdm import tqdm
 from src import config as cfglib
 from src.data.audio_cache import cache_path, cache_rate, cached_soundscapes, load_cached
 from src.data.chunks import chunk_energy_db
+from src.data.competition import LAYOUTS
 from src.data.noise import noise_bed
 from src.data.pseudo_labels import bed_soundscapes
-from src.data.splits import folds_path, load_folds
+from src.data.soundscape_labels import label_matrix
+from src.data.splits import folds_path, held_out_labelled, load_folds
 from src.evaluation.metrics import macro_auc, padded_cmap
 from src.infer.audio import write_ogg
 from src.infer.io import atomic_write
@@ -44,12 +46,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ValSet:
-    """One fold's validation soundscapes: the audio files (in row order) and their window labels."""
+    """One fold's scored soundscapes: the audio files (in row order) and their window labels. `kind` names the
+    set (its oof file `oof_<kind>.parquet` and its scores `<kind>_auc`, `<kind>_cmap`): `soundscape` for the
+    mixed validation soundscapes, `labelled` for the held-out expert-labelled train soundscapes (2026)."""
 
     fold: int
     files: list[Path]
     labels: pl.DataFrame  # row_id, filename, window, start_s, end_s, one 0/1 column per class
     calls: pl.DataFrame   # soundscape, filename, primary_label, offset_s, source_start_s, duration_s, snr_db
+    kind: str = "soundscape"
 
 
 def fold_dir(cfg: DictConfig, fold: int) -> Path:
@@ -234,23 +239,30 @@ def load_fold(cfg: DictConfig, fold: int, classes: list[str]) -> ValSet | None:
     return ValSet(fold, files, labels, pl.read_parquet(out / "calls.parquet"))
 
 
-def labels_matrix(frame: pl.DataFrame, classes: list[str]) -> np.ndarray:
-    """(rows, classes) 0/1 truth from an `oof_soundscape.parquet`'s `labels` column (class names per row)."""
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.zeros((frame.height, len(classes)), np.float32)
-    for r, names in enumerate(frame["labels"].to_list()):
-        y[r, [index[n] for n in names if n in index]] = 1.0
-    return y
-
-
-def soundscape_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """`soundscape_auc` (the competition's macro ROC-AUC, classes without positives skipped; NaN when none
-    is scorable) and `soundscape_cmap` (padded cmAP) of window predictions `p` against truth `y`."""
+def soundscape_scores(y: np.ndarray, p: np.ndarray, kind: str = "soundscape") -> dict[str, float]:
+    """`<kind>_auc` (the competition's macro ROC-AUC, classes without positives skipped; NaN when none
+    is scorable) and `<kind>_cmap` (padded cmAP) of window predictions `p` against truth `y`."""
     try:
         auc = macro_auc(y, p)
     except ValueError:
         auc = float("nan")
-    return {"soundscape_auc": auc, "soundscape_cmap": padded_cmap(y, p)}
+    return {f"{kind}_auc": auc, f"{kind}_cmap": padded_cmap(y, p)}
+
+
+def labelled_valset(cfg: DictConfig, fold: int, classes: list[str]) -> ValSet | None:
+    """Fold `fold`'s held-out labelled train soundscapes (2026: `src.data.splits.held_out_labelled`) as a ValSet of
+    kind `labelled`, read from the competition's soundscape folder; None when the fold has none."""
+    held = held_out_labelled(OmegaConf.merge(cfg, {"fold": fold}))
+    if held.height == 0:
+        return None
+    folder = Path(cfg.data.root) / str(LAYOUTS[str(cfg.data.layout)]["soundscapes"])
+    stems = [Path(f).stem for f in held["filename"]]
+    y = label_matrix(held["labels"].to_list(), classes)
+    labels = held.select("filename", "window", "start_s", "end_s").with_columns(
+        pl.Series("row_id", [f"{s}_{round(e)}" for s, e in zip(stems, held["end_s"])]),
+        *[pl.Series(c, y[:, j].astype(np.uint8)) for j, c in enumerate(classes)])
+    files = [folder / f for f in held["filename"].unique(maintain_order=True)]
+    return ValSet(fold, files, labels, pl.DataFrame(), kind="labelled")
 
 
 def evaluate_soundscapes(predict_fn: Callable[[np.ndarray], np.ndarray], cfg: DictConfig, classes: list[str],
@@ -265,15 +277,15 @@ def evaluate_soundscapes(predict_fn: Callable[[np.ndarray], np.ndarray], cfg: Di
     ids, probs, problems = predict_soundscapes(vs.files, predict_fn, len(classes), int(cfg.audio.sample_rate),
                                                float(cfg.audio.window_s), shifts_s=shifts_s, batch_size=batch_size)
     if problems:
-        raise RuntimeError(f"validation soundscapes unreadable ({problems[:3]}): delete {vs.files[0].parent} "
-                           "and rerun `python -m src.valsets` to rebuild them")
+        raise RuntimeError(f"{vs.kind} soundscapes unreadable ({problems[:3]}): check {vs.files[0].parent} (the "
+                           "validation soundscapes: delete it and rerun `python -m src.valsets`)")
     return score_predictions(vs, ids, probs, classes, out_dir)
 
 
 def score_predictions(vs: ValSet, ids: list[str], probs: np.ndarray, classes: list[str],
                       out_dir: str | Path | None = None) -> dict[str, float]:
-    """Score window predictions (`ids`, (rows, C)) of a fold's validation soundscapes; with `out_dir`, write
-    `<out_dir>/oof_soundscape.parquet` (row_id, filename, labels, one probability column per class)."""
+    """Score window predictions (`ids`, (rows, C)) of a fold's scored soundscapes (`vs`); with `out_dir`, write
+    `<out_dir>/oof_<kind>.parquet` (row_id, filename, labels, one probability column per class)."""
     order = {r: i for i, r in enumerate(ids)}
     probs = probs[[order[r] for r in vs.labels["row_id"]]]
     y = vs.labels.select(classes).to_numpy().astype(np.float32)
@@ -282,7 +294,7 @@ def score_predictions(vs: ValSet, ids: list[str], probs: np.ndarray, classes: li
         oof = vs.labels.select("row_id", "filename").with_columns(
             pl.Series("labels", [names[row > 0].tolist() for row in y], dtype=pl.List(pl.Utf8)),
             *[pl.Series(c, probs[:, i], dtype=pl.Float32) for i, c in enumerate(classes)])
-        with atomic_write(Path(out_dir) / "oof_soundscape.parquet") as tmp:
+        with atomic_write(Path(out_dir) / f"oof_{vs.kind}.parquet") as tmp:
             oof.write_parquet(tmp)
-    return soundscape_scores(y, probs)
+    return soundscape_scores(y, probs, vs.kind)
 
