@@ -42,7 +42,7 @@ from src.data.audio_cache import (
     settings_differences,
 )
 from src.data.chunks import chunk_energy_db, chunk_starts, silent_mask
-from src.data.competition import load_competition
+from src.data.competition import load_competition, load_extra
 from src.data.soundscape_labels import labelled_windows, parse_names
 from src.infer.audio import AudioError, load_audio, to_int16
 from src.infer.io import atomic_write, remove_stale_temporaries
@@ -177,7 +177,7 @@ def build_chunk_index(meta: pl.DataFrame, n_samples: dict[str, int], cache_dir: 
         cols["silent"] += silent.tolist()
     chunks = pl.DataFrame(cols, schema={"filename": pl.Utf8, "chunk": pl.Int32, "start_s": pl.Float64,
                                         "end_s": pl.Float64, "energy_db": pl.Float32, "silent": pl.Boolean})
-    return chunks.join(meta.select("filename", "primary_label", "secondary_labels", "group", "rating"),
+    return chunks.join(meta.select("filename", "primary_label", "secondary_labels", "group", "rating", "source"),
                        on="filename", how="left")
 
 
@@ -272,7 +272,11 @@ def prepare(cfg: DictConfig) -> dict:
     comp = load_competition(cfg.data.root, cfg.data.layout)
     cache_dir = open_cache(cfg)
     sr = int(cfg.audio.sample_rate)
-    meta = comp.meta
+    extra, extra_classes, extra_problems = load_extra(cfg.data.get("extra"), comp.classes,
+                                                      cfg.data.get("extra_classes", "drop") == "keep")
+    for problem in extra_problems:
+        log.warning(problem)
+    meta = comp.meta if extra is None else pl.concat([comp.meta, extra])
     jobs, unsafe = _recording_jobs(meta, cache_dir, cfg)
     labelled, label_problems = labelled_windows(comp, cfg.data.get("soundscape_names"), float(cfg.audio.window_s),
                                                 bool(cfg.data.get("labelled_negatives", True)))
@@ -302,12 +306,14 @@ def prepare(cfg: DictConfig) -> dict:
                 "silent": int(chunks["silent"].sum()), "metadata_problems": comp.problems,
                 "soundscapes": len(sres), "soundscape_windows": windows.height,
                 "labelled_soundscapes": labelled["filename"].n_unique(), "labelled_windows": labelled.height,
-                "label_problems": label_problems}
+                "label_problems": label_problems, "extra_classes": extra_classes,
+                "sources": dict(meta.group_by("source").len().iter_rows())}
     with atomic_write(cache_dir / "manifest.json") as tmp:
         Path(tmp).write_text(json.dumps(manifest, indent=1))
 
     silent_frac = manifest["silent"] / max(chunks.height, 1)
-    _print_class_report(class_report(good, chunks, comp.classes, labelled))
+    _print_class_report(class_report(good, chunks, comp.classes + extra_classes, labelled))
+    _print_sources(good, chunks)
     print(f"cached {len(n_samples)}/{len(meta)} recordings ({sum(n_samples.values()) / sr / 3600:.2f} h), "
           f"{len(sres)} soundscapes, {chunks.height} chunks, silent fraction {silent_frac:.1%}, "
           f"{len(bad)} bad file(s){' -> ' + str(cache_dir / 'bad_files.csv') if bad else ''}")
@@ -341,6 +347,16 @@ def _write_index(cache_dir: Path, meta: pl.DataFrame, results: dict, chunks: pl.
     with atomic_write(cache_dir / "bad_files.csv") as tmp:
         pl.DataFrame({"filename": [b[0] for b in bad], "problem": [b[1] for b in bad]},
                      schema={"filename": pl.Utf8, "problem": pl.Utf8}).write_csv(tmp)
+
+
+def _print_sources(good: pl.DataFrame, chunks: pl.DataFrame) -> None:
+    """Recordings, chunks and classes of each source (the competition, each `data.extra` folder)."""
+    if good["source"].n_unique() < 2:
+        return
+    per = chunks.group_by("source").agg(pl.len().alias("chunks"))
+    table = good.group_by("source").agg(pl.len().alias("recordings"), pl.col("primary_label").n_unique()
+                                         .alias("classes")).join(per, on="source", how="left").sort("source")
+    print(f"recordings per source:\n{table}")
 
 
 def _print_class_report(report: pl.DataFrame) -> None:

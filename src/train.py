@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from src import config as cfglib
 from src.config import git_commit
-from src.data.audio_cache import load_chunk_index
-from src.data.augment import BatchAugment
+from src.data.audio_cache import extra_classes, load_chunk_index
+from src.data.competition import select_classes
 from src.data.dataset import ChunkDataset
 from src.data.pseudo_labels import pseudo_digest
 from src.data.splits import is_full_fit, split_fold
@@ -35,10 +35,10 @@ from src.evaluation.metrics import per_class_auc, primary_one_hot, scores
 from src.evaluation.metrics import select as select_metric
 from src.evaluation.valsets import ValSet, evaluate_soundscapes, labelled_valset, load_fold
 from src.infer.io import atomic_write, run_lock
-from src.models.model import BirdModel, build_model
+from src.models.model import build_model
 from src.training.batches import build_train_data
-from src.training.distill import setup_distillation
-from src.training.step import Dist, Evaluator, Run, TrainForward, loss_fn
+from src.training.distill import distill_stage, setup_distillation
+from src.training.step import Dist, Evaluator, Run, build_model_and_optimizer, count_epoch_steps, loss_fn
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,16 @@ def epoch_seed(seed: int, epoch: int, stride: int) -> int:
 def train(cfg: DictConfig) -> dict:
     """Train `cfg.fold` and write the run folder; returns metrics.json's content (rank 0)."""
     run = start_run(cfg)
-    run.train_ds, run.sampler, run.loader = build_train_data(run)
-    run.steps_per_epoch = count_epoch_steps(run)
-    run.val_ds, run.y_val = build_val_data(run)
-    build_model_and_optimizer(run)
-    if cfg.get("distill") and (float(cfg.distill.weight) or float(cfg.distill.embedding_weight)):
-        setup_distillation(run)
-    run.evaluators = build_evaluators(run)
+    if cfg.distill.get("stage"):
+        distill_stage(run, build_model_and_optimizer)
+    else:
+        run.train_ds, run.sampler, run.loader = build_train_data(run)
+        run.steps_per_epoch = count_epoch_steps(run)
+        run.val_ds, run.y_val = build_val_data(run)
+        build_model_and_optimizer(run)
+        if float(cfg.distill.weight) or float(cfg.distill.embedding_weight):
+            setup_distillation(run)
+        run.evaluators = build_evaluators(run)
     with run_lock(run.run_dir, run.dist.main):  # every check that can fail has passed: the folder is written now
         resume(run)
         write_run_config(run)
@@ -130,7 +133,7 @@ def train(cfg: DictConfig) -> dict:
             train_loss = train_one_epoch(run, epoch)
             if evaluate_and_checkpoint(run, epoch, train_loss, t0):
                 break
-        result = finish(run) if run.dist.main else {}
+        result = (run.finish or finish)(run) if run.dist.main else {}
     if run.dist.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -148,6 +151,11 @@ def start_run(cfg: DictConfig) -> Run:
     torch.manual_seed(cfg.seed)
     started = time.time()
     chunks, classes = load_chunk_index(cfg)
+    classes = select_classes(cfg.data.get("classes"), classes, cfg.data.root, cfg.data.layout)
+    if cfg.data.get("extra_classes") == "keep":  # the extra folders' other classes as extra outputs (pretraining)
+        classes += extra_classes(cfg.data.cache_dir)
+    if cfg.data.get("classes_others", "negatives") == "drop":  # a specialist on its own classes' clips only
+        chunks = chunks.filter(pl.col("primary_label").is_in(classes))
     train_df, val_df = split_fold(chunks, cfg)
     if train_df.height == 0 or (val_df.height == 0 and not is_full_fit(cfg.fold)):
         raise ValueError(f"fold {cfg.fold}: {train_df.height} train / {val_df.height} val chunks; "
@@ -166,47 +174,12 @@ def noisy_student(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def count_epoch_steps(run: Run) -> int:
-    """Batches per epoch: the loader's, capped by train.steps_per_epoch; an error when not even one."""
-    cfg, n = run.cfg, len(run.loader)
-    steps = n if cfg.train.steps_per_epoch is None else min(n, int(cfg.train.steps_per_epoch))
-    if steps == 0:
-        raise ValueError(f"{len(run.sampler)} training chunks per rank is less than one batch of "
-                         f"{cfg.train.batch_size}: lower train.batch_size or raise sampler.per_class")
-    return steps
-
-
 def build_val_data(run: Run) -> tuple[ChunkDataset, np.ndarray]:
     """This fold's validation chunks (no augmentation) and their one-hot primary-label truth."""
     cfg = run.cfg
     dataset = ChunkDataset(run.val_df, Path(cfg.data.cache_dir), run.classes, int(cfg.audio.sample_rate),
                            float(cfg.audio.window_s), cfg.labels.secondary)
     return dataset, primary_one_hot(run.val_df["primary_label"].to_list(), run.classes)
-
-
-def build_model_and_optimizer(run: Run) -> None:
-    """Model, batch augs, AdamW (backbone and head groups), the (DDP-wrapped) train step, EMA and grad scaler."""
-    cfg, device = run.cfg, run.device
-    model: BirdModel = build_model(cfg.model, cfg.audio, len(run.classes)).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    run.model = model
-    run.batch_aug = BatchAugment(cfg.aug, seed=int(cfg.seed)).to(device)
-    run.optimizer = torch.optim.AdamW(
-        [{"params": list(model.backbone.parameters())}, {"params": list(model.head.parameters())}],
-        lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay))
-    run.step_fn = TrainForward(model, run.batch_aug, bool(cfg.train.channels_last))
-    if run.dist.world > 1:
-        run.step_fn = torch.nn.parallel.DistributedDataParallel(
-            run.step_fn, device_ids=[device.index] if device.type == "cuda" else None,
-            # some timm backbones keep head layers that forward_features skips (mobilenetv3's conv_head),
-            # and a frozen backbone produces no gradients: let DDP look for unused parameters
-            find_unused_parameters=True)
-    run.ema = None
-    if cfg.train.ema:
-        from timm.utils import ModelEmaV3
-        run.ema = ModelEmaV3(model, decay=float(cfg.train.ema))
-    run.scaler = torch.amp.GradScaler(enabled=run.dtype == torch.float16)
 
 
 def resume(run: Run) -> None:
@@ -350,6 +323,8 @@ def selection_score(run: Run, values: dict[str, float]) -> float:
     """The score that picks best.pt and drives early stopping (`train.select`): the competition metric on the
     validation chunks (clip), on the validation soundscapes (soundscape) or on the held-out labelled soundscapes
     (labelled, 2026); clip where the fold has no such set."""
+    if run.select_key:
+        return values[run.select_key]
     metric, select = str(run.cfg.data.metric), str(run.cfg.train.select)
     if select not in ("clip", "soundscape", "labelled"):
         raise ValueError(f"train.select={select!r}: use clip, soundscape or labelled")

@@ -32,7 +32,9 @@ def cache_settings(cfg: DictConfig) -> dict[str, dict[str, object]]:
                       "prepare.preemphasis": float(cfg.prepare.preemphasis),
                       "prepare.silence.abs_db": float(cfg.prepare.silence.abs_db),
                       "prepare.silence.rel_db": float(cfg.prepare.silence.rel_db),
-                      "prepare.soundscape_min_s": float(cfg.prepare.soundscape_min_s)}}
+                      "prepare.soundscape_min_s": float(cfg.prepare.soundscape_min_s),
+                      "data.extra": [str(e) for e in cfg.data.get("extra") or []],
+                      "data.extra_classes": str(cfg.data.get("extra_classes", "drop"))}}
 
 
 def cache_rate(cache_dir: str | Path) -> int:
@@ -117,3 +119,9 @@ def load_labelled(cache_dir: str | Path) -> pl.DataFrame:
     labels or a cache prepared before they were read."""
     path = Path(cache_dir) / LABELLED_INDEX
     return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=WINDOW_SCHEMA | NAME_SCHEMA)
+
+
+def extra_classes(cache_dir: str | Path) -> list[str]:
+    """The classes of the `data.extra` folders outside the competition's that prepare kept (`data.extra_classes`:
+    keep), in its manifest; [] when none."""
+    return list(json.loads((Path(cache_dir) / "manifest.json").read_text()).get("extra_classes") or [])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ LAYOUTS: dict[str, dict[str, str | None]] = {
     "birdclef2023": {"metadata": "train_metadata.csv", "taxonomy": "eBird_Taxonomy_v2021.csv",
                      "soundscapes": None},
 }
+META_COLUMNS = ["filename", "path", "primary_label", "secondary_labels", "author", "rating", "collection", "group",
+                "source"]
+EXTRA_PREFIX = "extra"  # the filenames of `data.extra` recordings start with it: never in a folds file, never validated
 OPTIONAL_COLUMNS = {"secondary_labels": "[]", "author": None, "rating": None, "collection": None}
 
 
@@ -41,7 +45,7 @@ class Competition:
     root: Path
     layout: str
     classes: list[str]
-    meta: pl.DataFrame  # filename, path, primary_label, secondary_labels (list), author, rating, collection, group
+    meta: pl.DataFrame  # META_COLUMNS: filename, path, primary_label, secondary_labels (list), ..., group, source
     sample_submission: Path
     test_dir: Path
     soundscape_dir: Path | None
@@ -93,7 +97,22 @@ def load_competition(root: str | Path, layout: str) -> Competition:
         raise CompetitionError(f"{root} is not a folder: set data.root=PATH to the competition folder")
     files = LAYOUTS[layout]
     classes = read_classes(root / "sample_submission.csv")
-    meta_path = root / str(files["metadata"])
+    meta, problems = read_metadata(root, layout, classes)
+    problems += _taxonomy_problems(root / str(files["taxonomy"]), root / "sample_submission.csv", classes,
+                                   exhaustive=layout not in ("birdclef2023", "birdclef2024"))
+    for p in problems:
+        log.warning(p)
+    soundscapes, labels = files["soundscapes"], files.get("soundscape_labels")
+    return Competition(root=root, layout=layout, classes=classes, meta=meta, sample_submission=root / "sample_submission.csv", test_dir=root / "test_soundscapes",
+                       soundscape_dir=root / soundscapes if soundscapes else None, problems=problems,
+                       labels_file=root / labels if labels else None,
+                       taxa=read_taxa(root / str(files["taxonomy"])))
+
+
+def read_metadata(root: Path, layout: str, classes: list[str]) -> tuple[pl.DataFrame, list[str]]:
+    """The training recordings of a folder in `layout` (`META_COLUMNS`; `path` under its train_audio/), rows with
+    a primary label outside `classes` or a duplicate filename dropped, and the problems found."""
+    meta_path = root / str(LAYOUTS[layout]["metadata"])
     if not meta_path.exists():
         raise CompetitionError(f"{meta_path} not found: is {root} a {layout} folder? (data.layout)")
     meta = pl.read_csv(meta_path, infer_schema_length=0)  # all strings: nothing silently mis-typed
@@ -104,23 +123,55 @@ def load_competition(root: str | Path, layout: str) -> Competition:
         if col not in meta.columns:
             meta = meta.with_columns(pl.lit(default, dtype=pl.Utf8).alias(col))
     meta, problems = _clean(meta, classes, meta_path)
-    problems += _taxonomy_problems(root / str(files["taxonomy"]), root / "sample_submission.csv", classes,
-                                   exhaustive=layout not in ("birdclef2023", "birdclef2024"))
     meta = meta.with_columns(
         pl.col("filename").map_elements(lambda f: str(root / "train_audio" / f), return_dtype=pl.Utf8).alias("path"),
         pl.col("rating").cast(pl.Float32, strict=False).fill_null(0.0),
         pl.coalesce(pl.col("author").str.strip_chars().replace("", None), pl.col("filename")).alias("group"),
+        pl.lit("competition").alias("source"),
     )
-    for p in problems:
-        log.warning(p)
-    soundscapes, labels = files["soundscapes"], files.get("soundscape_labels")
-    return Competition(root=root, layout=layout, classes=classes,
-                       meta=meta.select("filename", "path", "primary_label", "secondary_labels", "author",
-                                        "rating", "collection", "group"),
-                       sample_submission=root / "sample_submission.csv", test_dir=root / "test_soundscapes",
-                       soundscape_dir=root / soundscapes if soundscapes else None, problems=problems,
-                       labels_file=root / labels if labels else None,
-                       taxa=read_taxa(root / str(files["taxonomy"])))
+    return meta.select(META_COLUMNS), problems
+
+
+def detect_layout(root: Path) -> str:
+    """The layout of a folder from the files it holds: 2026 (train_soundscapes_labels.csv), 2025 (train.csv), 2024
+    (train_metadata.csv + unlabeled_soundscapes/) or 2023 (train_metadata.csv)."""
+    for layout in ("birdclef2026", "birdclef2025", "birdclef2024"):
+        files = LAYOUTS[layout]
+        marker = files.get("soundscape_labels") or files["soundscapes"] if layout != "birdclef2025" else "train.csv"
+        if (root / str(marker)).exists() and (root / str(files["metadata"])).exists():
+            return layout
+    if (root / "train_metadata.csv").exists():
+        return "birdclef2023"
+    raise CompetitionError(f"{root}: no train.csv or train_metadata.csv: not a folder in a known layout (give its "
+                           "layout: data.extra=[{root: PATH, layout: birdclef2025}])")
+
+
+def load_extra(sources, classes: list[str], keep: bool) -> tuple[pl.DataFrame | None, list[str], list[str]]:
+    """The recordings of the extra training folders `data.extra` (previous editions, recordings downloaded from
+    Xeno-canto / iNat into a train.csv + train_audio/ folder; each a path or {root, layout, name}), merged by class
+    label: (their META_COLUMNS rows, filenames `extra/<name>/<file>` and `source` = name, None without any; the
+    extra classes kept; problems). A label outside `classes` is dropped, or with `keep` kept as an extra output (for pretraining)."""
+    frames, kept, problems = [], set(), []
+    for spec in sources or []:
+        entry = dict(spec) if isinstance(spec, Mapping) else {"root": str(spec)}
+        root = Path(str(entry["root"]))
+        if not root.is_dir():
+            raise CompetitionError(f"data.extra: {root} is not a folder: give the folder holding its train.csv / "
+                                   "train_metadata.csv and train_audio/")
+        layout, name = str(entry.get("layout") or detect_layout(root)), str(entry.get("name") or root.name)
+        raw = pl.read_csv(root / str(LAYOUTS[layout]["metadata"]), infer_schema_length=0)
+        labels = set(raw["primary_label"].drop_nulls().to_list()) if "primary_label" in raw.columns else set()
+        outside = sorted(labels - set(classes))
+        if outside:
+            problems.append(f"data.extra: {root}: {len(outside)} label(s) outside the competition's classes "
+                            f"(e.g. {outside[:3]}): " + ("kept as extra outputs" if keep else
+                                                         "their recordings dropped (data.extra_classes=keep keeps them)"))
+        meta, found = read_metadata(root, layout, sorted(set(classes) | (set(outside) if keep else set())))
+        kept |= set(outside) if keep else set()
+        problems += found
+        frames.append(meta.with_columns(pl.lit(name).alias("source"),
+                                        (pl.lit(f"{EXTRA_PREFIX}/{name}/") + pl.col("filename")).alias("filename")))
+    return (pl.concat(frames) if frames else None), sorted(kept), problems
 
 
 def read_taxa(taxonomy: Path) -> dict[str, str]:
@@ -195,5 +246,35 @@ def multi_hot(primary: list[str], secondary: list[list[str]], classes: list[str]
                     mask[row, index[s]] = 0.0
                 else:
                     y[row, index[s]] = secondary_value
-        y[row, index[p]] = 1.0
+        if p in index:  # a primary label outside `classes` (a specialist's other classes): a negative row
+            y[row, index[p]] = 1.0
     return y, mask
+
+
+def select_classes(spec, classes: list[str], root: str | Path, layout: str) -> list[str]:
+    """The classes a run trains and predicts (`data.classes`): all of `classes` (null), a list of them, or
+    `{class_name: [Amphibia, Insecta]}` (the taxonomy's class_name, 2025/2026): a specialist. Kept in the
+    competition's order. CompetitionError naming the unknown class or taxon and the taxonomy file."""
+    if spec is None:
+        return list(classes)
+    taxonomy = Path(root) / str(LAYOUTS[layout]["taxonomy"])
+    if isinstance(spec, Mapping):
+        unknown_keys = set(spec) - {"class_name"}
+        if unknown_keys:
+            raise CompetitionError(f"data.classes: unknown key(s) {sorted(unknown_keys)}: a list of classes or "
+                                   "{class_name: [Amphibia, Insecta]}")
+        taxa, wanted = read_taxa(taxonomy), {str(t) for t in spec["class_name"]}
+        missing = sorted(wanted - set(taxa.values()))
+        if missing:
+            raise CompetitionError(f"data.classes: taxon {missing} is not a class_name of {taxonomy} (it has "
+                                   f"{sorted(set(taxa.values()))})")
+        chosen = {c for c, t in taxa.items() if t in wanted}
+    else:
+        chosen = {str(c) for c in spec}
+        unknown = sorted(chosen - set(classes))
+        if unknown:
+            raise CompetitionError(f"data.classes: {unknown[:5]} are not columns of {Path(root) / 'sample_submission.csv'}")
+    subset = [c for c in classes if c in chosen]
+    if not subset:
+        raise CompetitionError(f"data.classes={spec}: selects no class of this competition")
+    return subset

@@ -30,7 +30,8 @@ def sidecar(path: str | Path) -> Path:
 
 
 def load_pseudo(path: str | Path, classes: list[str], competition: str) -> tuple[pl.DataFrame, dict]:
-    """A pseudo-label parquet and its sidecar, checked against the class list and competition of the caller."""
+    """A pseudo-label parquet and its sidecar, checked against the competition and class list of the caller (its
+    classes, or a subset of them for a specialist run: `data.classes`), with the caller's class columns."""
     path = Path(path)
     if not path.exists() or not sidecar(path).exists():
         raise PseudoLabelError(f"{path}: pseudo-label file or its sidecar {sidecar(path).name} not found: write "
@@ -39,13 +40,15 @@ def load_pseudo(path: str | Path, classes: list[str], competition: str) -> tuple
     if meta.get("competition") != competition:
         raise PseudoLabelError(f"{path}: pseudo-labels of competition {meta.get('competition')!r}, not "
                                f"{competition!r}: pseudo-label this competition's soundscapes")
-    if meta.get("classes") != list(classes):
-        raise PseudoLabelError(f"{path}: its class list ({len(meta.get('classes') or [])} classes) differs from "
-                               f"this competition's ({len(classes)}, sample_submission order): pseudo-label again")
+    written = list(meta.get("classes") or [])
+    if written != list(classes) and not (set(classes) < set(written)):
+        raise PseudoLabelError(f"{path}: its class list ({len(written)} classes) differs from this competition's "
+                               f"({len(classes)}, sample_submission order): pseudo-label again")
     table = read_parquet(path, "`python -m src.pseudo teacher=...`")
     missing = [c for c in KEYS + list(classes) if c not in table.columns]
     if missing:
         raise PseudoLabelError(f"{path}: missing columns {missing[:5]}: not a src.pseudo file")
+    table = table.select(*KEYS, *classes)
     values = table.select(classes).to_numpy()
     bad = ~np.isfinite(values) | (values < 0) | (values > 1)
     if bad.any():

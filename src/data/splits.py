@@ -10,6 +10,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from src.data.audio_cache import load_labelled
+from src.data.competition import EXTRA_PREFIX
 
 SOUNDSCAPE_FOLD_PREFIX = "train_soundscapes/"  # a labelled soundscape's row in a folds csv (2026)
 
@@ -73,7 +74,8 @@ def folds_path(cfg: DictConfig) -> Path:
 
 
 def split_fold(chunks: pl.DataFrame, cfg: DictConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Train chunks (other folds) and validation chunks (this fold), both without silent chunks by default."""
+    """Train chunks (other folds, and every `data.extra` recording: never validated on) and validation chunks (this
+    fold), both without silent chunks by default."""
     keep = pl.lit(True) if cfg.sampler.include_silent else ~pl.col("silent")
     if is_full_fit(cfg.fold):  # a full-data fit: every recording, nothing held out
         return chunks.filter(keep), chunks.clear()
@@ -83,10 +85,11 @@ def split_fold(chunks: pl.DataFrame, cfg: DictConfig) -> tuple[pl.DataFrame, pl.
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python -m src.folds data={cfg.data.name} "
                                 f"data.root={cfg.data.root} folds.n={cfg.folds.n}` first")
-    recordings = chunks.select("filename").unique()
+    extra = pl.col("filename").str.starts_with(f"{EXTRA_PREFIX}/")
+    recordings = chunks.filter(~extra).select("filename").unique()
     folds = load_folds(path, recordings)
-    chunks = chunks.join(folds, on="filename", how="inner")
-    train = chunks.filter((pl.col("fold") != cfg.fold) & keep)
+    chunks = chunks.join(folds, on="filename", how="left")
+    train = chunks.filter(((pl.col("fold") != cfg.fold) | extra) & keep)
     val = chunks.filter((pl.col("fold") == cfg.fold) & ~pl.col("silent"))
     return train, val
 

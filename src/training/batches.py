@@ -53,7 +53,7 @@ def extra_batch_sizes(cfg: DictConfig) -> dict[str, int]:
     """Windows per batch of each source in batch mode (`pseudo.ratio`, `labelled.ratio` of train.batch_size); a
     ValueError when they leave no clip or round to no window."""
     sizes = {}
-    for name, on in (("pseudo", bool(cfg.pseudo.path)), ("labelled", str(cfg.labelled.mode) != "off")):
+    for name, on in (("pseudo", bool(cfg.pseudo.path)), ("labelled", str(cfg.labelled.mode) != "none")):
         if on and cfg[name].mode == "batch":
             sizes[name] = round(float(cfg[name].ratio) * int(cfg.train.batch_size))
             if sizes[name] <= 0:
@@ -85,7 +85,7 @@ def extra_sources(run: Run, steps: int, wave_aug) -> list[Extra]:
                               steps * k * run.dist.world, int(cfg.seed) + int(cfg.pseudo.sampler.seed_offset),
                               run.dist.rank, run.dist.world)
         extras.append(_extra(run, ds, sampler, k, "pseudo"))
-    if str(cfg.labelled.mode) != "off":
+    if str(cfg.labelled.mode) != "none":
         table = training_labelled(cfg)
         ds = LabelledWindowDataset(table, Path(cfg.data.cache_dir), run.classes, int(cfg.audio.sample_rate),
                                    float(cfg.audio.window_s), float(cfg.labelled.weight), wave_augment=wave_aug)
@@ -116,7 +116,7 @@ def class_groups(table: pl.DataFrame, classes: list[str], negatives: bool) -> li
     groups = [g for g in groups if len(g)]
     if not groups:
         raise ValueError("labelled.mode: no labelled soundscape window to train on in this fold (the labels file "
-                         "lists none, or every one validates this fold): labelled.mode=off")
+                         "lists none, or every one validates this fold): labelled.mode=none")
     return groups
 
 

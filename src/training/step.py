@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from src.config import load_run_config
 from src.data.augment import BatchAugment
 from src.data.dataset import ChunkDataset
-from src.models.model import BirdModel
+from src.models.model import BirdModel, build_model
 
 
 @dataclass
@@ -35,7 +36,10 @@ class Dist:
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
             cfg: DictConfig) -> torch.Tensor:
-    """BCE-with-logits or focal BCE with label smoothing, masked classes and per-sample weights."""
+    """BCE-with-logits, focal BCE, or soft ROC-AUC (+ a BCE share, `train.soft_auc.bce_weight`), with label
+    smoothing, masked classes and per-sample weights."""
+    if cfg.train.loss not in ("bce", "focal", "soft_auc"):
+        raise ValueError(f"train.loss={cfg.train.loss!r}: use bce, focal or soft_auc")
     if cfg.labels.smoothing:
         target = target * (1 - cfg.labels.smoothing) + 0.5 * cfg.labels.smoothing
     loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
@@ -43,10 +47,30 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weig
         p = torch.sigmoid(logits.float())
         p_t = p * target + (1 - p) * (1 - target)
         loss = loss * (1 - p_t) ** cfg.train.focal_gamma
-    elif cfg.train.loss != "bce":
-        raise ValueError(f"train.loss={cfg.train.loss!r}: use bce or focal")
     loss = (loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-    return (loss * weight).sum() / weight.sum().clamp(min=1e-6)
+    bce = (loss * weight).sum() / weight.sum().clamp(min=1e-6)
+    if cfg.train.loss != "soft_auc":
+        return bce
+    auc = soft_auc_loss(logits, target, mask, float(cfg.train.soft_auc.temperature))
+    return auc + float(cfg.train.soft_auc.bce_weight) * bce
+
+
+def soft_auc_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+                  ) -> torch.Tensor:
+    """1 - a smooth ROC-AUC of the batch, averaged over the classes with both a positive and a negative row:
+    each (positive, negative) pair of a class counts sigmoid((s_pos - s_neg) / temperature) (the 2026 2nd place's
+    soft-AUC). Soft targets count as positive above 0.5; masked entries are left out. 0 when no class has a pair."""
+    s = logits.float()
+    pos = (target > 0.5) & (mask > 0)
+    neg = (target <= 0.5) & (mask > 0)
+    diff = (s[:, None, :] - s[None, :, :]) / temperature  # [i, j, c]: row i as the positive, row j the negative
+    pairs = pos[:, None, :] & neg[None, :, :]
+    count = pairs.sum(dim=(0, 1))
+    used = count > 0
+    if not used.any():
+        return s.sum() * 0.0
+    soft = (torch.sigmoid(diff) * pairs).sum(dim=(0, 1))[used] / count[used]
+    return 1.0 - soft.mean()
 
 
 Evaluator = Callable[["Run", torch.nn.Module], dict[str, float]]
@@ -90,6 +114,8 @@ class Run:
     stale: int = 0
     history: list[dict] = field(default_factory=list)
     loss: Callable | None = None  # (logits, target, mask, weight) -> loss; None = loss_fn (src.training.distill sets one)
+    select_key: str | None = None  # the evaluators' value that picks best.pt; None = train.select's
+    finish: Callable[[Run], dict] | None = None  # writes metrics.json at the end; None = src.train's finish
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -119,3 +145,73 @@ class TrainForward(torch.nn.Module):
     def forward(self, wave: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
         mel, target, mask = self.augmented_mel(wave, target, mask)
         return self.model.forward_mel(mel), target, mask
+
+
+def count_epoch_steps(run: Run) -> int:
+    """Batches per epoch: the loader's, capped by train.steps_per_epoch; an error when not even one."""
+    cfg, n = run.cfg, len(run.loader)
+    steps = n if cfg.train.steps_per_epoch is None else min(n, int(cfg.train.steps_per_epoch))
+    if steps == 0:
+        raise ValueError(f"{len(run.sampler)} training chunks per rank is less than one batch of "
+                         f"{cfg.train.batch_size}: lower train.batch_size or raise sampler.per_class")
+    return steps
+
+
+def build_model_and_optimizer(run: Run) -> None:
+    """Model, batch augs, AdamW (backbone and head groups), the (DDP-wrapped) train step, EMA and grad scaler."""
+    cfg, device = run.cfg, run.device
+    model: BirdModel = build_model(cfg.model, cfg.audio, len(run.classes))
+    if cfg.get("init_from"):
+        init_from(model, cfg, run.classes)
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run.model = model
+    run.batch_aug = BatchAugment(cfg.aug, seed=int(cfg.seed)).to(device)
+    run.optimizer = torch.optim.AdamW(
+        [{"params": list(model.backbone.parameters())}, {"params": list(model.head.parameters())}],
+        lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay))
+    run.step_fn = TrainForward(model, run.batch_aug, bool(cfg.train.channels_last))
+    if run.dist.world > 1:
+        run.step_fn = torch.nn.parallel.DistributedDataParallel(
+            run.step_fn, device_ids=[device.index] if device.type == "cuda" else None,
+            # some timm backbones keep head layers that forward_features skips (mobilenetv3's conv_head),
+            # and a frozen backbone produces no gradients: let DDP look for unused parameters
+            find_unused_parameters=True)
+    run.ema = None
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+        run.ema = ModelEmaV3(model, decay=float(cfg.train.ema))
+    run.scaler = torch.amp.GradScaler(enabled=run.dtype == torch.float16)
+
+
+def init_run_dir(cfg: DictConfig) -> Path:
+    """The run folder `init_from` names: `runs/<exp>/fold<k>` as given, or an exp name whose fold `cfg.fold` (a
+    distillation stage's checkpoint for this very fold: it never saw this fold's validation audio)."""
+    given = Path(str(cfg.init_from))
+    folder = given if (given / "best.pt").exists() else Path(cfg.runs_dir) / str(cfg.init_from) / f"fold{cfg.fold}"
+    if not (folder / "best.pt").exists():
+        raise FileNotFoundError(f"init_from={cfg.init_from}: neither {given / 'best.pt'} nor {folder / 'best.pt'} "
+                                "exists: train it first (e.g. `python -m src.train distill.stage=true exp=<name> "
+                                "fold=<k>`) or pass runs/<exp>/fold<k>")
+    return folder
+
+
+def init_from(model: BirdModel, cfg: DictConfig, classes: list[str]) -> None:
+    """Start `model` from another run's best.pt (`init_from`): its front end and backbone, and its head when it
+    was trained on the same classes (a distillation stage, or a pretraining run with other or extra outputs,
+    gives the backbone only). ValueError naming the checkpoint when it is another backbone."""
+    folder = init_run_dir(cfg)
+    saved = load_run_config(folder)
+    if str(saved.model.backbone) != str(cfg.model.backbone):
+        raise ValueError(f"init_from={folder}: a {saved.model.backbone} checkpoint, not {cfg.model.backbone}: pass "
+                         f"model.backbone={saved.model.backbone} (or its model=...), or another init_from")
+    state = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)["model"]
+    same_classes = list(saved.get("classes") or []) == list(classes)
+    kept = {k: v for k, v in state.items() if same_classes or not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("head.")]:
+        raise ValueError(f"init_from={folder}/best.pt does not fit this model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}): the model config differs (model.*, audio.*): match {folder}/config.yaml")
+    print(f"initialised from {folder}/best.pt: front end + backbone" + (" + head" if same_classes else
+          f" (head not loaded: trained on {len(saved.get('classes') or [])} other classes)"))
