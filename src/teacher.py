@@ -24,6 +24,8 @@ import logging
 import os
 import re
 import signal
+import threading
+import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
+PARENT_POLL_S = 0.5   # how often a worker checks that src.teacher still runs (where prctl cannot tell it)
 LABEL_FILES = ("label.csv", "labels.csv", "labels.txt", "assets/label.csv", "assets/labels.csv")
 
 
@@ -208,22 +211,35 @@ class Job:
 _WORKER: dict = {}
 
 
-def _init_worker(spec: dict, threads: int) -> None:
-    die_with_parent()
+def _load_teacher(spec: dict, threads: int) -> None:
     _WORKER["teacher"] = TeacherModel(spec, Path(spec["model_file"]), threads)
     _WORKER["mapping"] = spec["mapping"]
 
 
-def die_with_parent() -> None:
-    """Ask Linux to kill this (worker) process when its parent dies: a `kill -9` of `src.teacher` must not leave
-    its workers writing cache parts for minutes. A no-op where prctl is not available."""
+def _init_worker(spec: dict, threads: int, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    _load_teacher(spec, threads)
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """End this worker process when its parent (`parent_pid`, default: the parent it has now) dies: a `kill -9`
+    of `src.teacher` must not leave its workers writing cache parts for minutes. Linux sends the worker SIGKILL
+    (prctl's parent-death signal); a watchdog thread also ends it within PARENT_POLL_S seconds of being orphaned,
+    where prctl is missing (macOS) and if the parent died before this call. Only ever call it in a worker: the
+    command itself must outlive the shell that started it (nohup)."""
+    parent = os.getppid() if parent_pid is None else parent_pid
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the request: go now
-        os._exit(1)
+        pass
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is re-parented at once (to init or a subreaper)
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def part_is_current(job: Job) -> bool:
@@ -402,10 +418,11 @@ def run_jobs(jobs: list[Job], spec: dict, workers: int, threads: int) -> list[st
     problems = []
     bar = tqdm(total=len(todo), desc=f"teacher {spec['name']}", unit="file")
     if workers == 1:
-        _init_worker(spec, threads)
+        _load_teacher(spec, threads)
         results = map(_run_job, todo)
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(spec, threads))
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                   initargs=(spec, threads, os.getpid()))
         results = pool.map(_run_job, todo, chunksize=1)
     for _, n, message in results:
         bar.update()

@@ -1,0 +1,125 @@
+"""Regression tests of the teacher cache's reliability (issue 22): `src.teacher`'s workers end with it (also where
+prctl cannot tell them), the command itself outlives the shell that started it, a consolidation cut short leaves no
+table over the arrays of another build, and every message that sends the user to a command names one that
+composes and reaches the same data and cache."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_tiny_competition
+
+from src.folds import write_folds
+from src.prepare import prepare
+from tests.fake_teacher import write_fake_perch
+from tests.pipeline import compose_named
+
+REPO = Path(__file__).resolve().parents[1]
+COMMAND_CONFIG = {"teacher": "teacher", "prepare": "train", "folds": "train"}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A prepared 2-class competition with folds and the tiny Perch stand-in: (folder, src.teacher overrides).
+    The data set is named `xc45` over `data=birdclef2025` (a name without a config file, as in the docs)."""
+    tmp = tmp_path_factory.mktemp("teacher_cache")
+    root = make_tiny_competition(tmp / "comp", n_classes=2, per_class=2, seconds=9.0)
+    model, labels = write_fake_perch(tmp / "perch", ["bird0", "bird1"])
+    overrides = ["data=birdclef2025", f"data.root={root}", "data.name=xc45", f"data.cache_dir={tmp / 'cache'}",
+                 f"folds.dir={tmp / 'folds'}", "folds.n=2", "prepare.workers=1", "teacher=perch",
+                 f"teacher.path={model}", f"teacher.labels={labels}", "teacher_cache.workers=1",
+                 "teacher_cache.mix.copies=0", "teacher_cache.sources=[chunks]", "train.soundscape_cv=false"]
+    cfg = compose_named("teacher", *overrides)
+    write_folds(cfg, report=False)
+    prepare(cfg)
+    return tmp, overrides
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait(condition, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+# ---- 6. killing src.teacher stops its workers, and only its workers ----------------------------------------------
+
+SLOW_TEACHER = textwrap.dedent("""
+    import ctypes, os, sys, time
+    from pathlib import Path
+    import numpy as np
+    from src import teacher
+
+    class SlowTeacher:  # every call takes a minute: the workers are mid-job when their parent is killed
+        sample_rate = 32000
+
+        def __init__(self, spec, model, threads):
+            Path(sys.argv[1], f"{os.getpid()}.worker").write_text("")
+
+        def __call__(self, waves):
+            time.sleep(60)
+
+    def no_prctl(*args, **kwargs):  # a C library without prctl, as on macOS
+        raise OSError("no prctl here")
+
+    teacher.TeacherModel = SlowTeacher
+    if sys.argv[2] == "no-prctl":
+        ctypes.CDLL = no_prctl
+    folder = Path(sys.argv[1])
+    np.save(folder / "rec.npy", np.zeros(5 * 32000, np.int16))
+    jobs = [teacher.Job("chunks", str(folder / "rec.npy"), f"rec{k}.ogg", str(folder / f"part{k}.npz"), [0], [0])
+            for k in range(2)]
+    teacher.run_jobs(jobs, {"name": "slow", "model_file": "none", "mapping": []}, workers=2, threads=1)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("libc", ["prctl", "no-prctl"])
+def test_killed_teacher_leaves_no_worker_running_mid_job(tmp_path, libc):
+    parent = subprocess.Popen([sys.executable, "-c", SLOW_TEACHER, str(tmp_path), libc], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        assert _wait(lambda: len(list(tmp_path.glob("*.worker"))) == 2, 60), "the pool never started"
+        workers = [int(p.stem) for p in tmp_path.glob("*.worker")]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _wait(lambda: not any(map(_alive, workers)), 5), f"workers {workers} outlived src.teacher"
+        assert not list(tmp_path.glob("part*.npz"))
+    finally:
+        parent.kill()
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_single_process_teacher_outlives_the_shell_that_started_it(prepared, tmp_path):
+    folder, overrides = prepared
+    command = shlex.join([sys.executable, "-m", "src.teacher", *overrides, "teacher.name=nohup"])
+    log = tmp_path / "teacher.log"
+    # the shell exits at once, as after `nohup python -m src.teacher ... &` and a logout: src.teacher is orphaned
+    shell = subprocess.run(["sh", "-c", f"{command} > {shlex.quote(str(log))} 2>&1 & echo $!"], cwd=REPO,
+                           capture_output=True, text=True, check=True)
+    pid = int(shell.stdout)
+    try:
+        _wait(lambda: not _alive(pid), 120)
+        cache = folder / "cache" / "teacher" / "nohup" / "windows.parquet"
+        assert cache.exists(), f"src.teacher died with its shell:\n{log.read_text()[-2000:]}"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
