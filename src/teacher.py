@@ -437,7 +437,8 @@ def run_jobs(jobs: list[Job], spec: dict, workers: int, threads: int) -> list[st
 
 
 def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
-    """Concatenate the part files into windows.parquet, embeddings.npy and scores.npy (atomic)."""
+    """Concatenate the part files into embeddings.npy, scores.npy and windows.parquet (each atomic; the cache
+    exists only once all three are of this build)."""
     frames, embs, scores = [], [], []
     cache_starts = {}
     for job in jobs:
@@ -463,11 +464,14 @@ def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
     if not frames:
         raise ValueError(f"{out_dir}: nothing was embedded (see the problems above)")
     windows = pl.concat(frames)
-    with atomic_write(out_dir / "windows.parquet") as tmp:
-        windows.write_parquet(tmp)
+    # readers open the cache by windows.parquet: it goes first and comes back last, so a run killed (or a disk
+    # filled) between the three files leaves no cache rather than a table over the arrays of another build
+    (out_dir / "windows.parquet").unlink(missing_ok=True)
     for name, arrays in (("embeddings.npy", embs), ("scores.npy", scores)):
         with atomic_write(out_dir / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.concatenate(arrays).astype(np.float32))
+    with atomic_write(out_dir / "windows.parquet") as tmp:
+        windows.write_parquet(tmp)
     return windows
 
 

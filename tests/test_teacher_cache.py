@@ -13,11 +13,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_tiny_competition
 
+from src.data.teacher_cache import cache_dir, load_cache
 from src.folds import write_folds
 from src.prepare import prepare
+from src.teacher import build_cache, consolidate, make_jobs
 from tests.fake_teacher import write_fake_perch
 from tests.pipeline import compose_named
 
@@ -123,3 +126,32 @@ def test_a_single_process_teacher_outlives_the_shell_that_started_it(prepared, t
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# ---- a consolidation cut short (a kill, a full disk) ----------------------------------------------------------
+
+def test_a_consolidation_cut_short_leaves_no_table_over_other_arrays(prepared, monkeypatch):
+    _, overrides = prepared
+    cfg = compose_named("teacher", *overrides, "teacher.name=cut")
+    build_cache(cfg)
+    full = load_cache(cfg)[0].height
+    from src.data.competition import load_competition
+
+    jobs = make_jobs(cfg, load_competition(cfg.data.root, cfg.data.layout), cache_dir(cfg))
+    save, calls = np.save, []
+
+    def save_then_fail(*args, **kwargs):  # the second array (scores.npy) is never written
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("No space left on device")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        consolidate(jobs[:1], cache_dir(cfg))  # a build of other windows than the cache on disk
+    monkeypatch.setattr(np, "save", save)
+    with pytest.raises(FileNotFoundError, match="build it first with `python -m src.teacher"):
+        load_cache(cfg)
+    build_cache(cfg)  # the rerun finishes the cache from its parts
+    windows, emb, scores, _ = load_cache(cfg)
+    assert windows.height == full == len(emb) == len(scores)
