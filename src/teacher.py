@@ -41,7 +41,7 @@ from tqdm import tqdm
 from src.data.audio_cache import cache_path, cache_rate, load_cached
 from src.data.competition import Competition, load_competition
 from src.data.splits import folds_path
-from src.data.teacher_cache import WINDOW_COLUMNS, cache_dir, valset_name
+from src.data.teacher_cache import WINDOW_COLUMNS, cache_dir, data_options, valset_name
 from src.evaluation.valsets import load_fold
 from src.infer.audio import AudioError, from_int16, load_audio
 from src.infer.io import atomic_write, remove_stale_temporaries
@@ -380,8 +380,8 @@ def valset_jobs(cfg: DictConfig, classes: list[str], out_dir: Path) -> list[Job]
     """One job per validation soundscape of every fold (src.valsets builds the missing sets first): the
     teacher runs are then scored on them from the cache, not by running the teacher again per run."""
     if not folds_path(cfg).exists():
-        log.warning("%s not found: validation soundscapes not cached (run `python -m src.folds` first)",
-                    folds_path(cfg))
+        log.warning("%s not found: validation soundscapes not cached (run `python -m src.folds %s folds.n=%s "
+                    "folds.dir=%s` first)", folds_path(cfg), data_options(cfg.data), cfg.folds.n, cfg.folds.dir)
         return []
     jobs = []
     for fold in range(int(cfg.folds.n)):
@@ -480,7 +480,7 @@ def build_cache(cfg: DictConfig) -> dict:
     comp = load_competition(cfg.data.root, cfg.data.layout)
     if not (Path(cfg.data.cache_dir) / "chunks.parquet").exists():
         raise FileNotFoundError(f"{Path(cfg.data.cache_dir) / 'chunks.parquet'} not found: run "
-                                f"`python -m src.prepare data={cfg.data.name} data.root={cfg.data.root}` first")
+                                f"`python -m src.prepare {data_options(cfg.data)}` first")
     model, labels_path = model_files(cfg.teacher)
     labels = read_labels(labels_path)
     mapping, table = map_classes(class_names(comp), labels)

@@ -5,6 +5,7 @@ composes and reaches the same data and cache."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -14,13 +15,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from conftest import make_tiny_competition
 
-from src.data.teacher_cache import cache_dir, load_cache
+from src.config import compose
+from src.data.teacher_cache import _read_cache, cache_dir, load_cache
 from src.folds import write_folds
 from src.prepare import prepare
-from src.teacher import build_cache, consolidate, make_jobs
+from src.probe import train_probe
+from src.teacher import build_cache, consolidate, make_jobs, valset_jobs
+from src.training.distill import teacher_targets
 from tests.fake_teacher import write_fake_perch
 from tests.pipeline import compose_named
 
@@ -155,3 +160,75 @@ def test_a_consolidation_cut_short_leaves_no_table_over_other_arrays(prepared, m
     build_cache(cfg)  # the rerun finishes the cache from its parts
     windows, emb, scores, _ = load_cache(cfg)
     assert windows.height == full == len(emb) == len(scores)
+
+
+# ---- 8. the commands the messages name -------------------------------------------------------------------------
+
+def suggested(message: str) -> tuple[str, list[str]]:
+    """(command module, overrides) of the `python -m src.<x> ...` in `message`; a `<a | b>` placeholder takes a."""
+    found = re.search(r"`python -m src\.(\w+)((?: [^`]*)?)`", message)
+    assert found, f"no command in: {message}"
+    return found.group(1), shlex.split(re.sub(r"<\s*([\w.-]+)[^<>]*>", r"\1", found.group(2)))
+
+
+def assert_reaches(message: str, cfg, teacher: str | None = None) -> None:
+    """The message's command composes and reaches cfg's data set and cache (and the teacher cache `teacher`)."""
+    module, overrides = suggested(message)
+    composed = compose(COMMAND_CONFIG[module], overrides)
+    for key in ("name", "root", "cache_dir", "layout"):
+        assert str(composed.data[key]) == str(cfg.data[key]), f"data.{key} differs: {message}"
+    if teacher is not None:
+        assert str(composed.teacher.name) == teacher and composed.teacher.path, message
+
+
+def test_a_missing_cache_names_the_command_that_builds_it(prepared):
+    _, overrides = prepared
+    cfg = compose_named("teacher", *overrides, "teacher.name=perch")
+    with pytest.raises(FileNotFoundError) as err:
+        load_cache(cfg)
+    assert_reaches(str(err.value), cfg, "perch")
+    train = compose_named("train", *overrides[:5], "distill.teacher=perch")
+    with pytest.raises(FileNotFoundError) as err:
+        teacher_targets(train, pl.DataFrame())
+    assert_reaches(str(err.value), train)
+    custom = compose_named("teacher", *overrides, "teacher.name=my_perch")  # a cache named after no config file
+    with pytest.raises(FileNotFoundError, match="teacher.name=my_perch") as err:
+        load_cache(custom)
+    assert_reaches(str(err.value), custom, "my_perch")
+
+
+def test_a_re_prepared_chunk_index_names_the_command_that_updates_the_cache(prepared, tmp_path):
+    folder, overrides = prepared
+    cfg = compose_named("teacher", *overrides, f"runs_dir={tmp_path / 'runs'}")
+    build_cache(cfg)
+    index = folder / "cache" / "chunks.parquet"
+    chunks = pl.read_parquet(index)
+    try:  # the chunks start elsewhere than when the cache was built (a re-prepare without src.teacher)
+        chunks.with_columns(pl.col("start_s") + 0.5).write_parquet(index)
+        with pytest.raises(ValueError, match="start elsewhere") as err:
+            train_probe(cfg)
+        assert_reaches(str(err.value), cfg, "perch")
+        settings = cache_dir(cfg) / "settings.json"
+        text = settings.read_text()
+        settings.write_text(text.replace('"bird0"', '"bird9"'))  # a cache of other classes
+        _read_cache.cache_clear()
+        with pytest.raises(ValueError, match="other classes") as err:
+            train_probe(cfg)
+        assert_reaches(str(err.value), cfg, "perch")
+        settings.write_text(text)
+    finally:
+        chunks.write_parquet(index)
+        _read_cache.cache_clear()
+
+
+def test_missing_prepare_and_folds_name_commands_for_this_data(prepared, tmp_path, caplog):
+    _, overrides = prepared
+    cfg = compose_named("teacher", *overrides, f"data.cache_dir={tmp_path / 'empty'}", f"folds.dir={tmp_path}")
+    with pytest.raises(FileNotFoundError, match="chunks.parquet not found") as err:
+        build_cache(cfg)
+    assert_reaches(str(err.value), cfg)
+    assert valset_jobs(cfg, ["bird0", "bird1"], tmp_path) == []
+    module, folds = suggested(caplog.text)
+    assert module == "folds"
+    assert_reaches(caplog.text, cfg)
+    assert str(compose("train", folds).folds.dir) == str(tmp_path)

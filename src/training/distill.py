@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from src.data.teacher_cache import cached_rows, load_cache
+from src.data.teacher_cache import cached_rows, load_cache, teacher_command
 from src.models.model import BirdModel
 from src.training.step import Run, TrainForward, loss_fn
 
@@ -58,8 +58,9 @@ def teacher_targets(cfg: DictConfig, train_df) -> tuple[np.ndarray, np.ndarray, 
     """The teacher's (scores, embeddings) of each training chunk (copy 0), in train_df's order, and which
     classes it knows."""
     cache = Path(cfg.data.cache_dir) / "teacher" / str(cfg.distill.teacher)
-    windows, emb, scores, settings = load_cache(cache)
-    rows = cached_rows(windows, train_df, copies=False)["row"].to_numpy()
+    command = teacher_command(cfg, str(cfg.distill.teacher))
+    windows, emb, scores, settings = load_cache(cache, command)
+    rows = cached_rows(windows, train_df, copies=False, command=command)["row"].to_numpy()
     known = np.array([bool(m) for m in settings["mapping"]])
     return np.asarray(scores[rows]), np.asarray(emb[rows]), known
 
