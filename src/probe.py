@@ -30,7 +30,7 @@ from src.data.competition import multi_hot
 from src.data.pseudo_labels import load_pseudo_windows, pseudo_digest
 from src.data.soundscape_labels import label_matrix
 from src.data.splits import split_fold, training_labelled
-from src.data.teacher_cache import cache_dir, cached_rows, load_cache
+from src.data.teacher_cache import ANY_TEACHER, cache_dir, cached_rows, load_cache, teacher_command
 from src.evaluation.metrics import per_class_auc, primary_one_hot, scores
 from src.infer.io import atomic_write, run_lock
 from src.infer.runtimes import make_head
@@ -71,13 +71,15 @@ def fit_probe(x: np.ndarray, y: np.ndarray, pcfg: DictConfig, extra: tuple[np.nd
     return out
 
 
-def bed_targets(rows: pl.DataFrame, pseudo: pl.DataFrame, classes: list[str], window_s: float) -> np.ndarray:
+def bed_targets(rows: pl.DataFrame, pseudo: pl.DataFrame, classes: list[str], window_s: float,
+                command: str = ANY_TEACHER) -> np.ndarray:
     """(rows, classes) pseudo-labels of the bed under each mixed copy in `rows` (`cached_rows`: copy, bed,
     bed_start_s): those of the bed soundscape's window that holds the middle of the mixed-in piece; 0 for clean
-    chunks and for beds without pseudo-labels (ambience, validation beds, silent windows)."""
+    chunks and for beds without pseudo-labels (ambience, validation beds, silent windows). `command`
+    (`teacher_command`) is what the message of an old cache tells the user to run."""
     if rows.filter(pl.col("copy") > 0)["bed"].null_count():
         raise ValueError("the teacher cache does not record the beds of its mixed copies (built by an older "
-                         "version): delete its folder and rerun `python -m src.teacher`, or set probe.bed_labels=false")
+                         f"version): delete its folder and run `{command}`, or set probe.bed_labels=false")
     keyed = rows.select(pl.col("bed"), window=((pl.col("bed_start_s").fill_nan(None) + window_s / 2)
                                                // window_s).cast(pl.Int64))
     labels = pseudo.with_columns(bed=pl.col("filename").map_elements(lambda f: Path(f).stem, return_dtype=pl.Utf8),
@@ -92,11 +94,12 @@ def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame,
     """Embeddings and targets of the fold's training chunks (+ mixed copies) and background windows. With
     `pseudo` (the pseudo-label table) and `probe.bed_labels`, a mixed copy's targets are the max of its chunk's
     labels and its bed's pseudo-labels: the calls in the bed are no longer taught as absent."""
-    rows = cached_rows(windows, train_df, bool(cfg.probe.mixed))
+    rebuild = teacher_command(cfg)
+    rows = cached_rows(windows, train_df, bool(cfg.probe.mixed), rebuild)
     secondary = None if cfg.labels.secondary is None else float(cfg.labels.secondary)
     y, _ = multi_hot(rows["primary_label"].to_list(), rows["secondary_labels"].to_list(), classes, secondary)
     if pseudo is not None and cfg.probe.bed_labels and bool(cfg.probe.mixed):
-        y = np.maximum(y, bed_targets(rows, pseudo, classes, float(cfg.audio.window_s)))
+        y = np.maximum(y, bed_targets(rows, pseudo, classes, float(cfg.audio.window_s), rebuild))
     x = np.asarray(emb[rows["row"].to_numpy()])
     if cfg.probe.background:
         bg = windows.with_row_index("row").filter(
@@ -110,8 +113,8 @@ def training_set(cfg: DictConfig, train_df: pl.DataFrame, windows: pl.DataFrame,
     return x, y
 
 
-def labelled_set(cfg: DictConfig, windows: pl.DataFrame, emb: np.ndarray, classes: list[str]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def labelled_set(cfg: DictConfig, windows: pl.DataFrame, emb: np.ndarray, classes: list[str],
+                 command: str = ANY_TEACHER) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and 0/1 targets of the labelled train soundscape windows this fold trains on (2026: the other
     folds' soundscapes, `src.data.splits.training_labelled`; for a class unknown to the teacher and without clips
     the only supervision); none with `probe.labelled_weight=0` or a competition without labels."""
@@ -123,21 +126,21 @@ def labelled_set(cfg: DictConfig, windows: pl.DataFrame, emb: np.ndarray, classe
                         how="inner", maintain_order="left")
     if joined.height < table.height:
         raise ValueError(f"{table.height - joined.height} labelled soundscape window(s) are not in the teacher cache: "
-                         "rerun `python -m src.teacher` with train_soundscapes in teacher_cache.sources")
+                         f"run `{command}` with train_soundscapes in teacher_cache.sources")
     return np.asarray(emb[joined["row"].to_numpy()]), label_matrix(joined["labels"].to_list(), classes)
 
 
-def pseudo_set(windows: pl.DataFrame, emb: np.ndarray, classes: list[str],
-               table: pl.DataFrame, path: str) -> tuple[np.ndarray, np.ndarray]:
+def pseudo_set(windows: pl.DataFrame, emb: np.ndarray, classes: list[str], table: pl.DataFrame, path: str,
+               command: str = ANY_TEACHER) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and soft targets of the pseudo-labelled soundscape windows of `table` (`load_pseudo_windows`
-    of `path`: the same file, checks and silent-window rule as `src.train`'s); training only, never validated."""
+    of `path`: the same file, checks and silent-window rule as `src.train`'s); training only, never validated.
+    `command` (`teacher_command`) is what the message of windows missing from the cache tells the user to run."""
     rows = windows.with_row_index("row").filter(pl.col("source") == "train_soundscapes", pl.col("copy") == 0)
     joined = table.join(rows.select("filename", pl.col("chunk").alias("window"), "row"),
                         on=["filename", "window"], how="inner", maintain_order="left")
     if joined.height < table.height:
         raise ValueError(f"{path}: {table.height - joined.height} of its windows are not in the "
-                         "teacher cache: rerun `python -m src.teacher` with train_soundscapes "
-                         "in teacher_cache.sources")
+                         f"teacher cache: rerun `{command}` (with train_soundscapes in teacher_cache.sources)")
     return np.asarray(emb[joined["row"].to_numpy()]), joined.select(classes).to_numpy().astype(np.float32)
 
 
@@ -162,19 +165,21 @@ def train_probe(cfg: DictConfig) -> dict:
     chunks, classes = load_chunk_index(cfg)
     train_df, val_df = split_fold(chunks, cfg)
     windows, emb, zero, settings = load_cache(cfg)
+    rebuild = teacher_command(cfg)
     if settings["classes"] != classes:
-        raise ValueError(f"{cache_dir(cfg)}: cached for other classes than {cfg.data.cache_dir}: rebuild it")
+        raise ValueError(f"{cache_dir(cfg)}: cached for other classes than {cfg.data.cache_dir}: delete that folder "
+                         f"and run `{rebuild}`")
     model_files(cfg.teacher)  # the model file must still be there: the run predicts with it
     spec = run_spec(cfg, settings)
     weights, n_train, n_pseudo = None, 0, 0
     if cfg.probe.head == "probe":
         pseudo = load_pseudo_windows(cfg, classes) if cfg.pseudo.path else None
         x, y = training_set(cfg, train_df, windows, emb, classes, pseudo)
-        lx, ly = labelled_set(cfg, windows, emb, classes)
+        lx, ly = labelled_set(cfg, windows, emb, classes, rebuild)
         sample_weight = np.concatenate([np.ones(len(x), np.float32),
                                         np.full(len(lx), float(cfg.probe.labelled_weight), np.float32)])
         x, y = np.concatenate([x, lx]), np.concatenate([y, ly])
-        extra = None if pseudo is None else pseudo_set(windows, emb, classes, pseudo, str(cfg.pseudo.path))
+        extra = None if pseudo is None else pseudo_set(windows, emb, classes, pseudo, str(cfg.pseudo.path), rebuild)
         weights = fit_probe(x, y, cfg.probe, extra=extra, sample_weight=sample_weight,
                             extra_weight=float(cfg.pseudo.weight))
         n_train, n_pseudo = len(x), 0 if extra is None else len(extra[0])
@@ -184,9 +189,9 @@ def train_probe(cfg: DictConfig) -> dict:
         index = rows["row"].to_numpy()
         return head(emb[index], zero[index])
 
-    val_rows = cached_rows(windows, val_df, copies=False)
+    val_rows = cached_rows(windows, val_df, copies=False, command=rebuild)
     # the validation chunks mixed into ambience (their cached copies): a check closer to the soundscapes
-    mixed = cached_rows(windows, val_df, copies=True).filter(pl.col("copy") > 0)
+    mixed = cached_rows(windows, val_df, copies=True, command=rebuild).filter(pl.col("copy") > 0)
     mixed_auc = scores(primary_one_hot(mixed["primary_label"].to_list(), classes), predict(mixed))["auc"] \
         if mixed.height else None
     exp = run_name(cfg)

@@ -24,6 +24,8 @@ import logging
 import os
 import re
 import signal
+import threading
+import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from tqdm import tqdm
 from src.data.audio_cache import cache_path, cache_rate, load_cached
 from src.data.competition import Competition, load_competition
 from src.data.splits import folds_path
-from src.data.teacher_cache import WINDOW_COLUMNS, cache_dir, valset_name
+from src.data.teacher_cache import WINDOW_COLUMNS, cache_dir, data_options, valset_name
 from src.evaluation.valsets import load_fold
 from src.infer.audio import AudioError, from_int16, load_audio
 from src.infer.io import atomic_write, remove_stale_temporaries
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
+PARENT_POLL_S = 0.5   # how often a worker checks that src.teacher still runs (where prctl cannot tell it)
 LABEL_FILES = ("label.csv", "labels.csv", "labels.txt", "assets/label.csv", "assets/labels.csv")
 
 
@@ -208,22 +211,35 @@ class Job:
 _WORKER: dict = {}
 
 
-def _init_worker(spec: dict, threads: int) -> None:
-    die_with_parent()
+def _load_teacher(spec: dict, threads: int) -> None:
     _WORKER["teacher"] = TeacherModel(spec, Path(spec["model_file"]), threads)
     _WORKER["mapping"] = spec["mapping"]
 
 
-def die_with_parent() -> None:
-    """Ask Linux to kill this (worker) process when its parent dies: a `kill -9` of `src.teacher` must not leave
-    its workers writing cache parts for minutes. A no-op where prctl is not available."""
+def _init_worker(spec: dict, threads: int, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    _load_teacher(spec, threads)
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """End this worker process when its parent (`parent_pid`, default: the parent it has now) dies: a `kill -9`
+    of `src.teacher` must not leave its workers writing cache parts for minutes. Linux sends the worker SIGKILL
+    (prctl's parent-death signal); a watchdog thread also ends it within PARENT_POLL_S seconds of being orphaned,
+    where prctl is missing (macOS) and if the parent died before this call. Only ever call it in a worker: the
+    command itself must outlive the shell that started it (nohup)."""
+    parent = os.getppid() if parent_pid is None else parent_pid
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the request: go now
-        os._exit(1)
+        pass
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is re-parented at once (to init or a subreaper)
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def part_is_current(job: Job) -> bool:
@@ -364,8 +380,8 @@ def valset_jobs(cfg: DictConfig, classes: list[str], out_dir: Path) -> list[Job]
     """One job per validation soundscape of every fold (src.valsets builds the missing sets first): the
     teacher runs are then scored on them from the cache, not by running the teacher again per run."""
     if not folds_path(cfg).exists():
-        log.warning("%s not found: validation soundscapes not cached (run `python -m src.folds` first)",
-                    folds_path(cfg))
+        log.warning("%s not found: validation soundscapes not cached (run `python -m src.folds %s folds.n=%s "
+                    "folds.dir=%s` first)", folds_path(cfg), data_options(cfg.data), cfg.folds.n, cfg.folds.dir)
         return []
     jobs = []
     for fold in range(int(cfg.folds.n)):
@@ -402,10 +418,11 @@ def run_jobs(jobs: list[Job], spec: dict, workers: int, threads: int) -> list[st
     problems = []
     bar = tqdm(total=len(todo), desc=f"teacher {spec['name']}", unit="file")
     if workers == 1:
-        _init_worker(spec, threads)
+        _load_teacher(spec, threads)
         results = map(_run_job, todo)
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(spec, threads))
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                   initargs=(spec, threads, os.getpid()))
         results = pool.map(_run_job, todo, chunksize=1)
     for _, n, message in results:
         bar.update()
@@ -420,7 +437,8 @@ def run_jobs(jobs: list[Job], spec: dict, workers: int, threads: int) -> list[st
 
 
 def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
-    """Concatenate the part files into windows.parquet, embeddings.npy and scores.npy (atomic)."""
+    """Concatenate the part files into embeddings.npy, scores.npy and windows.parquet (each atomic; the cache
+    exists only once all three are of this build)."""
     frames, embs, scores = [], [], []
     cache_starts = {}
     for job in jobs:
@@ -446,11 +464,14 @@ def consolidate(jobs: list[Job], out_dir: Path) -> pl.DataFrame:
     if not frames:
         raise ValueError(f"{out_dir}: nothing was embedded (see the problems above)")
     windows = pl.concat(frames)
-    with atomic_write(out_dir / "windows.parquet") as tmp:
-        windows.write_parquet(tmp)
+    # readers open the cache by windows.parquet: it goes first and comes back last, so a run killed (or a disk
+    # filled) between the three files leaves no cache rather than a table over the arrays of another build
+    (out_dir / "windows.parquet").unlink(missing_ok=True)
     for name, arrays in (("embeddings.npy", embs), ("scores.npy", scores)):
         with atomic_write(out_dir / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.concatenate(arrays).astype(np.float32))
+    with atomic_write(out_dir / "windows.parquet") as tmp:
+        windows.write_parquet(tmp)
     return windows
 
 
@@ -459,7 +480,7 @@ def build_cache(cfg: DictConfig) -> dict:
     comp = load_competition(cfg.data.root, cfg.data.layout)
     if not (Path(cfg.data.cache_dir) / "chunks.parquet").exists():
         raise FileNotFoundError(f"{Path(cfg.data.cache_dir) / 'chunks.parquet'} not found: run "
-                                f"`python -m src.prepare data={cfg.data.name} data.root={cfg.data.root}` first")
+                                f"`python -m src.prepare {data_options(cfg.data)}` first")
     model, labels_path = model_files(cfg.teacher)
     labels = read_labels(labels_path)
     mapping, table = map_classes(class_names(comp), labels)

@@ -258,7 +258,7 @@ def test_the_teacher_workers_ask_for_the_parent_death_signal():
 
     from src import teacher
 
-    assert "die_with_parent()" in inspect.getsource(teacher._init_worker)
+    assert "die_with_parent(" in inspect.getsource(teacher._init_worker)
 
 
 # ---- 7. public LB scores -------------------------------------------------------------------------------------

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from src.config import load_run_config
+from src.config import CONFIG_DIR, load_run_config
 from src.infer.runtimes import is_teacher_dir, teacher_head
 from src.infer.submission import row_ids
 
 KEYS = ["filename", "chunk"]  # a chunk of the prepare index
+ANY_TEACHER = "python -m src.teacher data=<data> teacher=<teacher>"  # `teacher_command` where no config is at hand
 
 WINDOW_COLUMNS = {"source": pl.Utf8, "filename": pl.Utf8, "chunk": pl.Int32, "copy": pl.Int16, "snr_db": pl.Float32,
                   "start_s": pl.Float64, "end_s": pl.Float64, "bed": pl.Utf8, "bed_start_s": pl.Float32}
@@ -31,24 +32,52 @@ def valset_name(path: str | Path, cache: str | Path) -> str:
 def teacher_option(name: str) -> str:
     """The command-line option that builds the cache named `name`: `teacher=<name>` when configs/teacher/ has such
     a file, else `teacher.name=<name>` beside the teacher it was made with."""
-    from src.config import CONFIG_DIR
-
     if (Path(CONFIG_DIR) / "teacher" / f"{name}.yaml").exists():
         return f"teacher={name}"
     return f"teacher=<birdnet | perch> teacher.name={name}"
+
+
+def data_options(data: DictConfig) -> str:
+    """The options that select the data set of a composed `data` config on the command line: `data=<its file in
+    configs/data/>` and `data.root=`; a name without a file (`data.name=xc45`) takes its layout's file plus
+    `data.name=`, and a cache folder other than that file's default adds `data.cache_dir=`."""
+    name = str(data.name)
+    config = name if (Path(CONFIG_DIR) / "data" / f"{name}.yaml").exists() else str(data.layout)
+    options = [f"data={config}", f"data.root={data.root}"] + ([f"data.name={name}"] if config != name else [])
+    path = Path(CONFIG_DIR) / "data" / f"{config}.yaml"
+    default = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
+    if OmegaConf.to_container(data, resolve=False).get("cache_dir") != default.get("cache_dir"):
+        options.append(f"data.cache_dir={data.cache_dir}")
+    return " ".join(options)
+
+
+def teacher_command(cfg: DictConfig, name: str | None = None) -> str:
+    """`python -m src.teacher ...` with the options that build (or bring up to date) the teacher cache `name`
+    (default: cfg's teacher) of cfg's data set, for the messages that send the user there. The teacher's model
+    and labels files are named too when `name` is cfg's teacher (teacher=perch needs teacher.path)."""
+    teacher = cfg.get("teacher")
+    name = str(name or teacher.name)
+    words = ["python -m src.teacher", data_options(cfg.data), teacher_option(name)]
+    if teacher is not None and str(teacher.get("name")) == name:
+        words += [f"teacher.{key}={teacher[key]}" for key in ("path", "labels")
+                  if not OmegaConf.is_missing(teacher, key) and teacher.get(key)]
+    return " ".join(words)
 
 
 def cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.data.cache_dir) / "teacher" / str(cfg.teacher.name)
 
 
-def load_cache(cfg_or_dir: DictConfig | Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, dict]:
+def load_cache(cfg_or_dir: DictConfig | Path, command: str | None = None
+               ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, dict]:
     """(windows, embeddings, mapped scores, settings) of a built teacher cache, read-only: read once per cache
-    version in a process (the folds and members of an ensemble share it)."""
+    version in a process (the folds and members of an ensemble share it). `command` (default: `teacher_command`
+    of a config) is the `python -m src.teacher ...` a missing cache's message tells the user to run."""
     out_dir = cache_dir(cfg_or_dir) if isinstance(cfg_or_dir, DictConfig) else Path(cfg_or_dir)
     if not (out_dir / "windows.parquet").exists():
-        raise FileNotFoundError(f"{out_dir / 'windows.parquet'} not found: build it first with `python -m src.teacher "
-                                f"data=... {teacher_option(out_dir.name)}`")
+        command = command or (teacher_command(cfg_or_dir) if isinstance(cfg_or_dir, DictConfig)
+                              else f"python -m src.teacher data=<data> {teacher_option(out_dir.name)}")
+        raise FileNotFoundError(f"{out_dir / 'windows.parquet'} not found: build it first with `{command}`")
     return _read_cache(str(out_dir), (out_dir / "windows.parquet").stat().st_mtime_ns)
 
 
@@ -101,9 +130,11 @@ def cached_windows(windows: pl.DataFrame, source: str, filenames: tuple[str, ...
     return ids, np.concatenate(index) if index else np.zeros(0, np.int64)
 
 
-def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl.DataFrame:
+def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool,
+                command: str = ANY_TEACHER) -> pl.DataFrame:
     """The cache rows (`row`) of these chunks, in the chunks' order, with their labels; copy 0 only
-    unless `copies` (then every mixed copy of each chunk too)."""
+    unless `copies` (then every mixed copy of each chunk too). `command` (`teacher_command`) is what the
+    message of chunks missing from the cache tells the user to run."""
     rows = windows.with_row_index("row").filter(pl.col("source") == "chunks")
     if not copies:
         rows = rows.filter(pl.col("copy") == 0)
@@ -116,6 +147,5 @@ def cached_rows(windows: pl.DataFrame, chunks: pl.DataFrame, copies: bool) -> pl
         example = (missing if missing.height else moved.select(KEYS)).row(0)
         raise ValueError(f"{missing.height} chunk(s) are not in the teacher cache and {moved.height} start elsewhere "
                          f"than when it was built (e.g. {example}): the chunk index changed (src.prepare); rerun "
-                         "`python -m src.teacher data=... teacher=...`, which embeds again the recordings whose "
-                         "chunks changed")
+                         f"`{command}`, which embeds again the recordings whose chunks changed")
     return out.drop("cached_start_s")

@@ -31,7 +31,7 @@ from src.data.dataset import ChunkDataset
 from src.data.pseudo_labels import bed_soundscapes
 from src.data.samplers import ShuffleSampler
 from src.data.splits import held_out_labelled
-from src.data.teacher_cache import cached_rows, load_cache
+from src.data.teacher_cache import cached_rows, load_cache, teacher_command
 from src.infer.io import atomic_write
 from src.models.model import BirdModel
 from src.training.step import Run, TrainForward, count_epoch_steps, loss_fn
@@ -73,8 +73,9 @@ class DistillForward(TrainForward):
 def teacher_targets(cfg: DictConfig, train_df, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The teacher's (scores, embeddings) of each training chunk (copy 0), in train_df's order, and which
     classes it knows."""
-    windows, emb, scores, settings = load_cache(Path(cfg.data.cache_dir) / "teacher" / str(cfg.distill.teacher))
-    rows = cached_rows(windows, train_df, copies=False)["row"].to_numpy()
+    command = teacher_command(cfg, str(cfg.distill.teacher))
+    windows, emb, scores, settings = load_cache(Path(cfg.data.cache_dir) / "teacher" / str(cfg.distill.teacher), command)
+    rows = cached_rows(windows, train_df, copies=False, command=command)["row"].to_numpy()
     cols, known = class_columns(settings, classes)
     return np.asarray(scores[rows])[:, cols], np.asarray(emb[rows]), known
 
