@@ -295,7 +295,10 @@ def test_a_missing_teacher_cache_names_an_option_that_exists(tmp_path):
 
 
 @pytest.mark.parametrize("override, key", [("probe.hidden=-1", "probe.hidden"), ("probe.epochs=0", "probe.epochs"),
-                                            ("probe.lr=0", "probe.lr")])
+                                            ("probe.lr=0", "probe.lr"), ("probe.hidden=null", "probe.hidden"),
+                                            ("probe.hidden=2.5", "probe.hidden"), ("probe.lr=inf", "probe.lr"),
+                                            ("probe.lr=abc", "probe.lr='abc'"),
+                                            ("probe.weight_decay=null", "probe.weight_decay")])
 def test_probe_settings_are_checked_up_front(override, key):
     with pytest.raises(ValueError, match=key):
         check_settings(compose_named("teacher", override).probe)
