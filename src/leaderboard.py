@@ -126,11 +126,8 @@ def read_public_lb(lb_file: Path) -> dict[str, dict]:
             raise LeaderboardError(f"{lb_file} must have the header {','.join(LB_COLUMNS)}; fix or delete it")
         entries = {}
         for line, row in enumerate(reader, start=2):
-            try:
-                score = float(row["score"])
-            except (TypeError, ValueError):
-                raise LeaderboardError(f"{lb_file} line {line}: score {row['score']!r} is not a number; "
-                                       "fix or delete that line") from None
+            score = _lb_score(row["score"], f"{lb_file} line {line}: score {row['score']!r}",
+                              "; fix or delete that line")
             entries[row["exp"]] = {"score": score, "date": row.get("date") or "", "note": row.get("note") or ""}
     return entries
 
@@ -139,16 +136,25 @@ def check_public_lb(score, exp: str, runs_dir: Path, ensembles_dir: Path, force:
     """The score to record for `exp`, refused (LeaderboardError) when it is not a number in [0, 1] (the range of
     macro ROC-AUC and cmAP) or when `exp` is neither a run (runs/<exp>/) nor an ensemble (ensembles/<exp>/) and
     `force` is off."""
-    try:
-        value = float(score)
-    except (TypeError, ValueError):
-        raise LeaderboardError(f"score={score!r} is not a number (e.g. score=0.842)") from None
-    if not 0.0 <= value <= 1.0:
-        raise LeaderboardError(f"score={score}: a public LB score (macro ROC-AUC, cmAP) is between 0 and 1")
+    value = _lb_score(score, f"score={score!r}", " (e.g. score=0.842)")
     if not force and not (runs_dir / exp).is_dir() and not (ensembles_dir / exp).is_dir():
         raise LeaderboardError(f"exp={exp}: neither {runs_dir / exp}/ nor {ensembles_dir / exp}/ exists (a typo?); "
                                "pass force=true to record it anyway")
     return value
+
+
+def _lb_score(value, where: str, fix: str) -> float:
+    """`value` as a public LB score: a number (not a boolean) in [0, 1], the range of macro ROC-AUC and cmAP;
+    otherwise a LeaderboardError that starts with `where` and ends with `fix`."""
+    try:
+        if isinstance(value, bool):  # YAML's true would otherwise be recorded as 1.0
+            raise TypeError
+        score = float(value)
+    except (TypeError, ValueError):
+        raise LeaderboardError(f"{where} is not a number{fix}") from None
+    if not 0.0 <= score <= 1.0:
+        raise LeaderboardError(f"{where}: a public LB score (macro ROC-AUC, cmAP) is between 0 and 1{fix}")
+    return score
 
 
 def record_public_lb(lb_file: Path, exp: str, score: float, note: str = "", date: str | None = None) -> None:

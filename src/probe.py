@@ -14,6 +14,7 @@ import fnmatch
 import itertools
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -210,11 +211,15 @@ def check_settings(pcfg: DictConfig) -> None:
     """The `probe` settings, checked before anything is read or written; a ValueError names the key."""
     if pcfg.head not in ("probe", "zero_shot"):
         raise ValueError(f"probe.head={pcfg.head!r}: use probe or zero_shot")
-    for key, ok, rule in (("hidden", int(pcfg.hidden) >= 0, ">= 0 (0 = logistic regression)"),
-                          ("epochs", int(pcfg.epochs) >= 1, ">= 1"), ("lr", float(pcfg.lr) > 0, "> 0"),
-                          ("weight_decay", float(pcfg.weight_decay) >= 0, ">= 0")):
-        if not ok:
-            raise ValueError(f"probe.{key}={pcfg[key]}: must be {rule} (configs/teacher.yaml: probe)")
+    for key, kind, ok, rule in (("hidden", int, lambda v: v >= 0, "an integer >= 0 (0 = logistic regression)"),
+                                ("epochs", int, lambda v: v >= 1, "an integer >= 1"),
+                                ("lr", float, lambda v: v > 0, "a number > 0"),
+                                ("weight_decay", float, lambda v: v >= 0, "a number >= 0")):
+        value = pcfg[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and (
+            kind is float or float(value).is_integer())
+        if not number or not ok(kind(value)):
+            raise ValueError(f"probe.{key}={value!r}: must be {rule} (configs/teacher.yaml: probe)")
 
 
 def write_run(cfg: DictConfig, run_dir: Path, exp: str, classes: list[str], spec: dict,

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
 import numpy as np
 import polars as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.config import (
     fold_dirs,
@@ -91,48 +93,68 @@ def predict_windows(teacher: dict, files: list[Path], n_classes: int, threads: i
 
 # -------------------------------------------------------------------------------------------- transforms
 
+def _number(value, key: str) -> float:
+    """`value` as a finite float; PseudoLabelError naming `pseudo.transform.<key>` for anything else (null, text,
+    inf, a list)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PseudoLabelError(f"pseudo.transform.{key}={value!r}: must be a finite number (configs/pseudo.yaml)")
+    return float(value)
+
+
 def class_thresholds(threshold, classes: list[str]) -> np.ndarray:
-    """Per-class thresholds from one number or a mapping {default: t, <class>: t}, each in [0, 1)."""
-    if isinstance(threshold, int | float):
-        values = np.full(len(classes), float(threshold), np.float32)
-    else:
-        table = dict(threshold)
+    """Per-class thresholds from one number, a mapping {default: t, <class>: t}, or null (none), each in [0, 1)."""
+    if threshold is None:
+        return np.zeros(len(classes), np.float32)
+    if isinstance(threshold, Mapping | DictConfig):
+        table = {str(k): _number(v, f"threshold.{k}") for k, v in dict(threshold).items()}
         unknown = set(table) - set(classes) - {"default"}
         if unknown:
             raise PseudoLabelError(f"pseudo.transform.threshold names unknown classes {sorted(unknown)[:5]}")
-        values = np.array([float(table.get(c, table.get("default", 0.0))) for c in classes], np.float32)
+        values = np.array([table.get(c, table.get("default", 0.0)) for c in classes], np.float32)
+    elif isinstance(threshold, str | ListConfig | list | tuple):
+        raise PseudoLabelError(f"pseudo.transform.threshold={threshold!r}: a number or a mapping {{default: t, "
+                               "<class>: t}")
+    else:
+        values = np.full(len(classes), _number(threshold, "threshold"), np.float32)
     if not ((values >= 0) & (values < 1)).all():
         raise PseudoLabelError(f"pseudo.transform.threshold={threshold}: each threshold must be in [0, 1) (1 or more "
                                "zeroes every label)")
     return values
 
 
-def check_transform(tcfg, classes: list[str]) -> None:
-    """The transform settings, checked before the teacher predicts anything; PseudoLabelError names the key."""
+def check_transform(tcfg, classes: list[str]) -> dict:
+    """The transform settings, checked before the teacher predicts anything (PseudoLabelError names the key);
+    returns them parsed: {smoothing: [w, ...] | None, temperature, power, thresholds (C,)}."""
     smoothing = tcfg.get("smoothing")
-    if smoothing:
+    if smoothing is not None:
+        if not isinstance(smoothing, ListConfig | list | tuple):
+            raise PseudoLabelError(f"pseudo.transform.smoothing={smoothing!r}: a list of weights, e.g. [0.25, 0.5, "
+                                   "0.25], or null")
+        if any(isinstance(w, bool) or not isinstance(w, int | float) for w in smoothing):
+            raise PseudoLabelError(f"pseudo.transform.smoothing={list(smoothing)}: weights must be numbers")
         weights = np.asarray(list(smoothing), np.float64)
         if (weights < 0).any() or weights.sum() <= 0 or not np.isfinite(weights).all():
             raise PseudoLabelError(f"pseudo.transform.smoothing={list(smoothing)}: weights >= 0 with a positive sum")
-    if not float(tcfg.get("temperature", 1.0)) > 0:
+    temperature, power = _number(tcfg.get("temperature", 1.0), "temperature"), _number(tcfg.get("power", 1.0), "power")
+    if not temperature > 0:
         raise PseudoLabelError(f"pseudo.transform.temperature={tcfg.get('temperature')}: must be > 0")
-    if not float(tcfg.get("power", 1.0)) > 0:
+    if not power > 0:
         raise PseudoLabelError(f"pseudo.transform.power={tcfg.get('power')}: must be > 0 (a negative power turns "
                                "probabilities into values above 1)")
-    class_thresholds(tcfg.get("threshold", 0.0), classes)
+    return {"smoothing": list(smoothing) if smoothing else None, "temperature": temperature, "power": power,
+            "thresholds": class_thresholds(tcfg.get("threshold", 0.0), classes)}
 
 
 def transform(probs: np.ndarray, ids: list[str], classes: list[str], tcfg) -> np.ndarray:
     """Smoothing over neighbouring windows, then temperature, power and threshold (labels below it zeroed)."""
-    check_transform(tcfg, classes)
-    out = postprocess_rows(ids, probs, {"smoothing": tcfg.get("smoothing")}) if tcfg.get("smoothing") else probs
+    settings = check_transform(tcfg, classes)
+    out = postprocess_rows(ids, probs, {"smoothing": settings["smoothing"]}) if settings["smoothing"] else probs
     out = np.clip(out.astype(np.float64), 1e-7, 1 - 1e-7)
-    temperature = float(tcfg.get("temperature", 1.0))
-    if temperature != 1.0:
+    if settings["temperature"] != 1.0:
         logit = np.log(out) - np.log1p(-out)
-        out = 1 / (1 + np.exp(-logit / temperature))
-    out = out ** float(tcfg.get("power", 1.0))
-    out[out < class_thresholds(tcfg.get("threshold", 0.0), classes)] = 0.0
+        out = 1 / (1 + np.exp(-logit / settings["temperature"]))
+    out = out ** settings["power"]
+    out[out < settings["thresholds"]] = 0.0
     return out.astype(np.float32)
 
 

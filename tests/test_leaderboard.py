@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -164,3 +165,13 @@ def test_soundscape_cv_beside_clip_cv_with_both_correlations(tmp_path: Path, cap
     assert "soundscape CV - local test rank correlation (Spearman, n=3): +1.000" in printed
     assert "clip CV - local test rank correlation (Spearman, n=3): -1.000" in printed
     assert "soundscape CV - local test" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_a_boolean_score_and_an_impossible_recorded_score_are_refused(three_runs: Path, capsys) -> None:
+    assert _run_cli(three_runs, "lb", "exp=effnet", "score=true") == 1  # YAML's true is not the score 1.0
+    assert "score=True is not a number" in capsys.readouterr().err
+    lb_file = three_runs / "lb" / "public_lb.csv"
+    lb_file.parent.mkdir(parents=True, exist_ok=True)
+    lb_file.write_text("exp,score,date,note\neffnet,0.8,2025-01-01,\nregnet,2.0,2025-01-02,hand-edited\n")
+    assert _run_cli(three_runs) == 1
+    assert re.search(rf"{lb_file} line 3: score '2.0'.*between 0 and 1.*fix or delete", capsys.readouterr().err)

@@ -46,6 +46,21 @@ def test_power_temperature_threshold():
         pseudo.transform(p, ids, CLASSES, _cfg(temperature=0.0))
 
 
+@pytest.mark.parametrize("override, message", [
+    ({"power": None}, "power=None"), ({"temperature": "x"}, "temperature='x'"), ({"power": float("inf")}, "power=inf"),
+    ({"threshold": [0.1, 0.2]}, "threshold=.*a number or a mapping"), ({"threshold": "abc"}, "threshold='abc'"),
+    ({"threshold": {"a": "high"}}, "threshold.a='high'"), ({"smoothing": 0.5}, "smoothing=0.5"),
+    ({"smoothing": ["a"]}, "smoothing=.*numbers")])
+def test_transform_settings_that_are_not_numbers_are_named(override, message):
+    with pytest.raises(pseudo.PseudoLabelError, match=f"pseudo.transform.{message}"):
+        pseudo.check_transform(_cfg(**override), CLASSES)
+
+
+def test_a_null_threshold_zeroes_nothing():
+    p = np.array([[0.9, 0.5, 0.2]], np.float32)
+    np.testing.assert_allclose(pseudo.transform(p, ["s_5"], CLASSES, _cfg(threshold=None)), p, atol=1e-6)
+
+
 def test_smoothing_stays_inside_one_soundscape():
     p = np.zeros((4, 3), np.float32)
     p[1, 0] = 1.0  # file x, second window

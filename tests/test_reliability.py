@@ -41,10 +41,6 @@ from tests.pipeline import compose_named
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sleeper() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-
-
 # ---- 2. the teacher cache after a re-prepare ---------------------------------------------------------------
 
 def test_teacher_cache_embeds_again_the_recordings_whose_chunks_changed(tmp_path, capsys):
@@ -75,29 +71,37 @@ def test_teacher_cache_embeds_again_the_recordings_whose_chunks_changed(tmp_path
 
 # ---- 3. one run folder, one writer ---------------------------------------------------------------------------
 
+def _lock_holder(folder: Path) -> subprocess.Popen:
+    """A process that takes run_lock(folder) and keeps it (until killed); returned once it holds it."""
+    code = f"import time; from src.infer.io import run_lock\nwith run_lock({str(folder)!r}): time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    deadline = time.time() + 30
+    while not ((folder / ".lock").exists() and (folder / ".lock").read_text() == str(holder.pid)):
+        assert time.time() < deadline and holder.poll() is None, "the lock holder did not start"
+        time.sleep(0.05)
+    return holder
+
+
 def test_run_lock_refuses_a_live_holder_and_clears_a_dead_one(tmp_path):
     folder = tmp_path / "runs" / "dup" / "fold0"
-    holder = _sleeper()
+    holder = _lock_holder(folder)
     try:
-        folder.mkdir(parents=True)
-        (folder / ".lock").write_text(str(holder.pid))
         with pytest.raises(RunLockedError, match=f"{folder}.*process {holder.pid}"), run_lock(folder):
             pass
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: its .lock file stays behind
         holder.wait()
-    with run_lock(folder):  # the holder is dead: its lock is stale and cleared
+    assert (folder / ".lock").read_text() == str(holder.pid)
+    with run_lock(folder):  # the holder is dead: its lock file is taken
         assert (folder / ".lock").read_text() == str(os.getpid())
     assert not (folder / ".lock").exists()
 
 
 def test_a_second_training_into_a_locked_run_folder_writes_nothing(tiny_pipeline):
     folder = tiny_pipeline.runs_dir / "dup8" / "fold0"
-    folder.mkdir(parents=True)
-    holder = _sleeper()
+    holder = _lock_holder(folder)
     try:
-        (folder / ".lock").write_text(str(holder.pid))
-        with pytest.raises(RunLockedError, match="dup8"):
+        with pytest.raises(RunLockedError, match=f"dup8.*process {holder.pid}"):
             train_mod.train(tiny_pipeline.train_config("exp=dup8", "seed=2", "train.epochs=1"))
     finally:
         holder.kill()
@@ -295,7 +299,10 @@ def test_a_missing_teacher_cache_names_an_option_that_exists(tmp_path):
 
 
 @pytest.mark.parametrize("override, key", [("probe.hidden=-1", "probe.hidden"), ("probe.epochs=0", "probe.epochs"),
-                                            ("probe.lr=0", "probe.lr")])
+                                            ("probe.lr=0", "probe.lr"), ("probe.hidden=null", "probe.hidden"),
+                                            ("probe.hidden=2.5", "probe.hidden"), ("probe.lr=inf", "probe.lr"),
+                                            ("probe.lr=abc", "probe.lr='abc'"),
+                                            ("probe.weight_decay=null", "probe.weight_decay")])
 def test_probe_settings_are_checked_up_front(override, key):
     with pytest.raises(ValueError, match=key):
         check_settings(compose_named("teacher", override).probe)

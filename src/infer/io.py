@@ -5,6 +5,7 @@ Kernel-safe (standard library only): `src.kernel` inlines this file (the submiss
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from collections.abc import Iterator
@@ -55,32 +56,44 @@ class RunLockedError(RuntimeError):
 @contextmanager
 def run_lock(folder: str | Path, enabled: bool = True) -> Iterator[None]:
     """Hold `<folder>/.lock` (created with the folder) while the block writes the folder, so two commands never
-    write one run folder at once: a second one raises RunLockedError naming the holder's pid. A lock left by a
-    process that no longer runs (killed) is cleared. `enabled=False` (a DDP rank other than 0): no lock."""
+    write one run folder at once: a second one raises RunLockedError naming the holder's pid. The lock is an
+    flock on that file, so the kernel releases it when its process dies: a file left by a killed process is simply
+    taken. `enabled=False` (a DDP rank other than 0): no lock."""
     if not enabled:
         yield
         return
     path = Path(folder) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):  # the second try follows the removal of a stale lock
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            holder = _lock_pid(path)
-            if holder is not None and holder != os.getpid() and _running(holder):
-                raise RunLockedError(f"{folder} is being written by process {holder} (lock {path}): wait for it to "
-                                     "finish, or write to another run (exp=... / fold=...)") from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
-    else:
-        raise RunLockedError(f"{path}: could not take the lock (another process keeps creating it)")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(str(os.getpid()))
+    fd = _take_lock(path)
+    if fd is None:
+        holder = _lock_pid(path)
+        who = f"process {holder}" if holder is not None else "another process"
+        raise RunLockedError(f"{folder} is being written by {who} (lock {path}): wait for it to finish, or write to "
+                             "another run (exp=... / fold=...)")
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield
     finally:
-        if _lock_pid(path) == os.getpid():
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # still held: a process waiting on this file sees it gone and takes a new one
+        os.close(fd)
+
+
+def _take_lock(path: Path) -> int | None:
+    """An open descriptor of `path` holding its exclusive flock, or None when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder unlinked that file between our open and flock: lock the one now at `path`
 
 
 def _lock_pid(path: Path) -> int | None:
