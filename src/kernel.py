@@ -308,10 +308,11 @@ def plan_threads(cfg: DictConfig) -> int:
 
 
 def measure_members(config: dict, weights_dir: Path, cfg: DictConfig) -> list[dict]:
-    """Time each member of a kernel config (ensemble.json's `members`, `classes`, `inference`) with the
-    kernel's own member prediction (`kernel_main.predict_member`: decoding, front end, backbone, whatever
-    runtime kind the member's models use) on `plan_files` synthetic one-minute OGG soundscapes. Returns one
-    row per member: run, models, load_s (model loading), s_per_file (the rest, per soundscape)."""
+    """Time each pass of a kernel config (ensemble.json's `members`, `classes`, `inference`) as the kernel runs it
+    (`kernel_main.member_units`: the members of one teacher model share a pass; `predict_models`: decoding, front
+    end, backbone, whatever runtime kind the models use) on `plan_files` synthetic one-minute OGG soundscapes.
+    Returns one row per member: run, models, load_s (model loading), s_per_file (the rest, per soundscape); a pass
+    shared by several members is timed once, on its first member (the others: 0 s, `shared_with`)."""
     from src.infer import kernel_main
 
     runtime = plan_runtime(cfg)
@@ -319,18 +320,31 @@ def measure_members(config: dict, weights_dir: Path, cfg: DictConfig) -> list[di
     import torch
 
     torch.set_num_threads(threads)
-    rows = []
+    member_dirs = kernel_main.member_dirs(config, weights_dir)
+    dirs = [d for ds in member_dirs for d in ds]
+    models, start = {}, 0
+    for i, ds in enumerate(member_dirs):
+        models[i], start = list(range(start, start + len(ds))), start + len(ds)
+    specs = [json.loads((d / "model.json").read_text()) for d in dirs]
+
+    def parts(ks: list[int]):
+        return [runtime] * len(ks), [dirs[k] for k in ks], [specs[k] for k in ks]
+
+    rows: list[dict | None] = [None] * len(member_dirs)
     with tempfile.TemporaryDirectory(prefix="kernel_plan_audio_") as tmp:
         files = _plan_soundscapes(Path(tmp), cfg)
-        for member, dirs in zip(config["members"], kernel_main.member_dirs(config, weights_dir), strict=True):
+        for unit in kernel_main.member_units(models, parts):
             timings: dict[str, float] = {}
             t0 = time.time()
-            specs = [json.loads((d / "model.json").read_text()) for d in dirs]
-            kernel_main.predict_member(files, [runtime] * len(dirs), dirs, specs, len(config["classes"]),
+            kernel_main.predict_models(files, *parts([k for i in unit for k in models[i]]), len(config["classes"]),
                                        config["inference"], threads, timings)
             load_s = timings.get("load_s", 0.0)
-            rows.append({"member": member["run"], "models": len(dirs), "runtime": runtime, "threads": threads,
-                         "load_s": round(load_s, 3), "s_per_file": (time.time() - t0 - load_s) / len(files)})
+            for n, i in enumerate(unit):
+                rows[i] = {"member": config["members"][i]["run"], "models": len(models[i]), "runtime": runtime,
+                           "threads": threads, "load_s": round(load_s, 3) if n == 0 else 0.0,
+                           "s_per_file": (time.time() - t0 - load_s) / len(files) if n == 0 else 0.0}
+                if n:
+                    rows[i]["shared_with"] = config["members"][unit[0]]["run"]
     return rows
 
 
@@ -361,7 +375,8 @@ def print_plan(rows: list[dict], cfg: DictConfig, budget_min: float, margin: flo
         total += row["projected_min"]
         row["cumulative_min"], row["fits"] = total, total <= limit
         print(f"{row['member']:<28} {row['models']:>6} {row['s_per_file']:>11.3f} {row['projected_min']:>10.1f} "
-              f"{total:>10.1f}  {'yes' if row['fits'] else 'no'}")
+              f"{total:>10.1f}  {'yes' if row['fits'] else 'no'}"
+              + (f"  (one teacher pass with {row['shared_with']})" if row.get("shared_with") else ""))
     fitting = sum(r["fits"] for r in rows)
     print(f"{fitting} of {len(rows)} member(s) fit in {budget_min:.0f} min minus the {100 * margin:.0f}% margin "
           f"({limit:.1f} min). Projection: seconds per one-minute soundscape timed here ({rows[0]['runtime'] if rows else '-'}, "

@@ -144,9 +144,18 @@ def member_dirs(cfg: dict, weights_dir: Path) -> list[list[Path]]:
 
 def predict_member(files: list[Path], kinds: list[str], dirs: list[Path], specs: list[dict], n_classes: int,
                    inference: dict, threads: int, timings: dict | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """One member's window probabilities (its models averaged, model k run with `kinds[k]`), the way the kernel
-    runs it: models that cut the audio alike share a decoding pass and, with a split runtime, a mel.
-    `timings["load_s"]` (if given) accumulates the time spent loading models. Returns (row_ids, probs, problems)."""
+    """One member's window probabilities (its models averaged): `predict_models`'s, averaged."""
+    ids, preds, problems = predict_models(files, kinds, dirs, specs, n_classes, inference, threads, timings)
+    return ids, np.mean(np.stack(preds), axis=0), problems
+
+
+def predict_models(files: list[Path], kinds: list[str], dirs: list[Path], specs: list[dict], n_classes: int,
+                   inference: dict, threads: int, timings: dict | None = None
+                   ) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """Each model's window probabilities (model k run with `kinds[k]`), the way the kernel runs them: models that
+    cut the audio alike share a decoding pass and, with a split runtime, a mel; teacher runs of one teacher model
+    share its forward (one per window for all their heads). `timings["load_s"]` (if given) accumulates the time
+    spent loading models. Returns (row_ids, per-model probs, problems)."""
     def load_group(js: list[int]):
         t0 = time.time()
         predict = load_models([kinds[j] for j in js], [dirs[j] for j in js],
@@ -155,10 +164,27 @@ def predict_member(files: list[Path], kinds: list[str], dirs: list[Path], specs:
             timings["load_s"] = timings.get("load_s", 0.0) + time.time() - t0
         return predict
 
-    ids, preds, problems = predict_model_groups(
+    return predict_model_groups(
         files, [(spec["sample_rate"], spec["window_s"]) for spec in specs], load_group, n_classes,
         inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"], inference["fallback_duration_s"])
-    return ids, np.mean(np.stack(preds), axis=0), problems
+
+
+def member_units(models: dict[int, list[int]], parts) -> list[list[int]]:
+    """The members (index -> its model indices; `parts(ks)` -> their kinds, dirs, specs) in passes over the test
+    files: the members whose models run the same teacher model file share one pass (zero-shot and probe runs of
+    every fold: one teacher forward per window for all of them); any other member is a pass of its own. Ordered by
+    each pass's first member."""
+    units: list[list[int]] = []
+    by_teacher: dict[tuple[str, ...], int] = {}
+    for i, ks in models.items():
+        key = tuple(sorted({str(p) for p in map(teacher_model_path, parts(ks)[1]) if p is not None}))
+        if key and key in by_teacher:
+            units[by_teacher[key]].append(i)
+            continue
+        if key:
+            by_teacher[key] = len(units)
+        units.append([i])
+    return units
 
 
 def predict_members(cfg: dict, weights_dir: Path, files: list[Path],
@@ -197,68 +223,85 @@ def predict_members(cfg: dict, weights_dir: Path, files: list[Path],
 
 def run_members(cfg: dict, files: list[Path], models: dict[int, list[int]], parts, deadline: float,
                 lost: dict[int, str] | None = None) -> tuple[list[str], list[np.ndarray], list[int], list[str]]:
-    """Predict the members (`models`: member index -> its model indices; `parts(ks)` -> their kinds, dirs,
-    specs) one at a time in ensemble order under the time guard: a member is started only if it is projected
-    to finish before `deadline` (a time.time() value); the first always runs. A member's cost is projected from
-    `plan` (seconds per file measured at build) scaled by how the finished members compared with their plan,
-    or else from the seconds per model so far. A member that raises (a teacher model its runtime cannot
-    load, a missing runtime, ...) is dropped, logged with the teacher model file it runs, and the others go on;
-    a teacher that failed to load (TeacherError, ImportError) drops the later members on it without a retry.
-    `lost` (if given) gets each dropped member's reason. Returns (row_ids, finished members' predictions, their
-    indices, problems)."""
+    """Predict the members (`models`: member index -> its model indices; `parts(ks)` -> their kinds, dirs, specs)
+    pass by pass (`member_units`: the members of one teacher model share a pass) in ensemble order under the time
+    guard: a pass starts only if it is projected to finish before `deadline` (a time.time() value); the first
+    always runs. Its cost is projected from `plan` (seconds per file measured at build) scaled by how the finished
+    passes compared with their plan, or else from the seconds per model so far. A pass that raises (a teacher model
+    its runtime cannot load, a missing runtime, ...) drops its members, logged with the teacher model file, and the
+    others go on; a teacher that failed to load (TeacherError, ImportError) drops the later members on it without
+    a retry. `lost` (if given) gets each dropped member's reason. Returns (row_ids, finished members' predictions,
+    their indices, problems)."""
     log = logging.getLogger("kernel")
-    inference = cfg["inference"]
-    threads = int(inference.get("threads") or os.cpu_count() or 1)
+    threads = int(cfg["inference"].get("threads") or os.cpu_count() or 1)
+    units = member_units(models, parts)
+    done = {"ids": [], "preds": [], "kept": [], "spent": [], "problems": [], "broken": {}}
+    lost = {} if lost is None else lost
+    for u, unit in enumerate(units):
+        names = ", ".join(cfg["members"][i]["run"] for i in unit)
+        ks = [k for i in unit for k in models[i]]
+        teachers = sorted({p for p in map(teacher_model_path, parts(ks)[1]) if p is not None})
+        if any(t in done["broken"] for t in teachers):
+            lost |= {i: "not retried: " + "; ".join(done["broken"][t] for t in teachers if t in done["broken"])
+                     for i in unit}
+            log.error("member(s) %s dropped: %s", names, lost[unit[0]])
+            continue
+        if done["kept"] and over_budget(cfg, unit, models, done, deadline):
+            dropped = [cfg["members"][i]["run"] for rest in units[u:] for i in rest]
+            log.warning("time guard: member(s) %s projected past the budget minus the margin (%.0f s left): dropped "
+                        "%s; blending %d member(s)", names, deadline - time.time(), ", ".join(dropped),
+                        len(done["kept"]))
+            break
+        run_unit(cfg, files, unit, models, parts, threads, teachers, done, lost)
+    return done["ids"], done["preds"], done["kept"], done["problems"]
+
+
+def over_budget(cfg: dict, unit: list[int], models: dict[int, list[int]], done: dict, deadline: float) -> bool:
+    """True when the pass of `unit` is projected (`_projected_s`) to end after `deadline`."""
     planned = [float(p.get("s_per_file", 0.0)) for p in cfg.get("plan") or []]
     n_models = [len(models.get(i, [])) for i in range(len(cfg["members"]))]
-    ids: list[str] = []
-    preds: list[np.ndarray] = []
-    kept: list[int] = []
-    spent: list[float] = []
-    problems: list[str] = []
-    broken: dict[Path, str] = {}  # teacher model file -> why it failed
-    lost = {} if lost is None else lost
-    for i, ks in models.items():
-        run = cfg["members"][i]["run"]
-        teachers = sorted({p for p in map(teacher_model_path, parts(ks)[1]) if p is not None})
-        if any(t in broken for t in teachers):
-            lost[i] = "not retried: " + "; ".join(broken[t] for t in teachers if t in broken)
-            log.error("member %s dropped: %s", run, lost[i])
-            continue
-        if kept:
-            projected = _projected_s(i, kept, spent, planned, n_models)
-            if time.time() + projected > deadline:
-                dropped = [cfg["members"][j]["run"] for j in models if j >= i]
-                log.warning("time guard: member %s projected at %.0f s, %.0f s left before the budget minus the "
-                            "margin: dropped %s; blending %d member(s)", run, projected, deadline - time.time(),
-                            ", ".join(dropped), len(kept))
-                break
-        t0 = time.time()
-        try:
-            member_ids, pred, member_problems = predict_member(files, *parts(ks), len(cfg["classes"]), inference,
-                                                               threads)
-        except Exception as exc:  # one member's failure must not cost the others (nor the kernel)
-            what = (f"teacher model {', '.join(map(str, teachers))} failed to load or run" if teachers else
-                    "failed to load or run")
-            lost[i] = f"{what} ({type(exc).__name__}: {exc})"
-            if teachers and isinstance(exc, (TeacherError, ImportError)):
-                broken |= {t: lost[i] for t in teachers}
-            log.exception("member %s dropped: %s; blending the others", run, lost[i])
-            continue
-        spent.append(time.time() - t0)
-        ids = ids or member_ids
-        preds.append(align_rows(ids, member_ids, pred))
-        kept.append(i)
-        problems += [p for p in member_problems if p not in problems]
-        log.info("member %s: %d model(s), %d windows, %.1f s", run, len(ks), len(member_ids), spent[-1])
-    return ids, preds, kept, problems
+    return time.time() + _projected_s(unit, done["kept"], sum(done["spent"]), planned, n_models) > deadline
 
 
-def _projected_s(i: int, done: list[int], spent: list[float], planned: list[float], n_models: list[int]) -> float:
-    """Seconds member i should take, from the finished members' times (see run_members)."""
-    if len(planned) == len(n_models) and all(planned[k] > 0 for k in done) and planned[i] > 0:
-        return planned[i] * sum(spent) / sum(planned[k] for k in done)
-    return sum(spent) / sum(n_models[k] for k in done) * n_models[i]
+def run_unit(cfg: dict, files: list[Path], unit: list[int], models: dict[int, list[int]], parts, threads: int,
+             teachers: list[Path], done: dict, lost: dict[int, str]) -> None:
+    """One pass: the models of `unit`'s members over every file, each member's models averaged into `done`; a
+    failure drops the unit's members (see run_members)."""
+    log = logging.getLogger("kernel")
+    ks = [k for i in unit for k in models[i]]
+    t0 = time.time()
+    try:
+        ids, preds, problems = predict_models(files, *parts(ks), len(cfg["classes"]), cfg["inference"], threads)
+    except Exception as exc:  # one pass's failure must not cost the others (nor the kernel)
+        what = (f"teacher model {', '.join(map(str, teachers))} failed to load or run" if teachers else
+                "failed to load or run")
+        reason = f"{what} ({type(exc).__name__}: {exc})"
+        lost |= {i: reason for i in unit}
+        if teachers and isinstance(exc, (TeacherError, ImportError)):
+            done["broken"] |= {t: reason for t in teachers}
+        log.exception("member(s) %s dropped: %s; blending the others",
+                      ", ".join(cfg["members"][i]["run"] for i in unit), reason)
+        return
+    done["spent"].append(time.time() - t0)
+    done["ids"] = done["ids"] or ids
+    start = 0
+    for i in unit:
+        member = np.mean(np.stack(preds[start:start + len(models[i])]), axis=0)
+        start += len(models[i])
+        done["preds"].append(align_rows(done["ids"], ids, member))
+        done["kept"].append(i)
+    done["problems"] += [p for p in problems if p not in done["problems"]]
+    log.info("member(s) %s: %d model(s) in one pass, %d windows, %.1f s",
+             ", ".join(cfg["members"][i]["run"] for i in unit), len(ks), len(ids), done["spent"][-1])
+
+
+def _projected_s(unit: list[int], done: list[int], spent: float, planned: list[float], n_models: list[int]) -> float:
+    """Seconds the pass of `unit` should take, from the finished members' time `spent` (see run_members): their
+    plan scaled by how the finished ones compared with theirs, or else the seconds per model so far."""
+    if len(planned) == len(n_models) and all(planned[k] >= 0 for k in done) and sum(planned[k] for k in done) > 0 \
+            and sum(planned[i] for i in unit) > 0:
+        return sum(planned[i] for i in unit) * spent / sum(planned[k] for k in done)
+    return spent / max(sum(n_models[k] for k in done), 1) * sum(n_models[i] for i in unit)
 
 
 def run_kernel() -> Path:
