@@ -23,12 +23,12 @@ from src.config import fold_dirs, fold_number, load_run_config
 from src.data.competition import load_competition
 from src.data.soundscape_labels import label_matrix
 from src.data.tables import read_parquet
-from src.evaluation.metrics import primary_one_hot, score, submission_per_class, submission_score
-from src.infer.blend import BLENDS, blend, class_ranks, combine_members
+from src.evaluation.metrics import class_aucs, primary_one_hot, score, submission_per_class, submission_score
+from src.infer.blend import BLENDS, blend, class_ranks, combine_members, member_weights
 from src.infer.io import atomic_write
-from src.infer.postprocess import postprocess_rows
+from src.infer.postprocess import postprocess_rows, site_hour
 from src.infer.soundscape import list_soundscapes
-from src.infer.submission import align, expected_rows, read_sample_submission, validate_file, write_submission
+from src.infer.submission import align, expected_rows, read_sample_submission, row_stem, validate_file, write_submission
 from src.models.predict import member_predictions
 
 log = logging.getLogger(__name__)
@@ -53,27 +53,45 @@ def member_entry(runs_dir: Path, exp: str, weight: float, full_data: bool) -> di
     return entry | ({"models": [d.name for d in models]} if full_data else {})
 
 
-def load_oof(runs_dir: Path, exps: list[str]) -> tuple[pl.DataFrame, list[np.ndarray], list[str]]:
-    """Rows every member predicted (joined on filename, chunk), each member's probabilities, and the classes."""
+def member_classes(runs_dir: Path, exp: str, classes: list[str]) -> list[str]:
+    """The classes a member predicts (its folds must agree): all of `classes` (the competition's), or a subset (a
+    specialist, `data.classes`). ValueError naming the fold otherwise."""
+    found = None
+    for d in fold_dirs(runs_dir, exp):
+        run_classes = list(load_run_config(d).classes)
+        if not set(run_classes) <= set(classes):
+            raise ValueError(f"{d}: it predicts classes that are not columns of this competition's sample submission "
+                             f"(e.g. {sorted(set(run_classes) - set(classes))[:3]}): another competition?")
+        if found is not None and run_classes != found:
+            raise ValueError(f"{d}: its classes differ from its other folds'")
+        found = run_classes
+    return found
+
+
+def widen(frame: pl.DataFrame, classes: list[str]) -> np.ndarray:
+    """A member's probability columns on the ensemble's `classes`: NaN where it does not predict one (a specialist:
+    the blend leaves it out of that class)."""
+    return frame.select([pl.col(c) if c in frame.columns else pl.lit(None, pl.Float32).alias(c) for c in classes]
+                        ).to_numpy().astype(np.float32)
+
+
+def load_oof(runs_dir: Path, exps: list[str], classes: list[str]) -> tuple[pl.DataFrame, list[np.ndarray], list[str]]:
+    """Rows every member predicted (joined on filename, chunk), each member's probabilities on `classes` (NaN
+    columns for the classes a specialist does not predict), and the classes."""
     keys = ["filename", "chunk"]
-    frames, classes = [], None
+    frames = []
     for exp in exps:
-        parts = []
-        for d in fold_dirs(runs_dir, exp):
-            run_classes = list(load_run_config(d).classes)
-            if classes is None:
-                classes = run_classes
-            elif run_classes != classes:
-                raise ValueError(f"{d}: its classes differ from the other members' (different competition?)")
-            parts.append(read_parquet(d / "oof.parquet", f"python -m src.train / src.probe exp={exp} fold=<k>").with_columns(pl.lit(fold_number(d)).alias("fold")))
-        frames.append(pl.concat(parts))
+        member_classes(runs_dir, exp, classes)
+        frames.append(pl.concat([read_parquet(d / "oof.parquet", f"python -m src.train / src.probe exp={exp} "
+                                              "fold=<k>").with_columns(pl.lit(fold_number(d)).alias("fold"))
+                                 for d in fold_dirs(runs_dir, exp)], how="diagonal_relaxed"))
     base = frames[0].select(*keys, "fold", "primary_label")
     for f in frames[1:]:
         base = base.join(f.select(keys), on=keys, how="inner")
     if base.height == 0:
         raise ValueError(f"members {exps} share no out-of-fold rows: train them on the same folds file")
     base = base.sort(keys)
-    preds = [base.select(keys).join(f, on=keys, how="left").select(classes).to_numpy() for f in frames]
+    preds = [widen(base.select(keys).join(f, on=keys, how="left"), classes) for f in frames]
     return base, preds, classes
 
 
@@ -193,45 +211,94 @@ def load_window_oof(runs_dir: Path, exps: list[str], classes: list[str], kind: s
         print(f"members {exps} share no {kind} OOF rows (other folds or valsets settings?): not fitted on them")
         return None
     keys = base.select("row_id")
-    return base, [keys.join(f, on="row_id", how="left", maintain_order="left").select(classes).to_numpy()
-                  for f in frames]
+    return base, [widen(keys.join(f, on="row_id", how="left", maintain_order="left"), classes) for f in frames]
 
 
-def post_candidates(search: DictConfig, step: str) -> list[dict]:
-    """Post-processing configs tried up to `step`: blend (none), smoothing (each kernel), file_prior (each
-    kernel x each prior), from `ensemble.search`."""
-    smoothing = [None] + [list(k) for k in search.smoothing if k] if step != "blend" else [None]
-    priors = [None] + [OmegaConf.to_container(p) for p in search.file_prior] if step == "file_prior" else [None]
-    return [{"smoothing": k, "file_prior": p} for k in smoothing for p in priors]
+POST_STEPS = ("blend", "smoothing", "file_prior", "metadata_prior")  # each adds its candidates to the previous
+
+
+def post_candidates(search: DictConfig, step: str, pattern: str | None = None) -> list[dict]:
+    """Post-processing configs tried up to `step` (`POST_STEPS`): blend (none), smoothing (each kernel),
+    file_prior (each kernel x each prior), metadata_prior (each of those x each site/hour prior setting, with
+    the soundscape name `pattern`; its tables are fitted on the rows it is chosen on, `with_priors`), from
+    `ensemble.search`."""
+    upto = POST_STEPS.index(step)
+    smoothing = [None] + [list(k) for k in search.smoothing if k] if upto >= 1 else [None]
+    priors = [None] + [OmegaConf.to_container(p) for p in search.file_prior] if upto >= 2 else [None]
+    meta = [None] + [OmegaConf.to_container(p) | {"pattern": pattern} for p in search.metadata_prior] \
+        if upto >= 3 and pattern else [None]
+    return [{"smoothing": k, "file_prior": p, "metadata_prior": m} for k in smoothing for p in priors for m in meta]
+
+
+def with_priors(candidate: dict, ids: list[str], y: np.ndarray) -> dict:
+    """A candidate whose metadata prior (settings: weight, power, alpha, hour_bin, pattern) gets its tables from
+    these rows' truth: the global class prior, and per site and per hour bin the rows' mean labels smoothed
+    towards it ((sum + alpha x global) / (count + alpha))."""
+    spec = candidate.get("metadata_prior")
+    if not spec:
+        return candidate
+    keys = [site_hour(row_stem(r), spec["pattern"]) for r in ids]
+    base = y.mean(axis=0)
+    tables: dict[str, dict] = {"site": {}, "hour": {}}
+    for name, values in (("site", [k[0] for k in keys]),
+                         ("hour", [None if k[1] is None else k[1] // int(spec["hour_bin"]) for k in keys])):
+        for value in {v for v in values if v is not None}:
+            rows = np.array([v == value for v in values])
+            smoothed = (y[rows].sum(axis=0) + float(spec["alpha"]) * base) / (rows.sum() + float(spec["alpha"]))
+            tables[name][str(value)] = smoothed.round(6).tolist()
+    return candidate | {"metadata_prior": spec | tables | {"global": base.round(6).tolist()}}
 
 
 def choose_post(preds: list[np.ndarray], y: np.ndarray, ids: list[str], weights: np.ndarray, method: str,
                 power: float, candidates: list[dict], metric: str) -> tuple[dict, float]:
-    """The candidate post-processing that scores best on these rows, and its score."""
+    """The candidate post-processing that scores best on these rows (its priors fitted on them), and its score."""
     blended = blend(preds, weights, method, power)
-    scored = [(score(y, postprocess_rows(ids, blended, c), metric), k) for k, c in enumerate(candidates)]
+    fitted = [with_priors(c, ids, y) for c in candidates]
+    scored = [(score(y, postprocess_rows(ids, blended, c), metric), k) for k, c in enumerate(fitted)]
     best, k = max(scored)
-    return candidates[k], best
+    return fitted[k], best
 
 
 def nested_pipeline(preds: list[np.ndarray], y: np.ndarray, ids: list[str], groups: np.ndarray, method: str,
-                    power: float, restarts: int, candidates: list[dict], metric: str) -> float:
-    """Score of blend weights + post-processing chosen on the other groups, for each held-out group
-    (whole soundscapes): the choice never scores what fitted it."""
+                    power: float, restarts: int, candidates: list[dict], metric: str,
+                    strength: float | None = None) -> float:
+    """Score of blend weights (per class with a `strength`, `fit_class_weights`) + post-processing chosen on the
+    other groups, for each held-out group (whole soundscapes): the choice never scores what fitted it."""
     ids_arr = np.asarray(ids)
-    out = np.zeros_like(preds[0])
+    out = np.zeros(preds[0].shape, np.float32)
     for tr, te in _splits(groups, len(np.unique(groups))):
-        w = fit_weights([p[tr] for p in preds], y[tr], method, metric, power, restarts)
-        post, _ = choose_post([p[tr] for p in preds], y[tr], list(ids_arr[tr]), w, method, power, candidates, metric)
+        train = [p[tr] for p in preds]
+        w = fit_weights(train, y[tr], method, metric, power, restarts)
+        if strength is not None:
+            w = fit_class_weights(train, y[tr], w, method, power, strength)
+        post, _ = choose_post(train, y[tr], list(ids_arr[tr]), w, method, power, candidates, metric)
         out[te] = postprocess_rows(list(ids_arr[te]), blend([p[te] for p in preds], w, method, power), post)
     return score(y, out, metric)
 
 
+def fit_class_weights(preds: list[np.ndarray], y: np.ndarray, weights: np.ndarray, method: str, power: float,
+                      strength: float) -> np.ndarray:
+    """Per-class member weights (members, classes): for each class, of the global `weights`, each member alone
+    and each member's even mix with the global weights, the one whose blend ranks that class's rows best
+    (ROC-AUC), shrunk towards the global weights by positives / (positives + `strength`): a class with few
+    positives keeps about the global weights. A class without a positive keeps them."""
+    m, _n_classes = len(preds), y.shape[1]
+    eye = np.eye(m)
+    candidates = [np.asarray(weights, np.float64)] + list(eye) + [(np.asarray(weights) + e) / 2 for e in eye]
+    aucs = np.stack([class_aucs(y, blend(preds, c, method, power)) for c in candidates])  # (candidates, classes)
+    best = np.stack(candidates)[np.nanargmax(np.nan_to_num(aucs, nan=-1.0), axis=0)].T  # (members, classes)
+    positives = (y > 0).sum(axis=0)
+    share = positives / (positives + float(strength))
+    return share * best + (1 - share) * np.asarray(weights, np.float64)[:, None]
+
+
+
 def fit_windows(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str], ens: DictConfig,
-                metric: str, kind: str = "soundscape") -> dict:
+                metric: str, kind: str = "soundscape", pattern: str | None = None) -> dict:
     """Blend, weights and post-processing chosen on a window OOF (`kind`: soundscape or labelled), with the
     nested score of each step (blend alone, + smoothing, + file prior) so each step's gain is measured honestly;
-    the summary's keys start with `kind`."""
+    the summary's keys start with `kind`. `pattern` (data.soundscape_names) adds the site and hour prior step
+    when the rows' soundscape names parse."""
     y, ids = label_matrix(base["labels"].to_list(), classes), base["row_id"].to_list()
     folds = base["fold"].to_numpy()
     if len(np.unique(folds)) > 1:
@@ -242,23 +309,48 @@ def fit_windows(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str],
     power, restarts = float(ens.power), int(ens.fit.restarts)
     table = {m: nested_pipeline(preds, y, ids, groups, m, power, restarts, [{}], metric) for m in BLENDS}
     method = choose_blend(table, ens, len(preds))
+    strength, per_class = choose_class_weights(preds, y, ids, groups, method, ens, metric)
     steps = {step: nested_pipeline(preds, y, ids, groups, method, power, restarts,
-                                   post_candidates(ens.search, step), metric)
-             for step in ("blend", "smoothing", "file_prior")}
+                                   post_candidates(ens.search, step, pattern), metric, strength)
+             for step in POST_STEPS if step != "metadata_prior" or parses(ids, pattern)}
     # the steps kept are those up to the best nested score (a later step that lowers it is left out; on a tie
     # the simpler pipeline wins): the in-sample choice among all candidates would pick what overfits
     kept = max(steps, key=steps.get)
     weights = fit_weights(preds, y, method, metric, power, restarts)
-    post, in_sample = choose_post(preds, y, ids, weights, method, power, post_candidates(ens.search, kept), metric)
+    if strength is not None:
+        weights = fit_class_weights(preds, y, weights, method, power, strength)
+    post, in_sample = choose_post(preds, y, ids, weights, method, power,
+                                  post_candidates(ens.search, kept, pattern), metric)
     print(f"{kind} OOF {metric} on {base.height} windows, nested: blends "
-          + ", ".join(f"{m} {v:.4f}" for m, v in table.items()) + f" -> {method}; steps "
+          + ", ".join(f"{m} {v:.4f}" for m, v in table.items()) + f" -> {method}; per-class weights "
+          + ", ".join(f"{k} {v:.4f}" for k, v in per_class.items()) + f" -> {strength}; steps "
           + ", ".join(f"{k} {v:.4f}" for k, v in steps.items()) + f" -> up to {kept}: post-processing {post}")
     return {"method": method, "weights": weights, "postprocess": post,
-            "summary": {f"{kind}_blends_nested": table, f"{kind}_steps_nested": steps,
-                        f"{kind}_step_gain": {"smoothing": steps["smoothing"] - steps["blend"],
-                                              "file_prior": steps["file_prior"] - steps["smoothing"]},
+            "summary": {f"{kind}_blends_nested": table, f"{kind}_class_weights_nested": per_class,
+                        f"{kind}_class_weight_strength": strength, f"{kind}_steps_nested": steps,
+                        f"{kind}_step_gain": {"class_weights": per_class[str(strength)] - per_class["None"]} | {
+                            step: steps[step] - steps[POST_STEPS[n]] for n, step in enumerate(POST_STEPS[1:])
+                            if step in steps},
                         f"{kind}_steps_kept": kept, f"{kind}_oof_score": steps[kept],
                         f"{kind}_oof_score_in_sample": in_sample, "fit_on": kind}}
+
+
+def parses(ids: list[str], pattern: str | None) -> bool:
+    """True when some row's soundscape name parses with `pattern` (a site or an hour to fit priors on)."""
+    return bool(pattern) and any(site_hour(row_stem(r), pattern) != (None, None) for r in ids[:: max(1, len(ids) // 50)])
+
+
+def choose_class_weights(preds: list[np.ndarray], y: np.ndarray, ids: list[str], groups: np.ndarray, method: str,
+                         ens: DictConfig, metric: str) -> tuple[float | None, dict[str, float]]:
+    """The per-class weights' shrinkage strength (`ensemble.class_weights.strengths`) with the best nested score,
+    or None (one weight per member) when none beats it; and every candidate's nested score ("None": the global
+    weights)."""
+    power, restarts = float(ens.power), int(ens.fit.restarts)
+    strengths = [] if method == "mean" or len(preds) < 2 else list(ens.class_weights.strengths or [])
+    table = {str(s): nested_pipeline(preds, y, ids, groups, method, power, restarts, [{}], metric,
+                                     None if s is None else float(s)) for s in [None, *strengths]}
+    best = max(table, key=table.get)  # the first (None) wins ties: per-class weights must earn their place
+    return (None if best == "None" else float(best)), table
 
 
 def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
@@ -270,13 +362,13 @@ def class_prior(cfg: DictConfig, classes: list[str]) -> np.ndarray:
     return (prior / max(prior.sum(), 1)).astype(np.float32)
 
 
-def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:
+def fit(cfg: DictConfig, exps: list[str], classes: list[str]) -> tuple[list[str], str, np.ndarray, dict, dict]:
     """Blend, weights and post-processing fitted on the members' OOF (`ensemble.fit.oof`): auto fits on the
     labelled soundscapes' OOF (2026) when every member has one, else on the validation soundscapes' when every
     member has one, else on the clip OOF with the configured post-processing; the window OOF sets not fitted on
     are scored with the choice made. Returns (classes, blend method, weights, post-processing, summary)."""
     runs_dir, ens, metric = Path(cfg.runs_dir), cfg.ensemble, str(cfg.data.metric)
-    base, oof, classes = load_oof(runs_dir, exps)
+    base, oof, classes = load_oof(runs_dir, exps, classes)
     clip = fit_clips(base, oof, classes, exps, ens, metric)
     method, weights, summary = clip["method"], clip["weights"], clip["summary"]
     post = OmegaConf.to_container(ens.postprocess, resolve=True)
@@ -290,7 +382,7 @@ def fit(cfg: DictConfig, exps: list[str]) -> tuple[list[str], str, np.ndarray, d
     fit_on = next((k for k in WINDOW_OOFS if sets[k] is not None), None) if wanted == "auto" else \
         (None if wanted == "clip" else wanted)
     if fit_on is not None:
-        sfit = fit_windows(*sets[fit_on], classes, ens, metric, fit_on)
+        sfit = fit_windows(*sets[fit_on], classes, ens, metric, fit_on, cfg.data.get("soundscape_names"))
         method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
         summary |= sfit["summary"] | {"oof_score": summary["blend_oof_nested"][method]}
     for kind, found in sets.items():  # the other window sets, scored with the choices made
@@ -310,16 +402,17 @@ def run(cfg: DictConfig) -> dict:
     name = cfg.name or "+".join(exps) + ("+full" if cfg.full_data else "")
     out_dir = Path(cfg.ensembles_dir) / name
     ens = cfg.ensemble
-    classes, method, weights, post, scores = fit(cfg, exps)
-
     comp = load_competition(cfg.data.root, cfg.data.layout)
-    if comp.classes != classes:
-        raise ValueError(f"{comp.sample_submission}: classes differ from the runs' (trained on another competition?)")
+    classes, method, weights, post, scores = fit(cfg, exps, comp.classes)
     fallback = class_prior(cfg, classes) if ens.fallback == "prior" else np.zeros(len(classes), np.float32)
-    members = [member_entry(runs_dir, e, float(w), bool(cfg.full_data)) for e, w in zip(exps, weights)]
+    table = np.asarray(weights, np.float64)
+    members = [member_entry(runs_dir, e, float(w.mean() if table.ndim > 1 else w), bool(cfg.full_data))
+               | {"classes": member_classes(runs_dir, e, classes)} for e, w in zip(exps, table)]
     summary = {"name": name, "metric": str(cfg.data.metric), "blend": method, "power": float(ens.power),
                "runs_dir": str(runs_dir),  # where `src.kernel build` finds the members' folds
-               "members": [{k: m[k] for k in ("run", "folds", "models", "weight") if k in m} for m in members],
+               "members": [{k: m[k] for k in ("run", "folds", "models", "weight", "classes") if k in m}
+                           for m in members],
+               "class_weights": table.tolist() if table.ndim > 1 else None,
                "full_data": bool(cfg.full_data),
                **scores, "classes": classes, "fallback": fallback.tolist(),
                "inference": OmegaConf.to_container(ens, resolve=True) | {"postprocess": post},
@@ -342,9 +435,10 @@ def predict_test(cfg: DictConfig, comp, members: list[dict], summary: dict, out_
         print(f"{comp.test_dir}: no test soundscapes (Kaggle fills it at scoring time): no submission written")
         return {}
     classes, fallback = summary["classes"], np.asarray(summary["fallback"], np.float32)
-    ids, preds, problems = member_predictions(members, "test_soundscapes", files, cfg, len(classes),
+    ids, preds, problems = member_predictions(members, "test_soundscapes", files, cfg, classes,
                                               int(cfg.threads))
-    probs = combine_members(preds, [m["weight"] for m in members], summary["blend"], summary["power"], ids,
+    probs = combine_members(preds, member_weights(members, summary.get("class_weights")), summary["blend"],
+                            summary["power"], ids,
                             summary["inference"]["postprocess"], fallback)
     sample_rows, _ = read_sample_submission(comp.sample_submission)
     rows = expected_rows(ids, sample_rows)

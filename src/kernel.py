@@ -237,6 +237,7 @@ def build(cfg: DictConfig) -> Path:
     inference = dict(ens["inference"])
     inference["threads"] = int(cfg.threads)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
+    config["class_weights"] = ens.get("class_weights")  # per member and class, when the ensemble fitted them
     teacher_files = sorted(p.name for p in (dataset / "teachers").rglob("*") if p.is_file())
     wheels = collect_wheels(cfg, dataset / "wheels", teacher_files)
     budget_min, margin = _budget(cfg)
@@ -336,7 +337,8 @@ def measure_members(config: dict, weights_dir: Path, cfg: DictConfig) -> list[di
         for unit in kernel_main.member_units(models, parts):
             timings: dict[str, float] = {}
             t0 = time.time()
-            kernel_main.predict_models(files, *parts([k for i in unit for k in models[i]]), len(config["classes"]),
+            widths = [len(config["members"][i].get("classes") or config["classes"]) for i in unit for _ in models[i]]
+            kernel_main.predict_models(files, *parts([k for i in unit for k in models[i]]), widths,
                                        config["inference"], threads, timings)
             load_s = timings.get("load_s", 0.0)
             for n, i in enumerate(unit):

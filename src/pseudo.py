@@ -30,7 +30,7 @@ from src.data.audio_cache import load_soundscape_index
 from src.data.competition import load_competition
 from src.data.pseudo_labels import KEYS, PseudoLabelError, sidecar
 from src.evaluation.metrics import macro_auc
-from src.infer.blend import combine_members
+from src.infer.blend import combine_members, member_weights
 from src.infer.io import atomic_write
 from src.infer.postprocess import postprocess_rows
 from src.models.predict import member_predictions
@@ -53,9 +53,10 @@ def resolve_teacher(name: str, runs_dir: Path, ensembles_dir: Path, inference: D
     if spec.exists():
         ens = OmegaConf.load(spec)
         ens_runs = Path(ens.get("runs_dir", runs_dir))
-        members = [{"run": m.run, "weight": float(m.weight),
+        members = [{"run": m.run, "weight": float(m.weight), "classes": m.get("classes"),
                     "fold_dirs": [str(ens_runs / m.run / f"fold{k}") for k in m.folds]} for m in ens.members]
         return {"kind": "ensemble", "name": str(name), "members": members, "blend": str(ens.blend),
+                "class_weights": ens.get("class_weights"),
                 "power": float(ens.power), "inference": ens.inference}
     if not (Path(runs_dir) / str(name)).is_dir():
         raise PseudoLabelError(f"teacher {name!r}: neither {spec} nor a run folder {Path(runs_dir) / str(name)}/ "
@@ -66,28 +67,31 @@ def resolve_teacher(name: str, runs_dir: Path, ensembles_dir: Path, inference: D
             "blend": "mean", "power": 1.0, "inference": inference}
 
 
-def teacher_classes(teacher: dict) -> list[str]:
-    """The class list every fold of the teacher was trained on (they must agree)."""
-    classes = None
+def check_teacher_classes(teacher: dict, classes: list[str]) -> None:
+    """The teacher's folds must predict `classes` (the competition's) together: each fold a subset of them (a
+    specialist member, `data.classes`) with every class covered by one member at least."""
+    covered: set[str] = set()
     for d in (d for m in teacher["members"] for d in m["fold_dirs"]):
         fold_classes = list(load_run_config(d).classes)
-        if classes is not None and fold_classes != classes:
-            raise PseudoLabelError(f"{d}: its classes differ from the teacher's other folds'")
-        classes = fold_classes
-    return classes
+        if not set(fold_classes) <= set(classes):
+            raise PseudoLabelError(f"teacher {teacher['name']!r}: {d} predicts classes that are not this "
+                                   f"competition's (trained on another competition?)")
+        covered |= set(fold_classes)
+    if covered != set(classes):
+        raise PseudoLabelError(f"teacher {teacher['name']!r}: its classes differ from the competition's: no member "
+                               f"predicts {sorted(set(classes) - covered)[:5]} (trained on another competition?)")
 
 
-def predict_windows(teacher: dict, files: list[Path], n_classes: int, threads: int) -> tuple[list[str], np.ndarray]:
+def predict_windows(teacher: dict, files: list[Path], classes: list[str], threads: int) -> tuple[list[str], np.ndarray]:
     """The teacher's blended, post-processed probabilities of every 5 s window of `files` (row_ids, (N, C)):
     from the teacher cache when it holds them (`cached_members`), else each file decoded and predicted."""
     cfg = OmegaConf.create({"ensemble": OmegaConf.to_container(teacher["inference"], resolve=True)})
-    ids, preds, problems = member_predictions(teacher["members"], "train_soundscapes", files, cfg, n_classes,
-                                              threads)
+    ids, preds, problems = member_predictions(teacher["members"], "train_soundscapes", files, cfg, classes, threads)
     for p in problems:
         log.warning(p)
     post = OmegaConf.to_container(cfg.ensemble.postprocess, resolve=True) or {}
-    probs = combine_members(preds, [m["weight"] for m in teacher["members"]], teacher["blend"], teacher["power"],
-                            ids, post, np.zeros(n_classes, np.float32))
+    probs = combine_members(preds, member_weights(teacher["members"], teacher.get("class_weights")), teacher["blend"],
+                            teacher["power"], ids, post, np.zeros(len(classes), np.float32))
     return ids, probs
 
 
@@ -191,10 +195,8 @@ def pseudo_label(cfg: DictConfig) -> dict:
     comp = load_competition(cfg.data.root, cfg.data.layout)
     check_transform(pcfg.transform, comp.classes)
     teacher = resolve_teacher(pcfg.teacher, Path(cfg.runs_dir), Path(cfg.ensembles_dir), cfg.ensemble)
-    classes = teacher_classes(teacher)
-    if classes != comp.classes:
-        raise PseudoLabelError(f"teacher {pcfg.teacher!r}: its classes differ from {comp.sample_submission}'s "
-                               "(trained on another competition?)")
+    classes = comp.classes
+    check_teacher_classes(teacher, classes)
     index = load_soundscape_index(cfg.data.cache_dir).sort("filename", "window")
     if "labelled" in index.columns:  # 2026: a labelled soundscape's windows have their truth, not pseudo-labels
         index = index.filter(~pl.col("labelled"))
@@ -202,7 +204,7 @@ def pseudo_label(cfg: DictConfig) -> dict:
         raise PseudoLabelError(f"{Path(cfg.data.cache_dir) / 'soundscapes.parquet'}: no unlabelled window "
                                f"(no good soundscape in {comp.soundscape_dir})")
     files = [comp.soundscape_dir / f for f in index["filename"].unique(maintain_order=True).to_list()]
-    ids, raw = predict_windows(teacher, files, len(classes), int(cfg.threads))
+    ids, raw = predict_windows(teacher, files, classes, int(cfg.threads))
     window_s = float(cfg.audio.window_s)  # prepare cut the index's windows with it
     pos = {r: i for i, r in enumerate(ids)}
     want = _window_ids(index, window_s)

@@ -33,12 +33,19 @@ def macro_auc(y_true, y_pred) -> float:
         # sklearn (and so Kaggle) fails here too; say which columns instead of its generic message.
         raise ValueError(f"macro_auc: class column(s) {all_positive[:10].tolist()} have no negative row, "
                          "ROC-AUC is undefined for them")
-    # Mann-Whitney over all classes at once (ties count half): the value sklearn's roc_auc_score gives,
-    # without its per-class Python loop, which dominated blend fitting over 206 classes
-    y, p = y[:, keep] > 0, p[:, keep]
-    n_pos = y.sum(axis=0)
-    rank_sum = np.where(y, rankdata(p, axis=0), 0.0).sum(axis=0)
-    return float(np.mean((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))))
+    return float(np.mean(class_aucs(y[:, keep], p[:, keep])))
+
+
+def class_aucs(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """ROC-AUC of every class, NaN for a class without both a positive and a negative row. Mann-Whitney over all
+    classes at once (ties count half): the value sklearn's roc_auc_score gives, without its per-class Python loop,
+    which dominated blend fitting over 206 classes."""
+    pos = np.asarray(y) > 0
+    n_pos, n = pos.sum(axis=0), len(pos)
+    rank_sum = np.where(pos, rankdata(p, axis=0), 0.0).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n_pos > 0) & (n_pos < n), (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos)),
+                        np.nan)
 
 
 def per_class_auc(y_true, y_pred, classes: list[str]) -> dict[str, float]:

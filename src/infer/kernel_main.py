@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.infer.blend import combine_members
+from src.infer.blend import combine_members, member_weights, widen_columns
 from src.infer.runtimes import (
     TeacherError,
     ensure_runtime,
@@ -149,7 +149,7 @@ def predict_member(files: list[Path], kinds: list[str], dirs: list[Path], specs:
     return ids, np.mean(np.stack(preds), axis=0), problems
 
 
-def predict_models(files: list[Path], kinds: list[str], dirs: list[Path], specs: list[dict], n_classes: int,
+def predict_models(files: list[Path], kinds: list[str], dirs: list[Path], specs: list[dict], n_classes: int | list[int],
                    inference: dict, threads: int, timings: dict | None = None
                    ) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Each model's window probabilities (model k run with `kinds[k]`), the way the kernel runs them: models that
@@ -213,8 +213,9 @@ def predict_members(cfg: dict, weights_dir: Path, files: list[Path],
         raise MembersLostError("every member lost (" + "; ".join(f"{cfg['members'][i]['run']}: {why}" for i, why in
                                                                  sorted(lost.items())) +
                                "): the submission is the class prior; rebuild the kernel")
-    weights = [cfg["members"][i]["weight"] for i in kept]
-    weights = [w / sum(weights) for w in weights] if sum(weights) > 0 else [1 / len(kept)] * len(kept)
+    weights = member_weights(cfg["members"], cfg.get("class_weights"))[kept]  # renormalised per class by the blend
+    if weights.ndim == 1 and weights.sum() <= 0:
+        weights = np.ones(len(kept))
     probs = combine_members(preds, weights, cfg["blend"], cfg["power"], ids, cfg["inference"]["postprocess"],
                             np.asarray(cfg["fallback"], np.float32))
     log.info("%d of %d member(s) blended: %d windows each", len(kept), len(cfg["members"]), len(ids))
@@ -269,9 +270,11 @@ def run_unit(cfg: dict, files: list[Path], unit: list[int], models: dict[int, li
     failure drops the unit's members (see run_members)."""
     log = logging.getLogger("kernel")
     ks = [k for i in unit for k in models[i]]
+    member_classes = {i: cfg["members"][i].get("classes") or cfg["classes"] for i in unit}  # a specialist's fewer
     t0 = time.time()
     try:
-        ids, preds, problems = predict_models(files, *parts(ks), len(cfg["classes"]), cfg["inference"], threads)
+        ids, preds, problems = predict_models(files, *parts(ks), [len(member_classes[i]) for i in unit
+                                                                  for _ in models[i]], cfg["inference"], threads)
     except Exception as exc:  # one pass's failure must not cost the others (nor the kernel)
         what = (f"teacher model {', '.join(map(str, teachers))} failed to load or run" if teachers else
                 "failed to load or run")
@@ -286,7 +289,8 @@ def run_unit(cfg: dict, files: list[Path], unit: list[int], models: dict[int, li
     done["ids"] = done["ids"] or ids
     start = 0
     for i in unit:
-        member = np.mean(np.stack(preds[start:start + len(models[i])]), axis=0)
+        member = widen_columns(np.mean(np.stack(preds[start:start + len(models[i])]), axis=0), member_classes[i],
+                               cfg["classes"])
         start += len(models[i])
         done["preds"].append(align_rows(done["ids"], ids, member))
         done["kept"].append(i)

@@ -1,4 +1,5 @@
-"""Post-processing of a soundscape's window probabilities: smoothing over neighbouring windows, file-level prior.
+"""Post-processing of a soundscape's window probabilities: smoothing over neighbouring windows, file-level prior,
+site and hour priors.
 
 A post-processing config (`ensemble.postprocess`, saved in ensemble.yaml / ensemble.json) maps step names to
 their settings, e.g. `{"smoothing": [0.1, 0.8, 0.1], "file_prior": {"mode": "max", "power": 0.5, "weight": 0.5}}`;
@@ -9,6 +10,8 @@ Kernel-safe: numpy + `src.infer.submission` (row ids); `src.kernel` inlines this
 """
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -51,19 +54,58 @@ def _file_prior_step(probs: np.ndarray, prior: dict) -> np.ndarray:
     return file_prior(probs, prior.get("mode"), float(prior.get("power", 1.0)), float(prior.get("weight", 1.0)))
 
 
-# step name -> function(one file's probabilities, the step's settings), applied in this order
-STEPS: dict[str, Callable[[np.ndarray, object], np.ndarray]] = {"smoothing": smooth, "file_prior": _file_prior_step}
+_UNPARSED: set[str] = set()  # patterns already said not to match a file name (logged once)
 
 
-def postprocess(probs: np.ndarray, cfg: dict) -> np.ndarray:
-    """Apply the post-processing config (see `STEPS`) to one file's window probabilities."""
+def site_hour(stem: str, pattern: str | None) -> tuple[str | None, int | None]:
+    """(site, hour) of a soundscape stem by `pattern` (a regex with groups `site` and `time` hhmmss, as
+    `data.soundscape_names`); (None, None) when it does not match."""
+    match = re.fullmatch(pattern, stem) if pattern else None
+    if not match:
+        return None, None
+    groups = match.groupdict()
+    return groups.get("site"), (int(groups["time"][:2]) if groups.get("time") else None)
+
+
+def metadata_prior(probs: np.ndarray, prior: dict, stem: str = "") -> np.ndarray:
+    """Rescale one file's probabilities by the class priors of its recorder site and hour of day (BirdCLEF+ 2026's
+    names; the 3rd place): p * (site prior x hour prior / global prior^2)^power, blended with p by `weight`. `prior`
+    holds `pattern` (see site_hour), `hour_bin` (hours per bin), `global`, `site` and `hour` (per key, one value per
+    class, smoothed towards the global prior when fitted); a site or hour bin never seen uses the global prior. A
+    name that does not parse leaves the file as it is (logged once per pattern)."""
+    site, hour = site_hour(stem, prior.get("pattern"))
+    if site is None and hour is None:
+        if prior.get("pattern") not in _UNPARSED:
+            _UNPARSED.add(prior.get("pattern"))
+            logging.getLogger(__name__).warning("metadata prior: %s does not match %r: its rows are left as they "
+                                                "are", stem, prior.get("pattern"))
+        return probs
+    base = np.maximum(np.asarray(prior["global"], np.float64), 1e-6)
+    bin_key = None if hour is None else str(hour // int(prior.get("hour_bin", 1)))
+    site_p = np.asarray(prior.get("site", {}).get(str(site), base), np.float64)
+    hour_p = np.asarray(prior.get("hour", {}).get(bin_key, base), np.float64)
+    factor = (site_p * hour_p / base ** 2) ** float(prior.get("power", 1.0))
+    weight = float(prior.get("weight", 1.0))
+    return ((1 - weight) * probs + weight * np.clip(probs * factor, 0.0, 1.0)).astype(probs.dtype)
+
+
+# step name -> function(one file's probabilities, the step's settings, the file's stem), applied in this order
+STEPS: dict[str, Callable[[np.ndarray, object, str], np.ndarray]] = {
+    "smoothing": lambda p, kernel, stem: smooth(p, kernel),
+    "file_prior": lambda p, prior, stem: _file_prior_step(p, prior),
+    "metadata_prior": metadata_prior,
+}
+
+
+def postprocess(probs: np.ndarray, cfg: dict, stem: str = "") -> np.ndarray:
+    """Apply the post-processing config (see `STEPS`) to one file's window probabilities (`stem`: its name)."""
     unknown = sorted(set(cfg) - set(STEPS))
     if unknown:
         raise ValueError(f"unknown post-processing step(s) {unknown}: use {list(STEPS)}")
     out = probs
     for name, step in STEPS.items():
         if cfg.get(name):
-            out = step(out, cfg[name])
+            out = step(out, cfg[name], stem)
     return out
 
 
@@ -74,6 +116,6 @@ def postprocess_rows(row_ids: list[str], probs: np.ndarray, post: dict) -> np.nd
     start = 0
     for i in range(1, len(stems) + 1):
         if i == len(stems) or stems[i] != stems[start]:
-            out[start:i] = postprocess(probs[start:i], post)
+            out[start:i] = postprocess(probs[start:i], post, stems[start])
             start = i
     return out

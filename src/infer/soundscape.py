@@ -133,19 +133,21 @@ def align_rows(ref_ids: list[str], ids: list[str], probs: np.ndarray) -> np.ndar
 
 
 def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
-                         load_group: Callable[[list[int]], Callable[[np.ndarray], np.ndarray]], n_classes: int,
+                         load_group: Callable[[list[int]], Callable[[np.ndarray], np.ndarray]],
+                         n_classes: int | list[int],
                          context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,), batch_size: int = 64,
                          fallback_duration_s: float = 60.0,
                          progress: Callable | None = None) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Window probabilities of several models, decoding every file once per group.
 
     Models with the same `audio_keys` entry (sample_rate, window_s) form a group; `load_group(indices)`
-    gives its predict, with those models' probabilities side by side: (B, samples) -> (B, len(indices)
-    * n_classes). Undecodable files get NaN rows (the caller's fallback replaces them after blending).
-    Every model must cut the same window length (`check_windows`); each group's rows are aligned to the
-    first group's row ids (`align_rows`). Returns (row_ids, each model's (rows, n_classes) probabilities
-    in model order, problems, each listed once)."""
+    gives its predict, with those models' probabilities side by side: (B, samples) -> (B, sum of the models'
+    `n_classes`: one count for all, or one per model, e.g. a specialist's fewer columns). Undecodable files get
+    NaN rows (the caller's fallback replaces them after blending). Every model must cut the same window length
+    (`check_windows`); each group's rows are aligned to the first group's row ids (`align_rows`). Returns
+    (row_ids, each model's (rows, its classes) probabilities in model order, problems, each listed once)."""
     check_windows(audio_keys)
+    counts = [n_classes] * len(audio_keys) if isinstance(n_classes, int) else list(n_classes)
     groups: dict[tuple[int, float], list[int]] = {}
     for k, key in enumerate(audio_keys):
         groups.setdefault(key, []).append(k)
@@ -153,7 +155,7 @@ def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
     ref_ids: list[str] | None = None
     problems: list[str] = []
     for (sample_rate, window_s), indices in groups.items():
-        width = n_classes * len(indices)
+        width = sum(counts[i] for i in indices)
         ids, probs, group_problems = predict_soundscapes(files, load_group(indices), width, sample_rate, window_s,
                                                          context_s, shifts_s, batch_size,
                                                          np.full(width, np.nan, np.float32), fallback_duration_s,
@@ -161,6 +163,7 @@ def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
         ref_ids = ids if ref_ids is None else ref_ids
         probs = align_rows(ref_ids, ids, probs)
         problems += [p for p in group_problems if p not in problems]
+        starts = np.cumsum([0] + [counts[i] for i in indices])
         for j, i in enumerate(indices):
-            out[i] = probs[:, j * n_classes:(j + 1) * n_classes]
+            out[i] = probs[:, starts[j]:starts[j + 1]]
     return ref_ids or [], [out[i] for i in range(len(audio_keys))], problems
