@@ -69,13 +69,19 @@ def resolve_teacher(name: str, runs_dir: Path, ensembles_dir: Path, inference: D
 
 def check_teacher_classes(teacher: dict, classes: list[str]) -> None:
     """The teacher's folds must predict `classes` (the competition's) together: each fold a subset of them (a
-    specialist member, `data.classes`) with every class covered by one member at least."""
+    specialist member, `data.classes`) with every class covered by one member at least, and the folds of one
+    member in one order. Records each member's class order (`classes`) so its columns are aligned by name."""
     covered: set[str] = set()
-    for d in (d for m in teacher["members"] for d in m["fold_dirs"]):
-        fold_classes = list(load_run_config(d).classes)
+    for member in teacher["members"]:
+        orders = {tuple(load_run_config(d).classes) for d in member["fold_dirs"]}
+        if len(orders) > 1:
+            raise PseudoLabelError(f"teacher {teacher['name']!r}: the folds of {member['run']} predict different "
+                                   "classes: retrain them with one data.classes")
+        fold_classes = list(orders.pop()) if orders else []
         if not set(fold_classes) <= set(classes):
-            raise PseudoLabelError(f"teacher {teacher['name']!r}: {d} predicts classes that are not this "
+            raise PseudoLabelError(f"teacher {teacher['name']!r}: {member['run']} predicts classes that are not this "
                                    f"competition's (trained on another competition?)")
+        member["classes"] = fold_classes
         covered |= set(fold_classes)
     if covered != set(classes):
         raise PseudoLabelError(f"teacher {teacher['name']!r}: its classes differ from the competition's: no member "

@@ -69,7 +69,8 @@ def test_submission_and_score(built, tiny_pipeline):
     sample_rows, _ = read_sample_submission(comp / "sample_submission.csv")
     assert sub["row_id"].to_list() == sample_rows
     result = json.loads((folder / "score.json").read_text())
-    assert result == {"auc": pytest.approx(submission_score(pl.read_csv(comp / "solution.csv"), sub, "auc"), abs=1e-12)}
+    assert result["auc"] == pytest.approx(submission_score(pl.read_csv(comp / "solution.csv"), sub, "auc"), abs=1e-12)
+    assert set(result["per_class"]) <= set(sub.columns) and "no_clip" not in result  # every class has clips here
     assert summary["test_score"] == result["auc"]
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
 

@@ -65,10 +65,12 @@ def test_dataset_ships_the_teacher_and_the_probe(built_teacher):
 def test_teacher_kernel_offline_matches_the_ensemble(built_teacher, tiny_pipeline, tmp_path):
     root, ens_dir = built_teacher
     comp = copy_competition(tiny_pipeline, tmp_path / "comp")
-    run_script_alone(root, comp, tmp_path)
+    proc = run_script_alone(root, comp, tmp_path)
     out = tmp_path / "working" / "submission.csv"
     validate_file(out, comp / "sample_submission.csv")
     assert_same_submission(out, ens_dir / "submission.csv")
+    # the zero-shot and probe runs of the one teacher model share one pass: one teacher forward per window
+    assert "tinyperch, tinyperch_probe: 2 model(s) in one pass" in proc.stderr
 
 
 # --- a broken teacher model file (issue 22, item 1) -----------------------------------------------------------
@@ -118,7 +120,7 @@ def test_a_broken_teacher_file_drops_its_members_and_the_cnn_blends(built_teache
 
 def test_a_teacher_that_fails_to_load_drops_only_its_members(built_teacher, tiny_pipeline, tmp_path):
     """A teacher model file that passes the digest check (here: a kernel built without its digest) yet cannot be
-    loaded: its members are dropped at run time (the second without a retry), the CNN member blends alone."""
+    loaded: its members are dropped at run time (one log line: they share one pass), the CNN member blends alone."""
     root, _ = built_teacher
     kernel_root = copy_kernel(root, tmp_path / "kernel")
     for run in TEACHER_RUNS:
@@ -130,10 +132,10 @@ def test_a_teacher_that_fails_to_load_drops_only_its_members(built_teacher, tiny
     (tmp_path / "b").mkdir()
     proc = run_script_alone(kernel_root, copy_competition(tiny_pipeline, tmp_path / "comp"), tmp_path / "b")
     assert "truncated or corrupt" not in proc.stderr  # the digest could not tell
-    for run in TEACHER_RUNS:
-        line = next(ln for ln in proc.stderr.splitlines() if f"member {run} dropped" in ln)
-        assert line.startswith("ERROR") and TEACHER_FILE in line and "TeacherError" in line
-    assert "member tinyperch_probe dropped: not retried: teacher model" in proc.stderr  # loaded once, not per member
+    lines = [ln for ln in proc.stderr.splitlines() if "dropped" in ln and "tinyperch" in ln]
+    assert len(lines) == 1  # both members share one pass: the model is loaded once and fails once
+    assert lines[0].startswith("ERROR") and f"member(s) {', '.join(TEACHER_RUNS)} dropped" in lines[0]
+    assert TEACHER_FILE in lines[0] and "TeacherError" in lines[0]
     assert "1 of 3 member(s) blended" in proc.stderr
     assert_same_submission(tmp_path / "b" / "working" / "submission.csv", cnn_alone(root, tiny_pipeline, tmp_path))
 
@@ -175,3 +177,16 @@ def test_a_savedmodel_teacher_folder_is_digested_and_checked(tmp_path):
     assert export_problem("onnx", run, digests).startswith(f"{saved}: truncated or corrupt")
     shutil.rmtree(saved)
     assert export_problem("onnx", run, digests) == f"{saved}: missing"
+
+
+def test_plan_times_the_shared_teacher_pass_once(built_teacher, tmp_path, capsys):
+    """`src.kernel plan` on the teacher + CNN ensemble (the Perch-signature stand-in as the teacher): one row per
+    member, the teacher's zero-shot and probe runs timed as one pass."""
+    _, ens_dir = built_teacher
+    rows = kernel.plan(compose_named("kernel", f"name={NAME}", f"ensembles_dir={ens_dir.parent}", "plan_files=1",
+                                     "plan_threads=1", "runtime=torchscript", "fallback_runtime=torchscript"))
+    by_run = {r["member"]: r for r in rows}
+    assert set(by_run) == {"tiny_a", "tinyperch", "tinyperch_probe"}
+    assert by_run["tinyperch"]["s_per_file"] > 0 and by_run["tinyperch_probe"]["s_per_file"] == 0.0
+    assert by_run["tinyperch_probe"]["shared_with"] == "tinyperch"
+    assert "one teacher pass with tinyperch" in capsys.readouterr().out

@@ -12,14 +12,15 @@ from omegaconf import OmegaConf
 
 import src.train as train_mod
 from src.data.audio_cache import load_soundscape_index
-from src.data.dataset import PseudoBatches
+from src.data.dataset import Extra, JoinedBatches
 from src.data.pseudo_labels import KEYS, PseudoLabelError
 from src.data.samplers import MassSampler
 from src.pseudo import write_pseudo
+from src.training.batches import pseudo_batch_size
 
 
 class _Loader(list):
-    """A list of batches standing in for a DataLoader (with the sampler PseudoBatches reads the epoch from)."""
+    """A list of batches standing in for a DataLoader (with the sampler JoinedBatches reads the epoch from)."""
 
     def __init__(self, batches, sampler):
         super().__init__(batches)
@@ -33,7 +34,7 @@ def _batch(n, value, c=3):
 def test_batch_mode_appends_pseudo_windows():
     clips = _Loader([_batch(6, 1), _batch(6, 1), _batch(6, 1)], MassSampler(np.ones(3), 0, 0, 3, 0))
     windows = _Loader([_batch(2, 5)], MassSampler(np.ones(2), 0, 0, 2, 0))
-    joined = list(PseudoBatches(clips, windows, "batch"))
+    joined = list(JoinedBatches(clips, [Extra(windows, "batch")]))
     assert len(joined) == 3  # the windows' loader restarts when it runs out
     wave, target, _, _ = joined[0]
     assert wave.shape == (8, 10) and (wave[:6] == 1).all() and (wave[6:] == 5).all()
@@ -44,16 +45,16 @@ def test_mixup_mode_mixes_waves_and_combines_labels():
     torch.manual_seed(0)
     clips = _Loader([_batch(4, 1)], MassSampler(np.ones(1), 0, 0, 1, 0))
     windows = _Loader([_batch(4, 5)], MassSampler(np.ones(1), 0, 0, 1, 0))
-    wave, target, _, _ = next(iter(PseudoBatches(clips, windows, "mixup", p=1.0, alpha=2.0, label="max")))
+    wave, target, _, _ = next(iter(JoinedBatches(clips, [Extra(windows, "mixup", p=1.0, alpha=2.0, label="max")])))
     assert wave.shape == (4, 10) and ((wave > 1) & (wave < 5)).all()  # every clip mixed
     assert torch.allclose(target, torch.full((4, 3), 0.5))  # max(0.1, 0.5)
-    wave, target, _, _ = next(iter(PseudoBatches(clips, windows, "mixup", p=1.0, alpha=2.0, label="weighted")))
+    wave, target, _, _ = next(iter(JoinedBatches(clips, [Extra(windows, "mixup", p=1.0, alpha=2.0, label="weighted")])))
     lam = (5 - wave[:, 0]) / 4
     assert torch.allclose(target[:, 0], lam * 0.1 + (1 - lam) * 0.5, atol=1e-6)
-    wave, _, _, _ = next(iter(PseudoBatches(clips, windows, "mixup", p=0.0)))
+    wave, _, _, _ = next(iter(JoinedBatches(clips, [Extra(windows, "mixup", p=0.0)])))
     assert (wave == 1).all()  # p 0: nothing mixed
     with pytest.raises(ValueError, match="pseudo.mode"):
-        PseudoBatches(clips, windows, "both")
+        Extra(windows, "both", name="pseudo")
 
 
 def test_mass_sampler_prefers_windows_with_labels():
@@ -108,5 +109,5 @@ def test_pseudo_file_of_another_competition_stops_training(tiny_pipeline, pseudo
 
 def test_pseudo_ratio_must_leave_clips_and_windows(tiny_pipeline, pseudo_file):
     with pytest.raises(ValueError, match="ratio"):
-        train_mod.pseudo_batch_size(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}", "pseudo.ratio=1.0"))
-    assert train_mod.pseudo_batch_size(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}")) == 4
+        pseudo_batch_size(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}", "pseudo.ratio=1.0"))
+    assert pseudo_batch_size(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}")) == 4

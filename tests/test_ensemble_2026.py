@@ -1,0 +1,90 @@
+"""Ensembling the 2026 way: a specialist member (a class subset) blended per class by src.ensemble and by the
+kernel, per-class weights, the site and hour prior step."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import polars as pl
+import pytest
+from omegaconf import OmegaConf
+
+from src import ensemble, kernel
+from src.ensemble import fit_class_weights, with_priors
+from src.infer.blend import blend, widen_columns
+from src.infer.postprocess import metadata_prior, postprocess_rows
+from src.train import train
+from tests.pipeline import compose_named
+from tests.test_kernel import SLUG, assert_same_submission, copy_competition, run_script_alone
+
+PATTERN = r"(?P<prefix>.+)_(?P<site>[^_]+)_(?P<date>\d{8})_(?P<time>\d{6})"
+
+
+def test_a_class_no_member_predicts_is_blended_over_those_that_do():
+    a = np.full((4, 3), 0.2, np.float32)
+    b = widen_columns(np.full((4, 2), 0.8, np.float32), ["c1", "c2"], ["c0", "c1", "c2"])
+    assert np.isnan(b[:, 0]).all()
+    out = blend([a, b], [0.5, 0.5], "weighted")
+    np.testing.assert_allclose(out[:, 0], 0.2, atol=1e-6)  # only a predicts c0
+    np.testing.assert_allclose(out[:, 1:], 0.5, atol=1e-6)
+    table = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])
+    np.testing.assert_allclose(blend([a, np.full((4, 3), 0.8, np.float32)], table, "weighted")[0], [0.2, 0.8, 0.5],
+                               atol=1e-6)
+
+
+def test_per_class_weights_follow_the_member_that_ranks_each_class_and_shrink_with_few_positives():
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 2)) < 0.3).astype(np.float32)
+    noise = rng.random((400, 2))
+    good_on_0 = np.stack([y[:, 0] + 0.1 * noise[:, 0], noise[:, 1]], axis=1)
+    good_on_1 = np.stack([noise[:, 0], y[:, 1] + 0.1 * noise[:, 1]], axis=1)
+    table = fit_class_weights([good_on_0, good_on_1], y, np.array([0.5, 0.5]), "weighted", 2.0, strength=1.0)
+    assert table[0, 0] > 0.9 and table[1, 1] > 0.9
+    shrunk = fit_class_weights([good_on_0, good_on_1], y, np.array([0.5, 0.5]), "weighted", 2.0, strength=1e6)
+    np.testing.assert_allclose(shrunk, 0.5, atol=1e-3)  # a huge strength keeps the global weights
+
+
+def test_the_site_and_hour_prior_is_fitted_on_rows_and_leaves_unparsable_names_alone(caplog):
+    ids = [f"BC_{site}_20250101_{hour:02d}0000_{5 * (w + 1)}" for site, hour in (("S1", 2), ("S2", 14))
+           for w in range(4)]
+    y = np.zeros((8, 2), np.float32)
+    y[:4, 0] = 1  # class 0 calls at site S1 at night, class 1 never
+    spec = {"weight": 1.0, "power": 1.0, "alpha": 1.0, "hour_bin": 3, "pattern": PATTERN}
+    fitted = with_priors({"metadata_prior": spec}, ids, y)
+    probs = np.full((8, 2), 0.5, np.float32)
+    out = postprocess_rows(ids, probs, fitted)
+    assert (out[:4, 0] > 0.5).all() and (out[4:, 0] < 0.5).all()  # raised at S1, lowered at S2
+    with caplog.at_level(logging.WARNING):
+        same = metadata_prior(probs[:2], fitted["metadata_prior"], "odd_name")
+        metadata_prior(probs[:2], fitted["metadata_prior"], "odd_name2")
+    np.testing.assert_array_equal(same, probs[:2])
+    assert sum("does not match" in r.getMessage() for r in caplog.records) <= 1
+
+
+@pytest.fixture(scope="module")
+def specialist(tiny_pipeline):
+    classes = json.loads((tiny_pipeline.root / "cache" / "manifest.json").read_text())["classes"]
+    train(tiny_pipeline.train_config("exp=spec2", f"data.classes=[{','.join(classes[:2])}]", "train.epochs=1"))
+    return classes[:2]
+
+
+def test_a_specialist_member_is_blended_by_the_ensemble_and_the_kernel(tiny_pipeline, specialist, tmp_path):
+    data = [o for o in tiny_pipeline.overrides if o.startswith("data.")]
+    summary = ensemble.run(compose_named("ensemble", *data, f"runs_dir={tiny_pipeline.runs_dir}",
+                                         f"ensembles_dir={tmp_path / 'ensembles'}", "runs=[tiny_a,spec2]",
+                                         "name=withspec", "ensemble.blend=weighted", "ensemble.fit.restarts=1"))
+    members = {m["run"]: m for m in summary["members"]}
+    assert members["spec2"]["classes"] == specialist and len(summary["classes"]) > len(specialist)
+    sub = pl.read_csv(tmp_path / "ensembles" / "withspec" / "submission.csv")
+    values = sub.drop("row_id").to_numpy()
+    assert np.isfinite(values).all() and values.min() >= 0
+    saved = OmegaConf.load(tmp_path / "ensembles" / "withspec" / "ensemble.yaml")
+    assert "class_weights" in saved
+    kernel.main(["build", "name=withspec", f"ensembles_dir={tmp_path / 'ensembles'}",
+                 f"kernels_dir={tmp_path / 'kernels'}", "runtime=torchscript", "fallback_runtime=null", "user=tester",
+                 f"slug={SLUG}", "check_windows=4", "plan_on_build=false"])
+    comp = copy_competition(tiny_pipeline, tmp_path / "comp")
+    run_script_alone(tmp_path / "kernels" / "withspec", comp, tmp_path)
+    assert_same_submission(tmp_path / "working" / "submission.csv",
+                           tmp_path / "ensembles" / "withspec" / "submission.csv")
