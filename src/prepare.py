@@ -42,7 +42,7 @@ from src.data.audio_cache import (
     settings_differences,
 )
 from src.data.chunks import chunk_energy_db, chunk_starts, silent_mask
-from src.data.competition import load_competition, load_extra
+from src.data.competition import COMPETITION_SOURCE, load_competition, load_extra
 from src.data.soundscape_labels import labelled_windows, parse_names
 from src.infer.audio import AudioError, load_audio, to_int16
 from src.infer.io import atomic_write, remove_stale_temporaries
@@ -233,9 +233,9 @@ def soundscape_windows(filename: str, y: np.ndarray, cfg: DictConfig) -> pl.Data
 
 def prepare_soundscapes(files: list[Path], cache_dir: Path, cfg: DictConfig, labelled: set[str] = frozenset()
                         ) -> tuple[pl.DataFrame, list[tuple]]:
-    """Cache every train soundscape and write `<cache_dir>/soundscapes.parquet`, their window index, with the
-    site, date and hour of each (`data.soundscape_names`) and whether it is a labelled one (2026: `labelled`;
-    pseudo-labels never replace its labels).
+    """Cache every train soundscape and write `<cache_dir>/soundscapes.parquet`, their window index; in a 2026
+    layout (`data.soundscape_names` set, or labelled soundscapes) also the site, date and hour of each and whether
+    it is a labelled one (`labelled`: pseudo-labels never replace its labels).
 
     A soundscape that is corrupt, empty, shorter than `prepare.soundscape_min_s` or silent (every window below
     `prepare.silence.abs_db`) is skipped and returned in the bad list as (filename, problem).
@@ -260,9 +260,10 @@ def prepare_soundscapes(files: list[Path], cache_dir: Path, cfg: DictConfig, lab
             log.warning("skipped %s", problem)
             bad.append((name, problem))
     windows = pl.concat(frames) if frames else pl.DataFrame(schema=_WINDOW_SCHEMA)
-    names = parse_names(windows["filename"].unique(maintain_order=True).to_list(), cfg.data.get("soundscape_names"))
-    windows = windows.join(names, on="filename", how="left", maintain_order="left").with_columns(
-        pl.col("filename").is_in(list(labelled)).alias("labelled"))
+    if cfg.data.get("soundscape_names") or labelled:  # 2026: site/date/hour and labelled columns; else as in 2025
+        names = parse_names(windows["filename"].unique(maintain_order=True).to_list(), cfg.data.get("soundscape_names"))
+        windows = windows.join(names, on="filename", how="left", maintain_order="left").with_columns(
+            pl.col("filename").is_in(list(labelled)).alias("labelled"))
     _write_parquet(windows, cache_dir / SOUNDSCAPE_INDEX)
     return windows, bad
 
@@ -276,7 +277,8 @@ def prepare(cfg: DictConfig) -> dict:
                                                       cfg.data.get("extra_classes", "drop") == "keep")
     for problem in extra_problems:
         log.warning(problem)
-    meta = comp.meta if extra is None else pl.concat([comp.meta, extra])
+    meta = comp.meta.with_columns(pl.lit(COMPETITION_SOURCE).alias("source"))
+    meta = meta if extra is None else pl.concat([meta, extra])
     jobs, unsafe = _recording_jobs(meta, cache_dir, cfg)
     labelled, label_problems = labelled_windows(comp, cfg.data.get("soundscape_names"), float(cfg.audio.window_s),
                                                 bool(cfg.data.get("labelled_negatives", True)))

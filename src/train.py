@@ -273,7 +273,8 @@ def build_evaluators(run: Run) -> list[Evaluator]:
     """What is scored after every epoch; each evaluator adds its named scores (log.csv columns): the
     validation chunks, and the fold's validation soundscapes (src.valsets) unless train.soundscape_cv=false."""
     evaluators: list[Evaluator] = [evaluate_chunks]
-    for valset in scored_sets(run):
+    run.valsets = scored_sets(run)  # built once, every rank together (load_valset's barrier); finish reuses them
+    for valset in run.valsets:
         def evaluate_valset(r: Run, model: torch.nn.Module, vs: ValSet = valset) -> dict[str, float]:
             return evaluate_soundscapes(probability_fn(model, r.device, r.dtype), r.cfg, r.classes,
                                         batch_size=int(r.cfg.train.val_batch_size), valset=vs)
@@ -374,10 +375,11 @@ def save_checkpoints(run: Run, epoch: int, score: float, improved: bool) -> None
 
 
 def finish_soundscapes(run: Run, model: torch.nn.Module) -> dict[str, float]:
-    """best.pt on the fold's scored soundscape sets (`scored_sets`): writes oof_soundscape.parquet and
-    oof_labelled.parquet, returns the metrics.json keys (soundscape_auc, labelled_auc, ...)."""
+    """best.pt on the fold's scored soundscape sets (`run.valsets`, built with the evaluators): writes
+    oof_soundscape.parquet and oof_labelled.parquet, returns the metrics.json keys (soundscape_auc, labelled_auc,
+    ...). Rank 0 only: nothing here may wait on the other ranks."""
     values: dict[str, float] = {}
-    for vs in scored_sets(run):
+    for vs in run.valsets:
         values |= evaluate_soundscapes(probability_fn(model, run.device, run.dtype), run.cfg, run.classes,
                                        run.run_dir, int(run.cfg.train.val_batch_size), valset=vs)
     return values

@@ -391,10 +391,12 @@ def test_time_guard_projects_a_member_from_the_plan_scaled_by_the_finished_ones(
     from src.infer import kernel_main
 
     # planned 1, 2, 4 s per file; the first member took 3 s (3x its plan): the second is projected at 6 s
-    assert kernel_main._projected_s(1, [0], [3.0], [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(6.0)
-    assert kernel_main._projected_s(2, [0, 1], [3.0, 6.0], [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(12.0)
-    # no plan (an older kernel): the seconds per model so far times the member's models
-    assert kernel_main._projected_s(1, [0], [3.0], [], [1, 2]) == pytest.approx(6.0)
+    assert kernel_main._projected_s([1], [0], 3.0, [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(6.0)
+    assert kernel_main._projected_s([2], [0, 1], 9.0, [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(12.0)
+    # a pass shared by two members (one teacher model): their plans add up
+    assert kernel_main._projected_s([1, 2], [0], 3.0, [1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(18.0)
+    # no plan (an older kernel): the seconds per model so far times the pass's models
+    assert kernel_main._projected_s([1], [0], 3.0, [], [1, 2]) == pytest.approx(6.0)
     assert kernel_main.time_budget({"budget_min": 90, "margin": 0.25}) == (90.0, 0.25)
     assert kernel_main.time_budget({}) == (float("inf"), 0.0)  # no budget built in: no guard
     members = [{"run": "a", "folds": [0, 1]}, {"run": "b", "folds": [0], "models": ["foldall", "foldall_seed7"]}]

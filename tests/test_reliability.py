@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import torch
 from conftest import make_tiny_competition, prepare_config
-from fake_runs import make_fake_run
+from fake_runs import fake_classes, make_fake_run
 from omegaconf import OmegaConf
 
 import src.train as train_mod
@@ -318,7 +318,7 @@ def test_a_truncated_oof_file_is_named(tmp_path):
     (oof.parent / "best.pt").write_bytes(b"")  # a finished fold
     oof.write_bytes(oof.read_bytes()[:200])
     with pytest.raises(TableError, match=f"{oof}.*truncated or corrupt.*exp=effnet"):
-        load_oof(tmp_path / "runs", ["effnet"])
+        load_oof(tmp_path / "runs", ["effnet"], fake_classes(8))
 
 
 def test_a_taxonomy_that_differs_from_the_sample_submission_is_reported(tmp_path, caplog):

@@ -189,7 +189,7 @@ def test_a_missing_cache_names_the_command_that_builds_it(prepared):
     assert_reaches(str(err.value), cfg, "perch")
     train = compose_named("train", *overrides[:5], "distill.teacher=perch")
     with pytest.raises(FileNotFoundError) as err:
-        teacher_targets(train, pl.DataFrame())
+        teacher_targets(train, pl.DataFrame(), [])
     assert_reaches(str(err.value), train)
     custom = compose_named("teacher", *overrides, "teacher.name=my_perch")  # a cache named after no config file
     with pytest.raises(FileNotFoundError, match="teacher.name=my_perch") as err:

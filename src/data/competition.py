@@ -28,8 +28,8 @@ LAYOUTS: dict[str, dict[str, str | None]] = {
     "birdclef2023": {"metadata": "train_metadata.csv", "taxonomy": "eBird_Taxonomy_v2021.csv",
                      "soundscapes": None},
 }
-META_COLUMNS = ["filename", "path", "primary_label", "secondary_labels", "author", "rating", "collection", "group",
-                "source"]
+META_COLUMNS = ["filename", "path", "primary_label", "secondary_labels", "author", "rating", "collection", "group"]
+COMPETITION_SOURCE = "competition"  # the `source` of the competition's own recordings when prepare merges data.extra
 EXTRA_PREFIX = "extra"  # the filenames of `data.extra` recordings start with it: never in a folds file, never validated
 OPTIONAL_COLUMNS = {"secondary_labels": "[]", "author": None, "rating": None, "collection": None}
 
@@ -45,7 +45,7 @@ class Competition:
     root: Path
     layout: str
     classes: list[str]
-    meta: pl.DataFrame  # META_COLUMNS: filename, path, primary_label, secondary_labels (list), ..., group, source
+    meta: pl.DataFrame  # META_COLUMNS: filename, path, primary_label, secondary_labels (list), ..., group
     sample_submission: Path
     test_dir: Path
     soundscape_dir: Path | None
@@ -127,7 +127,6 @@ def read_metadata(root: Path, layout: str, classes: list[str]) -> tuple[pl.DataF
         pl.col("filename").map_elements(lambda f: str(root / "train_audio" / f), return_dtype=pl.Utf8).alias("path"),
         pl.col("rating").cast(pl.Float32, strict=False).fill_null(0.0),
         pl.coalesce(pl.col("author").str.strip_chars().replace("", None), pl.col("filename")).alias("group"),
-        pl.lit("competition").alias("source"),
     )
     return meta.select(META_COLUMNS), problems
 
@@ -149,7 +148,7 @@ def detect_layout(root: Path) -> str:
 def load_extra(sources, classes: list[str], keep: bool) -> tuple[pl.DataFrame | None, list[str], list[str]]:
     """The recordings of the extra training folders `data.extra` (previous editions, recordings downloaded from
     Xeno-canto / iNat into a train.csv + train_audio/ folder; each a path or {root, layout, name}), merged by class
-    label: (their META_COLUMNS rows, filenames `extra/<name>/<file>` and `source` = name, None without any; the
+    label: (their META_COLUMNS rows + `source`, filenames `extra/<name>/<file>` and `source` = name, None without any; the
     extra classes kept; problems). A label outside `classes` is dropped, or with `keep` kept as an extra output (for pretraining)."""
     frames, kept, problems = [], set(), []
     for spec in sources or []:

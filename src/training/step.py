@@ -108,6 +108,7 @@ class Run:
     ema: torch.nn.Module | None = field(init=False)
     scaler: torch.amp.GradScaler = field(init=False)
     evaluators: list[Evaluator] = field(default_factory=list)
+    valsets: list = field(default_factory=list)  # the fold's scored soundscape sets (src.train.scored_sets)
     start_epoch: int = 0
     best: float = -math.inf
     best_epoch: int = -1
