@@ -60,6 +60,22 @@ def test_the_site_and_hour_prior_is_fitted_on_rows_and_leaves_unparsable_names_a
         metadata_prior(probs[:2], fitted["metadata_prior"], "odd_name2")
     np.testing.assert_array_equal(same, probs[:2])
     assert sum("does not match" in r.getMessage() for r in caplog.records) <= 1
+    np.testing.assert_allclose(out[:, 1], 0.5, atol=1e-6)  # class 1 was never seen: left as it is, not zeroed
+
+
+def test_a_class_the_prior_never_saw_keeps_its_ranking_at_a_new_site():
+    """Fitted on other sites' rows where class 1 never calls (global prior 0), the prior applied to an unseen site
+    leaves class 1's scores as they are: before the floor it zeroed them, and the nested labelled CV read 0.47."""
+    ids = [f"BC_S1_20250101_{hour:02d}0000_{5 * (w + 1)}" for hour in (2, 14) for w in range(4)]
+    y = np.zeros((8, 2), np.float32)
+    y[:4, 0] = 1
+    fitted = with_priors({"metadata_prior": {"weight": 1.0, "power": 1.0, "alpha": 20.0, "hour_bin": 3,
+                                             "floor": 0.01, "pattern": PATTERN}}, ids, y)
+    new = [f"BC_S9_20250101_020000_{5 * (w + 1)}" for w in range(4)]
+    probs = np.array([[0.1, 0.9], [0.2, 0.1], [0.3, 0.5], [0.4, 0.3]], np.float32)
+    out = postprocess_rows(new, probs, fitted)
+    np.testing.assert_allclose(out[:, 1], probs[:, 1], atol=1e-6)
+    assert (np.argsort(out[:, 0]) == np.argsort(probs[:, 0])).all()
 
 
 @pytest.fixture(scope="module")

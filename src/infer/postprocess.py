@@ -69,10 +69,11 @@ def site_hour(stem: str, pattern: str | None) -> tuple[str | None, int | None]:
 
 def metadata_prior(probs: np.ndarray, prior: dict, stem: str = "") -> np.ndarray:
     """Rescale one file's probabilities by the class priors of its recorder site and hour of day (BirdCLEF+ 2026's
-    names; the 3rd place): p * (site prior x hour prior / global prior^2)^power, blended with p by `weight`. `prior`
-    holds `pattern` (see site_hour), `hour_bin` (hours per bin), `global`, `site` and `hour` (per key, one value per
-    class, smoothed towards the global prior when fitted); a site or hour bin never seen uses the global prior. A
-    name that does not parse leaves the file as it is (logged once per pattern)."""
+    names; the 3rd place): p * ((site prior + floor) x (hour prior + floor) / (global prior + floor)^2)^power,
+    blended with p by `weight`. `prior` holds `pattern` (see site_hour), `hour_bin` (hours per bin), `floor`, `global`,
+    `site` and `hour` (per key, one value per class, smoothed towards the global prior when fitted); a site or hour
+    bin never seen uses the global prior. The floor keeps a class the fit never saw (global prior 0) as it is,
+    rather than zeroing it. A name that does not parse leaves the file as it is (logged once per pattern)."""
     site, hour = site_hour(stem, prior.get("pattern"))
     if site is None and hour is None:
         if prior.get("pattern") not in _UNPARSED:
@@ -80,11 +81,12 @@ def metadata_prior(probs: np.ndarray, prior: dict, stem: str = "") -> np.ndarray
             logging.getLogger(__name__).warning("metadata prior: %s does not match %r: its rows are left as they "
                                                 "are", stem, prior.get("pattern"))
         return probs
-    base = np.maximum(np.asarray(prior["global"], np.float64), 1e-6)
+    base = np.asarray(prior["global"], np.float64)
     bin_key = None if hour is None else str(hour // int(prior.get("hour_bin", 1)))
     site_p = np.asarray(prior.get("site", {}).get(str(site), base), np.float64)
     hour_p = np.asarray(prior.get("hour", {}).get(bin_key, base), np.float64)
-    factor = (site_p * hour_p / base ** 2) ** float(prior.get("power", 1.0))
+    floor = float(prior.get("floor", 0.01))
+    factor = ((site_p + floor) * (hour_p + floor) / (base + floor) ** 2) ** float(prior.get("power", 1.0))
     weight = float(prior.get("weight", 1.0))
     return ((1 - weight) * probs + weight * np.clip(probs * factor, 0.0, 1.0)).astype(probs.dtype)
 
