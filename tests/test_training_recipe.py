@@ -4,6 +4,7 @@ loss."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,7 +14,9 @@ from omegaconf import OmegaConf
 
 from src.data.competition import CompetitionError, select_classes
 from src.train import train
+from src.training.batches import extra_batch_sizes
 from src.training.step import soft_auc_loss
+from tests.pipeline import compose_named
 
 
 def test_a_distillation_stage_then_fine_tuning_from_it(tiny_pipeline, tiny_teacher):
@@ -119,3 +122,22 @@ def test_extra_training_folders_are_merged_by_label_and_never_validated(tmp_path
         assert set(extra_chunks["filename"]) <= set(train_df["filename"])
     keep = prepare_config(root, tmp_path / "cache_keep", *overrides, "data.extra_classes=keep")
     assert prepare(keep)["extra_classes"] == ["bird9"]
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "recipe").glob("*.yaml")))
+def test_every_recipe_gives_students_a_valid_training_config(recipe):
+    """Each recipe's students compose with its train_overrides into a config `src.train` accepts up front (mixing
+    probabilities of the pseudo-labelled and labelled windows at most 1 together); the 2026 CNN recipe chains the
+    distillation stage (init_from) into the rounds."""
+    cfg = compose_named("selftrain", f"recipe={recipe}", "round0=x")
+    for student in cfg.students:
+        if student.command != "train":
+            continue
+        train_cfg = compose_named("train", *student.overrides, *cfg.train_overrides, "pseudo.path=p.parquet")
+        extra_batch_sizes(train_cfg)  # raises on ratios that leave no clip
+        mixing = [train_cfg[s].mixup.p for s in ("pseudo", "labelled")
+                  if train_cfg[s].mode == "mixup" and (s == "pseudo" or train_cfg.labelled.mode != "none")]
+        assert sum(mixing) <= 1.0
+        if recipe == "distilled_cnn_2026":
+            assert train_cfg.init_from == "cnn_distill" and train_cfg.pseudo.mixup.cap == 0.75
+            assert train_cfg.labelled.mixup.cap == 0.5
