@@ -43,29 +43,35 @@ selftrain-demo: setup
 	$(PY) -m src.selftrain data=demo rounds=1 round0=st_r0 name=demo_st
 	$(PY) -m src.leaderboard
 
-# The best CPU recipe end to end on a competition folder (default the small real one): folds, prepare,
-# the BirdNET teacher cache, its zero-shot and probe runs on every fold (each scored on its fold's
-# validation soundscapes), their ensemble as round 0, then XC45_ROUNDS rounds of self-training on the
-# unlabelled soundscapes (recipe birdnet_probe): ensembles/xc45_r<k>/ per round and ensembles/xc45/ the
-# round chosen by the soundscape CV (+ each one's score when DIR/solution.csv exists). `make xc45 XC45=DIR`.
+# The best CPU recipe end to end on a competition folder: folds, prepare, the BirdNET teacher cache, its
+# zero-shot and probe runs on every fold (each scored on its fold's validation soundscapes), their ensemble as
+# round 0, then XC45_ROUNDS rounds of self-training on the unlabelled soundscapes: ensembles/<prefix>_r<k>/ per
+# round and ensembles/<prefix>/ the round its CV chooses (+ each one's score when DIR/solution.csv exists).
+# Arguments: data overrides, prepare overrides, probe overrides, name prefix, self-training recipe.
+XC45_FOLDS = 0 1 2 3 4
+XC45_ROUNDS ?= 2
+define teacher_recipe
+$(PY) -m src.folds $(1) folds.n=5
+$(PY) -m src.prepare $(1) $(2)
+$(PY) -m src.teacher $(1) teacher=birdnet
+for f in $(XC45_FOLDS); do \
+  $(PY) -m src.probe $(1) teacher=birdnet fold=$$f probe.head=zero_shot || exit 1; \
+  $(PY) -m src.probe $(1) teacher=birdnet fold=$$f $(3) || exit 1; \
+done
+$(PY) -m src.ensemble $(1) runs=[birdnet] name=$(4)_birdnet
+$(PY) -m src.ensemble $(1) runs=[birdnet_probe] name=$(4)_probe
+$(PY) -m src.ensemble $(1) runs=[birdnet,birdnet_probe] name=$(4)_r0
+$(PY) -m src.selftrain $(1) recipe=$(5) rounds=$(XC45_ROUNDS) round0=$(4)_r0 name=$(4)
+$(PY) -m src.leaderboard
+endef
+
+# The small real competition (default ../shared/xc45), recipe birdnet_probe, rounds chosen by the validation
+# soundscapes' CV. `make xc45 XC45=DIR`.
 XC45 ?= ../shared/xc45
 XC45_DATA = data=birdclef2025 data.root=$(XC45) data.name=xc45
-XC45_FOLDS = 0 1 2 3 4
 XC45_PROBE = probe.background='jura_*' probe.zero_shot_weight=0.5
-XC45_ROUNDS ?= 2
 xc45: setup
-	$(PY) -m src.folds $(XC45_DATA) folds.n=5
-	$(PY) -m src.prepare $(XC45_DATA) prepare.soundscapes=null
-	$(PY) -m src.teacher $(XC45_DATA) teacher=birdnet
-	for f in $(XC45_FOLDS); do \
-	  $(PY) -m src.probe $(XC45_DATA) teacher=birdnet fold=$$f probe.head=zero_shot || exit 1; \
-	  $(PY) -m src.probe $(XC45_DATA) teacher=birdnet fold=$$f $(XC45_PROBE) || exit 1; \
-	done
-	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet] name=xc45_birdnet
-	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet_probe] name=xc45_probe
-	$(PY) -m src.ensemble $(XC45_DATA) runs=[birdnet,birdnet_probe] name=xc45_r0
-	$(PY) -m src.selftrain $(XC45_DATA) recipe=birdnet_probe rounds=$(XC45_ROUNDS) round0=xc45_r0 name=xc45
-	$(PY) -m src.leaderboard
+	$(call teacher_recipe,$(XC45_DATA),prepare.soundscapes=null,$(XC45_PROBE),xc45,birdnet_probe)
 
 # The same recipe in the BirdCLEF+ 2026 layout (default ../shared/xc45_2026): the labelled train soundscapes are
 # folded by site, trained on by the probes (the only supervision of the classes without a clip) and are the CV
@@ -75,18 +81,7 @@ XC26 ?= ../shared/xc45_2026
 XC26_DATA = data=xc45_2026 data.root=$(XC26)
 XC26_PROBE = probe.zero_shot_weight=0.5
 xc45-2026: setup
-	$(PY) -m src.folds $(XC26_DATA) folds.n=5
-	$(PY) -m src.prepare $(XC26_DATA)
-	$(PY) -m src.teacher $(XC26_DATA) teacher=birdnet
-	for f in $(XC45_FOLDS); do \
-	  $(PY) -m src.probe $(XC26_DATA) teacher=birdnet fold=$$f probe.head=zero_shot || exit 1; \
-	  $(PY) -m src.probe $(XC26_DATA) teacher=birdnet fold=$$f $(XC26_PROBE) || exit 1; \
-	done
-	$(PY) -m src.ensemble $(XC26_DATA) runs=[birdnet] name=xc26_birdnet
-	$(PY) -m src.ensemble $(XC26_DATA) runs=[birdnet_probe] name=xc26_probe
-	$(PY) -m src.ensemble $(XC26_DATA) runs=[birdnet,birdnet_probe] name=xc26_r0
-	$(PY) -m src.selftrain $(XC26_DATA) recipe=birdnet_probe_2026 rounds=$(XC45_ROUNDS) round0=xc26_r0 name=xc26
-	$(PY) -m src.leaderboard
+	$(call teacher_recipe,$(XC26_DATA),,$(XC26_PROBE),xc26,birdnet_probe_2026)
 
 test: setup
 	$(PY) -m pytest tests
