@@ -309,10 +309,11 @@ def fit_windows(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str],
     power, restarts = float(ens.power), int(ens.fit.restarts)
     table = {m: nested_pipeline(preds, y, ids, groups, m, power, restarts, [{}], metric) for m in BLENDS}
     method = choose_blend(table, ens, len(preds))
-    strength, per_class = choose_class_weights(preds, y, ids, groups, method, ens, metric)
-    steps = {step: nested_pipeline(preds, y, ids, groups, method, power, restarts,
-                                   post_candidates(ens.search, step, pattern), metric, strength)
-             for step in POST_STEPS if step != "metadata_prior" or parses(ids, pattern)}
+    strength, per_class = choose_class_weights(preds, y, ids, groups, method, ens, metric, table[method])
+    steps = {"blend": per_class[str(strength)]} | {  # the blend alone was scored with the class weights
+        step: nested_pipeline(preds, y, ids, groups, method, power, restarts,
+                              post_candidates(ens.search, step, pattern), metric, strength)
+        for step in POST_STEPS[1:] if step != "metadata_prior" or parses(ids, pattern)}
     # the steps kept are those up to the best nested score (a later step that lowers it is left out; on a tie
     # the simpler pipeline wins): the in-sample choice among all candidates would pick what overfits
     kept = max(steps, key=steps.get)
@@ -341,14 +342,14 @@ def parses(ids: list[str], pattern: str | None) -> bool:
 
 
 def choose_class_weights(preds: list[np.ndarray], y: np.ndarray, ids: list[str], groups: np.ndarray, method: str,
-                         ens: DictConfig, metric: str) -> tuple[float | None, dict[str, float]]:
+                         ens: DictConfig, metric: str, global_score: float) -> tuple[float | None, dict[str, float]]:
     """The per-class weights' shrinkage strength (`ensemble.class_weights.strengths`) with the best nested score,
-    or None (one weight per member) when none beats it; and every candidate's nested score ("None": the global
-    weights)."""
+    or None (one weight per member) when none beats `global_score` (the nested score of the global weights); and
+    every candidate's nested score ("None": the global weights)."""
     power, restarts = float(ens.power), int(ens.fit.restarts)
     strengths = [] if method == "mean" or len(preds) < 2 else list(ens.class_weights.strengths or [])
-    table = {str(s): nested_pipeline(preds, y, ids, groups, method, power, restarts, [{}], metric,
-                                     None if s is None else float(s)) for s in [None, *strengths]}
+    table = {"None": global_score} | {str(float(s)): nested_pipeline(preds, y, ids, groups, method, power, restarts,
+                                                                      [{}], metric, float(s)) for s in strengths}
     best = max(table, key=table.get)  # the first (None) wins ties: per-class weights must earn their place
     return (None if best == "None" else float(best)), table
 

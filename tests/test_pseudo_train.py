@@ -16,7 +16,7 @@ from src.data.dataset import Extra, JoinedBatches
 from src.data.pseudo_labels import KEYS, PseudoLabelError
 from src.data.samplers import MassSampler
 from src.pseudo import write_pseudo
-from src.training.batches import pseudo_batch_size
+from src.training.batches import extra_batch_sizes
 
 
 class _Loader(list):
@@ -109,5 +109,5 @@ def test_pseudo_file_of_another_competition_stops_training(tiny_pipeline, pseudo
 
 def test_pseudo_ratio_must_leave_clips_and_windows(tiny_pipeline, pseudo_file):
     with pytest.raises(ValueError, match="ratio"):
-        pseudo_batch_size(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}", "pseudo.ratio=1.0"))
-    assert pseudo_batch_size(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}")) == 4
+        extra_batch_sizes(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}", "pseudo.ratio=1.0"))
+    assert extra_batch_sizes(tiny_pipeline.train_config(f"pseudo.path={pseudo_file}")).get("pseudo", 0) == 4

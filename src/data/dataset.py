@@ -13,7 +13,6 @@ from torch.utils.data import Dataset
 
 from src.data.audio_cache import cache_path, load_cached
 from src.data.competition import multi_hot
-from src.data.soundscape_labels import label_matrix
 from src.infer.audio import from_int16
 
 
@@ -92,33 +91,17 @@ class ChunkDataset(Dataset):
             self.weights[row]
 
 
-class PseudoWindowDataset(ChunkDataset):
-    """Pseudo-labelled windows of the cached unlabelled soundscapes (`src.pseudo` files) with soft targets.
-
-    Indexed like ChunkDataset; returns (wave, soft target (C,), loss mask of ones (C,), `weight`).
-    """
-
-    cache_kind = "soundscapes"
-
-    def __init__(self, table: pl.DataFrame, cache_dir: Path, classes: list[str], sample_rate: int, window_s: float,
-                 weight: float = 1.0, jitter_s: float = 0.0, wave_augment: Callable | None = None):
-        self._windows(table, cache_dir, sample_rate, window_s, jitter_s, wave_augment)
-        self.targets = torch.from_numpy(table.select(classes).to_numpy().astype(np.float32))
-        self.masks = torch.ones_like(self.targets)
-        self.weights = torch.full((table.height,), float(weight))
-
-
-class LabelledWindowDataset(ChunkDataset):
-    """Expert-labelled train soundscape windows (BirdCLEF+ 2026, prepare's `labelled.parquet`) with their 0/1
-    targets (a window without any class is all negative). Indexed like ChunkDataset; returns (wave, target,
-    mask of ones, `weight`)."""
+class WindowDataset(ChunkDataset):
+    """Windows of the cached train soundscapes with given targets: pseudo-labelled windows (`src.pseudo` files,
+    soft targets) or expert-labelled ones (BirdCLEF+ 2026, prepare's `labelled.parquet`, 0/1 targets). Indexed
+    like ChunkDataset; returns (wave, target (C,), loss mask of ones (C,), `weight`)."""
 
     cache_kind = "soundscapes"
 
-    def __init__(self, table: pl.DataFrame, cache_dir: Path, classes: list[str], sample_rate: int, window_s: float,
+    def __init__(self, table: pl.DataFrame, targets: np.ndarray, cache_dir: Path, sample_rate: int, window_s: float,
                  weight: float = 1.0, jitter_s: float = 0.0, wave_augment: Callable | None = None):
         self._windows(table, cache_dir, sample_rate, window_s, jitter_s, wave_augment)
-        self.targets = torch.from_numpy(label_matrix(table["labels"].to_list(), classes))
+        self.targets = torch.from_numpy(np.asarray(targets, np.float32))
         self.masks = torch.ones_like(self.targets)
         self.weights = torch.full((table.height,), float(weight))
 

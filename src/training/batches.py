@@ -17,12 +17,12 @@ from src.data.dataset import (
     ChunkDataset,
     Extra,
     JoinedBatches,
-    LabelledWindowDataset,
-    PseudoWindowDataset,
+    WindowDataset,
     rating_weights,
 )
 from src.data.pseudo_labels import load_pseudo_windows
 from src.data.samplers import GroupSampler, MassSampler, build_sampler
+from src.data.soundscape_labels import label_matrix
 from src.data.splits import held_out_labelled, training_labelled
 from src.training.step import Run
 
@@ -65,11 +65,6 @@ def extra_batch_sizes(cfg: DictConfig) -> dict[str, int]:
     return sizes
 
 
-def pseudo_batch_size(cfg: DictConfig) -> int:
-    """Pseudo-labelled windows per batch in batch mode (0 when off or in mixup mode)."""
-    return extra_batch_sizes(cfg).get("pseudo", 0)
-
-
 def extra_sources(run: Run, steps: int, wave_aug) -> list[Extra]:
     """The sources joined to the clips: pseudo-labelled windows (`pseudo.path`) and the training folds' labelled
     soundscape windows (`labelled.mode`), each with its loader, sampler and mixing settings; never validated on."""
@@ -77,8 +72,9 @@ def extra_sources(run: Run, steps: int, wave_aug) -> list[Extra]:
     sizes, extras = extra_batch_sizes(cfg), []
     if cfg.pseudo.path:
         table = load_pseudo_windows(cfg, run.classes)
-        ds = PseudoWindowDataset(table, Path(cfg.data.cache_dir), run.classes, int(cfg.audio.sample_rate),
-                                 float(cfg.audio.window_s), float(cfg.pseudo.weight), wave_augment=wave_aug)
+        ds = WindowDataset(table, table.select(run.classes).to_numpy(), Path(cfg.data.cache_dir),
+                           int(cfg.audio.sample_rate), float(cfg.audio.window_s), float(cfg.pseudo.weight),
+                           wave_augment=wave_aug)
         k = sizes.get("pseudo") or int(cfg.train.batch_size)
         mass = table.select(run.classes).to_numpy().sum(axis=1)
         sampler = MassSampler(mass, float(cfg.pseudo.sampler.power), float(cfg.pseudo.sampler.floor),
@@ -87,8 +83,9 @@ def extra_sources(run: Run, steps: int, wave_aug) -> list[Extra]:
         extras.append(_extra(run, ds, sampler, k, "pseudo"))
     if str(cfg.labelled.mode) != "none":
         table = training_labelled(cfg)
-        ds = LabelledWindowDataset(table, Path(cfg.data.cache_dir), run.classes, int(cfg.audio.sample_rate),
-                                   float(cfg.audio.window_s), float(cfg.labelled.weight), wave_augment=wave_aug)
+        ds = WindowDataset(table, label_matrix(table["labels"].to_list(), run.classes), Path(cfg.data.cache_dir),
+                           int(cfg.audio.sample_rate), float(cfg.audio.window_s), float(cfg.labelled.weight),
+                           wave_augment=wave_aug)
         k = sizes.get("labelled") or int(cfg.train.batch_size)
         sampler = GroupSampler(class_groups(table, run.classes, bool(cfg.labelled.negatives)),
                                steps * k * run.dist.world, int(cfg.seed) + int(cfg.labelled.seed_offset),
