@@ -124,6 +124,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def fold_classes(dirs: list[str | Path], classes: list[str]) -> list[str]:
+    """The classes the run folds `dirs` predict (their saved configs must agree): all of `classes` (the
+    competition's), or a subset (a specialist, `data.classes`). ValueError naming the fold otherwise."""
+    found = None
+    for d in dirs:
+        run_classes = list(load_run_config(d).classes)
+        if not set(run_classes) <= set(classes):
+            raise ValueError(f"{d}: it predicts classes that are not this competition's (not columns of its sample "
+                             f"submission, e.g. {sorted(set(run_classes) - set(classes))[:3]}): another competition?")
+        if found is not None and run_classes != found:
+            raise ValueError(f"{d}: its classes differ from its other folds': retrain them with one data.classes")
+        found = run_classes
+    return found or []
+
+
 def fold_dirs(runs_dir: Path, exp: str) -> list[Path]:
     """Finished folds of a run (those with oof.parquet and best.pt, or teacher.json for a teacher run), sorted."""
     dirs = [p for _, p in run_folds(runs_dir / exp)

@@ -19,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
-from src.config import fold_dirs, fold_number, load_run_config
+from src.config import fold_classes, fold_dirs, fold_number
 from src.data.competition import load_competition
 from src.data.soundscape_labels import label_matrix
 from src.data.tables import read_parquet
 from src.evaluation.metrics import class_aucs, primary_one_hot, score, submission_per_class, submission_score
-from src.infer.blend import BLENDS, blend, class_ranks, combine_members, member_weights
+from src.infer.blend import BLENDS, blend, class_ranks, combine_members, member_weights, widen_columns
 from src.infer.io import atomic_write
 from src.infer.postprocess import postprocess_rows, site_hour
 from src.infer.soundscape import list_soundscapes
@@ -54,25 +54,15 @@ def member_entry(runs_dir: Path, exp: str, weight: float, full_data: bool) -> di
 
 
 def member_classes(runs_dir: Path, exp: str, classes: list[str]) -> list[str]:
-    """The classes a member predicts (its folds must agree): all of `classes` (the competition's), or a subset (a
-    specialist, `data.classes`). ValueError naming the fold otherwise."""
-    found = None
-    for d in fold_dirs(runs_dir, exp):
-        run_classes = list(load_run_config(d).classes)
-        if not set(run_classes) <= set(classes):
-            raise ValueError(f"{d}: it predicts classes that are not columns of this competition's sample submission "
-                             f"(e.g. {sorted(set(run_classes) - set(classes))[:3]}): another competition?")
-        if found is not None and run_classes != found:
-            raise ValueError(f"{d}: its classes differ from its other folds'")
-        found = run_classes
-    return found
+    """The classes a member predicts (`src.config.fold_classes` over its folds)."""
+    return fold_classes(fold_dirs(runs_dir, exp), classes)
 
 
 def widen(frame: pl.DataFrame, classes: list[str]) -> np.ndarray:
-    """A member's probability columns on the ensemble's `classes`: NaN where it does not predict one (a specialist:
-    the blend leaves it out of that class)."""
-    return frame.select([pl.col(c) if c in frame.columns else pl.lit(None, pl.Float32).alias(c) for c in classes]
-                        ).to_numpy().astype(np.float32)
+    """A member's probability columns on the ensemble's `classes` (`widen_columns`: NaN where it does not predict
+    one, a specialist, which the blend leaves out of that class)."""
+    cols = [c for c in classes if c in frame.columns]
+    return widen_columns(frame.select(cols).to_numpy().astype(np.float32), cols, classes)
 
 
 def load_oof(runs_dir: Path, exps: list[str], classes: list[str]) -> tuple[pl.DataFrame, list[np.ndarray], list[str]]:

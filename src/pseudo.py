@@ -23,8 +23,8 @@ import polars as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.config import (
+    fold_classes,  # (importing src.config registers the root_tag resolver)
     fold_dirs,
-    load_run_config,  # (importing src.config registers the root_tag resolver)
 )
 from src.data.audio_cache import load_soundscape_index
 from src.data.competition import load_competition
@@ -73,16 +73,11 @@ def check_teacher_classes(teacher: dict, classes: list[str]) -> None:
     member in one order. Records each member's class order (`classes`) so its columns are aligned by name."""
     covered: set[str] = set()
     for member in teacher["members"]:
-        orders = {tuple(load_run_config(d).classes) for d in member["fold_dirs"]}
-        if len(orders) > 1:
-            raise PseudoLabelError(f"teacher {teacher['name']!r}: the folds of {member['run']} predict different "
-                                   "classes: retrain them with one data.classes")
-        fold_classes = list(orders.pop()) if orders else []
-        if not set(fold_classes) <= set(classes):
-            raise PseudoLabelError(f"teacher {teacher['name']!r}: {member['run']} predicts classes that are not this "
-                                   f"competition's (trained on another competition?)")
-        member["classes"] = fold_classes
-        covered |= set(fold_classes)
+        try:
+            member["classes"] = fold_classes(member["fold_dirs"], classes)
+        except ValueError as exc:
+            raise PseudoLabelError(f"teacher {teacher['name']!r}: {exc}") from exc
+        covered |= set(member["classes"])
     if covered != set(classes):
         raise PseudoLabelError(f"teacher {teacher['name']!r}: its classes differ from the competition's: no member "
                                f"predicts {sorted(set(classes) - covered)[:5]} (trained on another competition?)")
