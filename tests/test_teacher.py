@@ -92,6 +92,32 @@ def test_perch_loader_on_a_tiny_model_with_its_signature(tmp_path):
         TeacherModel(PERCH_SPEC | {"outputs": {"scores": "logits", "embedding": "embedding"}}, model)
 
 
+@pytest.mark.parametrize("workers", [2, 0])
+def test_teacher_workers_split_the_windows_and_give_the_same_outputs(tmp_path, workers):
+    """`workers` copies of the network (0 = one per thread) share a call's windows: same embeddings and scores,
+    in the same order, as one copy; also when there are fewer calls than workers."""
+    model, _ = write_fake_perch(tmp_path, ["a", "b", "c"])
+    waves = np.random.default_rng(1).normal(0, 0.1, (11, SAMPLES)).astype(np.float32)
+    one = TeacherModel(PERCH_SPEC, model, threads=2)
+    many = TeacherModel(PERCH_SPEC | {"workers": workers}, model, threads=2)
+    assert len(many._runs) == 2 and many._pool is not None
+    for batch in (waves, waves[:1]):
+        for a, b in zip(one(batch), many(batch), strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+@needs_birdnet
+def test_birdnet_workers_give_the_same_outputs():
+    """Two single-thread BirdNET interpreters side by side (the kernel's default on two cores) score like one."""
+    spec = {"name": "birdnet", "sample_rate": 48000, "window_s": 3.0, "offsets_s": [0.0, 1.0, 2.0],
+            "outputs": {"scores": 0, "embedding": "before_scores"}, "activation": "sigmoid", "batch_size": 1}
+    waves = np.stack([tone(5.0, 3000.0, sr=48000, seed=s) for s in range(3)])
+    one = TeacherModel(spec, birdnet_files()[0], threads=2)(waves)
+    two = TeacherModel(spec | {"workers": 2}, birdnet_files()[0], threads=2)(waves)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("missing.onnx", None, "teacher model not found"),
     ("model.pt", b"x", "unknown teacher model kind"),

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -301,7 +302,13 @@ class TeacherModel:
 
     Each run window is cut into teacher windows of `window_s` starting at `offsets_s`; the embeddings of
     those are averaged and the scores (the activation of the outputs) max-pooled. The network always sees
-    `batch` windows (padded): resizing a TFLite input re-allocates every tensor, which costs seconds."""
+    `batch` windows (padded): resizing a TFLite input re-allocates every tensor, which costs seconds.
+
+    `spec["workers"]` (default 1; 0 = one per thread) splits each call's teacher windows over that many
+    copies of the network run side by side, `threads // workers` threads each. BirdNET's TFLite graph uses a
+    second thread poorly (~1.3x), while two single-thread interpreters on two cores run ~1.5x
+    (bench/teacher_batch.py); the runtimes release the GIL. A TFLite interpreter serves one caller at a time,
+    so each worker gets its own; an ONNX session or a SavedModel function is shared."""
 
     def __init__(self, spec: dict, model_path: Path, threads: int = 0, wheels_dir: Path | None = None):
         self.spec, self.path, self.wheels_dir = spec, Path(model_path), wheels_dir
@@ -309,7 +316,16 @@ class TeacherModel:
         self.window = round(float(spec["window_s"]) * self.sample_rate)
         self.offsets = [round(float(o) * self.sample_rate) for o in spec.get("offsets_s", [0.0])]
         self.format = teacher_format(self.path)
-        self._run = {"tflite": self._tflite, "onnx": self._onnx, "savedmodel": self._savedmodel}[self.format](threads)
+        factory = {"tflite": self._tflite, "onnx": self._onnx, "savedmodel": self._savedmodel}[self.format]
+        cores = threads or os.cpu_count() or 1
+        workers = int(spec.get("workers", 1)) or cores
+        if workers == 1:
+            self._runs = [factory(threads)]
+        else:
+            first = factory(max(1, cores // workers))
+            self._runs = [first] + [factory(max(1, cores // workers)) if self.format == "tflite" else first
+                                    for _ in range(workers - 1)]
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="teacher") if workers > 1 else None
         self._last: tuple[bytes, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _tflite(self, threads: int):
@@ -385,18 +401,29 @@ class TeacherModel:
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         x = self.windows(batch)
-        embs, scores = [], []
-        for i in range(0, len(x), self.batch):
-            part = x[i:i + self.batch]
-            full = np.concatenate([part, np.zeros((self.batch - len(part), self.window), np.float32)])
-            e, s = self._run(full)
-            embs.append(np.asarray(e, np.float32)[:len(part)])
-            scores.append(np.asarray(s, np.float32)[:len(part)])
+        parts = [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
+        if self._pool is None:
+            outs = self._forward(self._runs[0], parts)
+        else:  # worker w takes the w-th contiguous share of the calls
+            n = len(self._runs)
+            shares = [parts[len(parts) * w // n:len(parts) * (w + 1) // n] for w in range(n)]
+            outs = [o for share in self._pool.map(self._forward, self._runs, shares) for o in share]
+        embs, scores = [e for e, _ in outs], [s for _, s in outs]
         k = len(self.offsets)
         emb = np.concatenate(embs).reshape(len(batch), k, -1).mean(axis=1)
         score = activation(np.concatenate(scores), self.spec.get("activation", "sigmoid"))
         out = emb, score.reshape(len(batch), k, -1).max(axis=1)
         self._last = (key, out)
+        return out
+
+
+    def _forward(self, run: Callable, parts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(embeddings, scores) of each part (at most `batch` windows, padded to `batch` for the network)."""
+        out = []
+        for part in parts:
+            full = np.concatenate([part, np.zeros((self.batch - len(part), self.window), np.float32)])
+            e, s = run(full)
+            out.append((np.asarray(e, np.float32)[:len(part)], np.asarray(s, np.float32)[:len(part)]))
         return out
 
 
@@ -415,7 +442,7 @@ _TEACHERS: dict[tuple[str, str, int], TeacherModel] = {}
 def shared_teacher(spec: dict, model_path: Path, threads: int = 0, wheels_dir: Path | None = None) -> TeacherModel:
     """One TeacherModel per (model file, window settings, threads) in this process, shared by every head."""
     settings = json.dumps({k: spec.get(k) for k in ("sample_rate", "window_s", "offsets_s", "outputs", "activation",
-                                                   "batch_size")}, sort_keys=True)
+                                                   "batch_size", "workers")}, sort_keys=True)
     key = (str(Path(model_path).resolve()), settings, threads)
     if key not in _TEACHERS:
         _TEACHERS[key] = TeacherModel(spec, model_path, threads, wheels_dir)

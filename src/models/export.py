@@ -122,11 +122,13 @@ def export_fold(run_fold_dir: str | Path, out_dir: str | Path, formats: list[str
 
 
 def export_teacher_fold(run_fold_dir: str | Path, out_dir: str | Path, teachers_dir: str | Path,
-                        check_waves: np.ndarray, tol: float = 1e-4, batch_size: int | None = None) -> float:
+                        check_waves: np.ndarray, tol: float = 1e-4, batch_size: int | None = None,
+                        workers: int | None = None) -> float:
     """Copy a teacher run (teacher.json, probe.npz) to `out_dir` and its teacher model file (or SavedModel folder)
     once into `teachers_dir/<teacher name>/` (teacher.json then points there by a relative path; `src.kernel build`
-    records its sha256 in model.json, `src.infer.runtimes.export_files`); `batch_size` (if given) replaces the
-    teacher windows per call in the copy. Returns the max abs difference between the copy and the run on
+    records its sha256 in model.json, `src.infer.runtimes.export_files`); `batch_size` and `workers` (if given)
+    replace the teacher windows per call and the parallel copies of the network (0 = one per core) in the copy.
+    Returns the max abs difference between the copy and the run on
     `check_waves` (raises above `tol`)."""
     run_fold_dir, out_dir, teachers_dir = Path(run_fold_dir), Path(out_dir), Path(teachers_dir)
     spec = json.loads((run_fold_dir / "teacher.json").read_text())
@@ -145,6 +147,8 @@ def export_teacher_fold(run_fold_dir: str | Path, out_dir: str | Path, teachers_
     spec["wheels_dir"] = str(Path("..", "..", "..", "wheels"))
     if batch_size:
         spec["batch_size"] = int(batch_size)
+    if workers is not None:
+        spec["workers"] = int(workers)
     (out_dir / "teacher.json").write_text(json.dumps(spec, indent=1))
     if (run_fold_dir / "probe.npz").exists():
         shutil.copy2(run_fold_dir / "probe.npz", out_dir / "probe.npz")
