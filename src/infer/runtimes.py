@@ -326,7 +326,7 @@ class TeacherModel:
             self._runs = [first] + [factory(max(1, cores // workers)) if self.format == "tflite" else first
                                     for _ in range(workers - 1)]
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="teacher") if workers > 1 else None
-        self._last: tuple[bytes, tuple[np.ndarray, np.ndarray]] | None = None
+        self._last: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _tflite(self, threads: int):
         interp = tflite_interpreter(self.path, threads, self.wheels_dir)
@@ -395,11 +395,14 @@ class TeacherModel:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (B, D), scores (B, L)) of a batch of run windows; the last batch is remembered, so
-        several heads on one teacher (zero-shot, probes, folds) run the network once per batch."""
-        batch = np.ascontiguousarray(batch, np.float32)
-        key = hashlib.blake2b(batch.tobytes(), digest_size=16).digest() + bytes(str(batch.shape), "ascii")
-        if self._last is not None and self._last[0] == key:
+        several heads on one teacher (zero-shot, probes, folds) run the network once per batch. The same array
+        again is a hit without reading it (hashing each call's ~60 MB cost the xc45_2026 kernel 9 s): callers pass
+        a new array per batch and never change one in place; an equal copy is compared in full."""
+        if self._last is not None and (self._last[0] is batch or (  # the heads of one pass get the same array
+                self._last[0].shape == np.shape(batch) and np.array_equal(self._last[0], batch))):
             return self._last[1]
+        seen = batch
+        batch = np.ascontiguousarray(batch, np.float32)
         x = self.windows(batch)
         parts = [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
         if self._pool is None:
@@ -413,7 +416,7 @@ class TeacherModel:
         emb = np.concatenate(embs).reshape(len(batch), k, -1).mean(axis=1)
         score = activation(np.concatenate(scores), self.spec.get("activation", "sigmoid"))
         out = emb, score.reshape(len(batch), k, -1).max(axis=1)
-        self._last = (key, out)
+        self._last = (seen, out)  # held: its id cannot be reused by another array while it is the key
         return out
 
 
