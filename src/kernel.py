@@ -236,7 +236,7 @@ def build(cfg: DictConfig) -> Path:
     runtimes = list(dict.fromkeys(r for r in (cfg.runtime, cfg.fallback_runtime) if r))
     diffs = export_members(ens, dataset, runtimes, cfg)
     inference = dict(ens["inference"])
-    inference["threads"] = int(cfg.threads)
+    inference["threads"], inference["decode_ahead"] = int(cfg.threads), int(cfg.decode_ahead)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
     config["class_weights"] = ens.get("class_weights")  # per member and class, when the ensemble fitted them
     teacher_files = sorted(p.name for p in (dataset / "teachers").rglob("*") if p.is_file())
@@ -283,7 +283,8 @@ def plan(cfg: DictConfig) -> list[dict]:
     """Export the ensemble's models (to a temporary folder), time each member as the kernel runs it, print the
     projected Kaggle table; returns its rows."""
     ens = load_ensemble(cfg)
-    config = {k: ens[k] for k in ("members", "classes", "inference")}
+    config = {k: ens[k] for k in ("members", "classes")}
+    config["inference"] = dict(ens["inference"]) | {"decode_ahead": int(cfg.decode_ahead)}  # as `build` writes it
     with tempfile.TemporaryDirectory(prefix="kernel_plan_") as tmp:
         export_members(ens, Path(tmp), [plan_runtime(cfg)], cfg)
         rows = measure_members(config, Path(tmp), cfg)
@@ -312,9 +313,11 @@ def plan_threads(cfg: DictConfig) -> int:
 def measure_members(config: dict, weights_dir: Path, cfg: DictConfig) -> list[dict]:
     """Time each pass of a kernel config (ensemble.json's `members`, `classes`, `inference`) as the kernel runs it
     (`kernel_main.member_units`: the members of one teacher model share a pass; `predict_models`: decoding, front
-    end, backbone, whatever runtime kind the models use) on `plan_files` synthetic one-minute OGG soundscapes.
-    Returns one row per member: run, models, load_s (model loading), s_per_file (the rest, per soundscape); a pass
-    shared by several members is timed once, on its first member (the others: 0 s, `shared_with`)."""
+    end, backbone, whatever runtime kind the models use) on `plan_files` synthetic one-minute OGG soundscapes,
+    after `plan_warmup_files` others. Returns one row per member: run, models, load_s (model loading and the
+    warm-up files: a runtime builds its kernels on its first calls, once per kernel run), s_per_file (the rest,
+    per soundscape); a pass shared by several members is timed once, on its first member (the others: 0 s,
+    `shared_with`)."""
     from src.infer import kernel_main
 
     runtime = plan_runtime(cfg)
@@ -334,30 +337,37 @@ def measure_members(config: dict, weights_dir: Path, cfg: DictConfig) -> list[di
 
     rows: list[dict | None] = [None] * len(member_dirs)
     with tempfile.TemporaryDirectory(prefix="kernel_plan_audio_") as tmp:
-        files = _plan_soundscapes(Path(tmp), cfg)
+        warmup = int(cfg.plan_warmup_files)
+        audio = _plan_soundscapes(Path(tmp), cfg, warmup + int(cfg.plan_files))
         for unit in kernel_main.member_units(models, parts):
+            widths = [len(config["members"][i].get("classes") or config["classes"]) for i in unit for _ in models[i]]
+            unit_parts = parts([k for i in unit for k in models[i]])
+            t0 = time.time()
+            if warmup:  # loads the models (a teacher stays loaded: shared_teacher) and warms them up
+                kernel_main.predict_models(audio[:warmup], *unit_parts, widths, config["inference"], threads)
+            load_s = time.time() - t0
             timings: dict[str, float] = {}
             t0 = time.time()
-            widths = [len(config["members"][i].get("classes") or config["classes"]) for i in unit for _ in models[i]]
-            kernel_main.predict_models(files, *parts([k for i in unit for k in models[i]]), widths,
-                                       config["inference"], threads, timings)
-            load_s = timings.get("load_s", 0.0)
+            kernel_main.predict_models(audio[warmup:], *unit_parts, widths, config["inference"], threads, timings)
+            if not warmup:
+                load_s = timings.get("load_s", 0.0)
+            per_file = (time.time() - t0 - timings.get("load_s", 0.0)) / (len(audio) - warmup)
             for n, i in enumerate(unit):
                 rows[i] = {"member": config["members"][i]["run"], "models": len(models[i]), "runtime": runtime,
                            "threads": threads, "load_s": round(load_s, 3) if n == 0 else 0.0,
-                           "s_per_file": (time.time() - t0 - load_s) / len(files) if n == 0 else 0.0}
+                           "s_per_file": per_file if n == 0 else 0.0}
                 if n:
                     rows[i]["shared_with"] = config["members"][unit[0]]["run"]
     return rows
 
 
-def _plan_soundscapes(folder: Path, cfg: DictConfig) -> list[Path]:
-    """`plan_files` one-minute soundscapes of noise at Kaggle's test sample rate, OGG/Vorbis as on Kaggle."""
+def _plan_soundscapes(folder: Path, cfg: DictConfig, count: int) -> list[Path]:
+    """`count` one-minute soundscapes of noise at Kaggle's test sample rate, OGG/Vorbis as on Kaggle."""
     from src.infer.audio import write_ogg
 
     rng = np.random.default_rng(0)
     sr, n = int(cfg.plan_sample_rate), round(float(cfg.plan_duration_s) * int(cfg.plan_sample_rate))
-    paths = [folder / f"plan_{i}.ogg" for i in range(int(cfg.plan_files))]
+    paths = [folder / f"plan_{i}.ogg" for i in range(count)]
     for path in paths:
         write_ogg(path, 0.05 * rng.standard_normal(n).astype(np.float32), sr, block_s=10.0)
     return paths

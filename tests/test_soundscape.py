@@ -131,7 +131,9 @@ def test_shifts_are_averaged(tmp_path):
     np.testing.assert_allclose(both[:, 0], [0.035, 0.085, 0.035], atol=1e-6)
 
 
-def test_batching_across_files_matches_one_window_at_a_time(tmp_path):
+@pytest.mark.parametrize("decode_ahead", [0, 2])
+def test_batching_across_files_matches_one_window_at_a_time(tmp_path, decode_ahead):
+    """Any batch size, with the files decoded between batches or ahead on a thread, gives the same rows."""
     files = [write_float_wav(tmp_path / f"f{i}.wav", staircase(s) * (i + 1)) for i, s in enumerate([12, 3, 7, 20])]
     calls: list[int] = []
 
@@ -143,7 +145,8 @@ def test_batching_across_files_matches_one_window_at_a_time(tmp_path):
     one = predict_soundscapes(files, window_features, 2, SR, 5.0, batch_size=1, **kwargs)
     for batch_size in (2, 5, 1000):
         calls.clear()
-        got = predict_soundscapes(files, predict, 2, SR, 5.0, batch_size=batch_size, **kwargs)
+        got = predict_soundscapes(files, predict, 2, SR, 5.0, batch_size=batch_size, decode_ahead=decode_ahead,
+                                  **kwargs)
         assert got[0] == one[0] and got[2] == one[2] == []
         np.testing.assert_array_equal(got[1], one[1])
     assert calls == [(3 + 1 + 2 + 4) * 3]  # batch_size 1000: every window of every file in one call
@@ -205,7 +208,8 @@ def test_no_files_gives_no_rows():
 
 # --- bad test soundscapes ----------------------------------------------------------------------------
 
-def test_bad_files_get_fallback_rows_and_are_listed(tmp_path):
+@pytest.mark.parametrize("decode_ahead", [0, 3])
+def test_bad_files_get_fallback_rows_and_are_listed(tmp_path, decode_ahead):
     sr = 32000
     good = tmp_path / "good.ogg"
     write_audio(good, tone(12.0, 1000.0), sr)
@@ -228,7 +232,7 @@ def test_bad_files_get_fallback_rows_and_are_listed(tmp_path):
     files = [good, corrupt, short, empty, stereo, nan, truncated]
     fallback = np.array([0.25, 0.75], np.float32)
     ids, probs, problems = predict_soundscapes(files, window_features, 2, sr, 5.0, batch_size=4,
-                                               fallback=fallback, fallback_duration_s=10.0)
+                                               fallback=fallback, fallback_duration_s=10.0, decode_ahead=decode_ahead)
 
     bad = {"corrupt": "cannot decode", "empty": "empty", "nan": "NaN", "truncated": "truncated"}
     assert ids == ["good_5", "good_10", "good_15", "corrupt_5", "corrupt_10", "short3s_5", "empty_5", "empty_10",

@@ -166,7 +166,8 @@ def predict_models(files: list[Path], kinds: list[str], dirs: list[Path], specs:
 
     return predict_model_groups(
         files, [(spec["sample_rate"], spec["window_s"]) for spec in specs], load_group, n_classes,
-        inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"], inference["fallback_duration_s"])
+        inference["context_s"], tuple(inference["shifts_s"]), inference["batch_size"], inference["fallback_duration_s"],
+        decode_ahead=int(inference.get("decode_ahead") or 0))  # absent from kernels built before it: off
 
 
 def member_units(models: dict[int, list[int]], parts) -> list[list[int]]:

@@ -7,7 +7,10 @@ inlines this file into the Kaggle script, stripping the `from src.` imports.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +58,43 @@ def cut_windows(y: np.ndarray, window: int, context: int = 0, shift: int = 0, co
     return padded[idx]
 
 
+def _decode(path: Path, sample_rate: int) -> np.ndarray | AudioError:
+    try:
+        return load_audio(path, sample_rate)
+    except AudioError as exc:
+        return exc
+
+
+def decoded(files: list[Path], sample_rate: int, ahead: int = 0) -> Iterator[tuple[Path, np.ndarray | AudioError]]:
+    """(path, its audio at `sample_rate` or the AudioError that names the problem) for each file in order. With
+    `ahead` > 0 a thread decodes up to that many files in advance: decoding and resampling release the GIL, so
+    they overlap the models' forward instead of leaving the cores idle between batches."""
+    if ahead <= 0:
+        yield from ((Path(p), _decode(Path(p), sample_rate)) for p in files)
+        return
+    pending = iter(files)
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+        queue = deque((Path(p), pool.submit(_decode, Path(p), sample_rate)) for p in islice(pending, ahead))
+        while queue:
+            path, future = queue.popleft()
+            nxt = next(pending, None)
+            if nxt is not None:
+                queue.append((Path(nxt), pool.submit(_decode, Path(nxt), sample_rate)))
+            yield path, future.result()
+
+
 def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np.ndarray], n_classes: int,
                         sample_rate: int, window_s: float, context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,),
                         batch_size: int = 64, fallback: np.ndarray | None = None, fallback_duration_s: float = 60.0,
-                        progress: Callable | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+                        progress: Callable | None = None, decode_ahead: int = 0
+                        ) -> tuple[list[str], np.ndarray, list[str]]:
     """Window probabilities of every file, batching windows across files.
 
     `predict_fn` maps a (B, samples) float32 batch to (B, n_classes) probabilities; each window is
     predicted once per test-time shift and the shifts are averaged. A file that cannot be decoded
     gets `fallback` rows (default 0) for `fallback_duration_s` of audio and a logged problem: its
-    rows are still written. Returns (row_ids, probs (rows, n_classes), problems).
+    rows are still written. `decode_ahead` files are decoded in advance on a thread (`decoded`).
+    Returns (row_ids, probs (rows, n_classes), problems).
     """
     window = round(window_s * sample_rate)
     context = round(context_s * sample_rate)
@@ -82,11 +112,10 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
             pos += len(w)
         pending.clear()
 
-    for path in (progress(files) if progress else files):
-        path = Path(path)
-        try:
-            y = load_audio(path, sample_rate)
-        except AudioError as exc:
+    audio = decoded(files, sample_rate, decode_ahead)
+    for _, (path, y) in zip(progress(files) if progress else files, audio, strict=True):
+        if isinstance(y, AudioError):
+            exc = y
             problems.append(str(exc))
             log.warning("%s: rows filled with the fallback", exc)
             count = n_windows(int(fallback_duration_s * sample_rate), window)
@@ -136,13 +165,14 @@ def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
                          load_group: Callable[[list[int]], Callable[[np.ndarray], np.ndarray]],
                          n_classes: int | list[int],
                          context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,), batch_size: int = 64,
-                         fallback_duration_s: float = 60.0,
-                         progress: Callable | None = None) -> tuple[list[str], list[np.ndarray], list[str]]:
+                         fallback_duration_s: float = 60.0, progress: Callable | None = None,
+                         decode_ahead: int = 0) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Window probabilities of several models, decoding every file once per group.
 
     Models with the same `audio_keys` entry (sample_rate, window_s) form a group; `load_group(indices)`
     gives its predict, with those models' probabilities side by side: (B, samples) -> (B, sum of the models'
-    `n_classes`: one count for all, or one per model, e.g. a specialist's fewer columns). Undecodable files get
+    `n_classes`: one count for all, or one per model, e.g. a specialist's fewer columns; `decode_ahead`: see
+    `predict_soundscapes`). Undecodable files get
     NaN rows (the caller's fallback replaces them after blending). Every model must cut the same window length
     (`check_windows`); each group's rows are aligned to the first group's row ids (`align_rows`). Returns
     (row_ids, each model's (rows, its classes) probabilities in model order, problems, each listed once)."""
@@ -159,7 +189,7 @@ def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
         ids, probs, group_problems = predict_soundscapes(files, load_group(indices), width, sample_rate, window_s,
                                                          context_s, shifts_s, batch_size,
                                                          np.full(width, np.nan, np.float32), fallback_duration_s,
-                                                         progress)
+                                                         progress, decode_ahead)
         ref_ids = ids if ref_ids is None else ref_ids
         probs = align_rows(ref_ids, ids, probs)
         problems += [p for p in group_problems if p not in problems]

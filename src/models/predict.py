@@ -35,7 +35,8 @@ def predict_members(members: list[dict], files: list[Path], cfg: DictConfig, cla
     ids, model_preds, problems = predict_model_groups(
         files, [(int(a.sample_rate), float(a.window_s)) for a in audio], load_group,
         [len(c.classes) for c in saved], float(ens.context_s), tuple(ens.shifts_s), int(ens.batch_size),
-        float(ens.fallback_duration_s), progress=lambda f: tqdm(f, desc=f"{len(dirs)} model(s)", unit="file"))
+        float(ens.fallback_duration_s), progress=lambda f: tqdm(f, desc=f"{len(dirs)} model(s)", unit="file"),
+        decode_ahead=int(ens.get("decode_ahead") or 0))
     preds = mean_by_owner(model_preds, list(owners), len(members))
     return ids, [widen_columns(p, m.get("classes"), classes) for p, m in zip(preds, members, strict=True)], problems
 
