@@ -21,6 +21,7 @@ from sklearn.model_selection import GroupKFold
 
 from src.config import fold_classes, fold_dirs, fold_number
 from src.data.competition import load_competition
+from src.data.pseudo_labels import load_pseudo
 from src.data.soundscape_labels import label_matrix
 from src.data.tables import read_parquet
 from src.evaluation.metrics import class_aucs, primary_one_hot, score, submission_per_class, submission_score
@@ -220,30 +221,58 @@ def post_candidates(search: DictConfig, step: str, pattern: str | None = None) -
     return [{"smoothing": k, "file_prior": p, "metadata_prior": m} for k in smoothing for p in priors for m in meta]
 
 
-def with_priors(candidate: dict, ids: list[str], y: np.ndarray) -> dict:
+Extra = tuple[list[str], np.ndarray, float]  # pseudo-labelled rows for the prior tables: (row ids, labels, weight)
+
+
+def with_priors(candidate: dict, ids: list[str], y: np.ndarray, extra: Extra | None = None) -> dict:
     """A candidate whose metadata prior (settings: weight, power, alpha, hour_bin, pattern) gets its tables from
-    these rows' truth: the global class prior, and per site and per hour bin the rows' mean labels smoothed
-    towards it ((sum + alpha x global) / (count + alpha))."""
+    these rows' truth, plus the `extra` pseudo-labelled rows (`metadata_pseudo_rows`) counted at their weight:
+    the global class prior, and per site and per hour bin the rows' mean labels smoothed towards it
+    ((sum + alpha x global) / (count + alpha))."""
     spec = candidate.get("metadata_prior")
     if not spec:
         return candidate
+    count = np.ones(len(ids))
+    if extra is not None:
+        ids, y = list(ids) + list(extra[0]), np.concatenate([y, extra[1]])
+        count = np.concatenate([count, np.full(len(extra[0]), extra[2])])
     keys = [site_hour(row_stem(r), spec["pattern"]) for r in ids]
-    base = y.mean(axis=0)
+    mass = y * count[:, None]
+    base = mass.sum(axis=0) / count.sum()
     tables: dict[str, dict] = {"site": {}, "hour": {}}
     for name, values in (("site", [k[0] for k in keys]),
                          ("hour", [None if k[1] is None else k[1] // int(spec["hour_bin"]) for k in keys])):
         for value in {v for v in values if v is not None}:
             rows = np.array([v == value for v in values])
-            smoothed = (y[rows].sum(axis=0) + float(spec["alpha"]) * base) / (rows.sum() + float(spec["alpha"]))
+            smoothed = (mass[rows].sum(axis=0) + float(spec["alpha"]) * base) / (count[rows].sum() + float(spec["alpha"]))
             tables[name][str(value)] = smoothed.round(6).tolist()
     return candidate | {"metadata_prior": spec | tables | {"global": base.round(6).tolist()}}
 
 
+def metadata_pseudo_rows(spec: DictConfig | None, classes: list[str], competition: str,
+                         held: list[str]) -> Extra | None:
+    """(row ids, soft labels, weight) of `ensemble.metadata_pseudo.path` (a `src.pseudo` parquet: the unlabelled
+    train soundscapes) for the site and hour tables, or None when it is off. Windows of a soundscape among the
+    CV rows' (`held`) are left out: the CV scores those files and must not see their teacher's labels."""
+    if not spec or not spec.get("path"):
+        return None
+    table, _ = load_pseudo(spec.path, classes, competition)
+    held_stems = {row_stem(r) for r in held}
+    stems = [Path(f).stem for f in table["filename"]]
+    keep = np.array([s not in held_stems for s in stems], bool)
+    ids = [f"{s}_{round(end)}" for s, end, k in zip(stems, table["end_s"], keep, strict=True) if k]
+    print(f"site and hour priors also count {len(ids)} pseudo-labelled windows of "
+          f"{len({s for s, k in zip(stems, keep, strict=True) if k})} soundscape(s) from {spec.path} at weight "
+          f"{float(spec.weight):g}")
+    return ids, table.select(classes).to_numpy()[keep].astype(np.float64), float(spec.weight)
+
+
 def choose_post(preds: list[np.ndarray], y: np.ndarray, ids: list[str], weights: np.ndarray, method: str,
-                power: float, candidates: list[dict], metric: str) -> tuple[dict, float]:
-    """The candidate post-processing that scores best on these rows (its priors fitted on them), and its score."""
+                power: float, candidates: list[dict], metric: str, extra: Extra | None = None) -> tuple[dict, float]:
+    """The candidate post-processing that scores best on these rows (its priors fitted on them and `extra`), and
+    its score."""
     blended = blend(preds, weights, method, power)
-    fitted = [with_priors(c, ids, y) for c in candidates]
+    fitted = [with_priors(c, ids, y, extra) for c in candidates]
     scored = [(score(y, postprocess_rows(ids, blended, c), metric), k) for k, c in enumerate(fitted)]
     best, k = max(scored)
     return fitted[k], best
@@ -251,7 +280,7 @@ def choose_post(preds: list[np.ndarray], y: np.ndarray, ids: list[str], weights:
 
 def nested_pipeline(preds: list[np.ndarray], y: np.ndarray, ids: list[str], groups: np.ndarray, method: str,
                     power: float, restarts: int, candidates: list[dict], metric: str,
-                    strength: float | None = None) -> float:
+                    strength: float | None = None, extra: Extra | None = None) -> float:
     """Score of blend weights (per class with a `strength`, `fit_class_weights`) + post-processing chosen on the
     other groups, for each held-out group (whole soundscapes): the choice never scores what fitted it."""
     ids_arr = np.asarray(ids)
@@ -261,7 +290,7 @@ def nested_pipeline(preds: list[np.ndarray], y: np.ndarray, ids: list[str], grou
         w = fit_weights(train, y[tr], method, metric, power, restarts)
         if strength is not None:
             w = fit_class_weights(train, y[tr], w, method, power, strength)
-        post, _ = choose_post(train, y[tr], list(ids_arr[tr]), w, method, power, candidates, metric)
+        post, _ = choose_post(train, y[tr], list(ids_arr[tr]), w, method, power, candidates, metric, extra)
         out[te] = postprocess_rows(list(ids_arr[te]), blend([p[te] for p in preds], w, method, power), post)
     return score(y, out, metric)
 
@@ -284,12 +313,14 @@ def fit_class_weights(preds: list[np.ndarray], y: np.ndarray, weights: np.ndarra
 
 
 def fit_windows(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str], ens: DictConfig,
-                metric: str, kind: str = "soundscape", pattern: str | None = None) -> dict:
+                metric: str, kind: str = "soundscape", pattern: str | None = None, competition: str = "") -> dict:
     """Blend, weights and post-processing chosen on a window OOF (`kind`: soundscape or labelled), with the
     nested score of each step (blend alone, + smoothing, + file prior) so each step's gain is measured honestly;
     the summary's keys start with `kind`. `pattern` (data.soundscape_names) adds the site and hour prior step
-    when the rows' soundscape names parse."""
+    when the rows' soundscape names parse; its tables also count `ensemble.metadata_pseudo` (of `competition`)."""
     y, ids = label_matrix(base["labels"].to_list(), classes), base["row_id"].to_list()
+    extra = metadata_pseudo_rows(ens.get("metadata_pseudo"), classes, competition, ids) \
+        if parses(ids, pattern) else None
     folds = base["fold"].to_numpy()
     if len(np.unique(folds)) > 1:
         groups = folds
@@ -302,7 +333,7 @@ def fit_windows(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str],
     strength, per_class = choose_class_weights(preds, y, ids, groups, method, ens, metric, table[method])
     steps = {"blend": per_class[str(strength)]} | {  # the blend alone was scored with the class weights
         step: nested_pipeline(preds, y, ids, groups, method, power, restarts,
-                              post_candidates(ens.search, step, pattern), metric, strength)
+                              post_candidates(ens.search, step, pattern), metric, strength, extra)
         for step in POST_STEPS[1:] if step != "metadata_prior" or parses(ids, pattern)}
     # the steps kept are those up to the best nested score (a later step that lowers it is left out; on a tie
     # the simpler pipeline wins): the in-sample choice among all candidates would pick what overfits
@@ -311,7 +342,7 @@ def fit_windows(base: pl.DataFrame, preds: list[np.ndarray], classes: list[str],
     if strength is not None:
         weights = fit_class_weights(preds, y, weights, method, power, strength)
     post, in_sample = choose_post(preds, y, ids, weights, method, power,
-                                  post_candidates(ens.search, kept, pattern), metric)
+                                  post_candidates(ens.search, kept, pattern), metric, extra)
     print(f"{kind} OOF {metric} on {base.height} windows, nested: blends "
           + ", ".join(f"{m} {v:.4f}" for m, v in table.items()) + f" -> {method}; per-class weights "
           + ", ".join(f"{k} {v:.4f}" for k, v in per_class.items()) + f" -> {strength}; steps "
@@ -373,7 +404,8 @@ def fit(cfg: DictConfig, exps: list[str], classes: list[str]) -> tuple[list[str]
     fit_on = next((k for k in WINDOW_OOFS if sets[k] is not None), None) if wanted == "auto" else \
         (None if wanted == "clip" else wanted)
     if fit_on is not None:
-        sfit = fit_windows(*sets[fit_on], classes, ens, metric, fit_on, cfg.data.get("soundscape_names"))
+        sfit = fit_windows(*sets[fit_on], classes, ens, metric, fit_on, cfg.data.get("soundscape_names"),
+                           str(cfg.data.competition))
         method, weights, post = sfit["method"], sfit["weights"], sfit["postprocess"]
         summary |= sfit["summary"] | {"oof_score": summary["blend_oof_nested"][method]}
     for kind, found in sets.items():  # the other window sets, scored with the choices made

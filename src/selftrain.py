@@ -129,11 +129,14 @@ def round_zero(cfg: DictConfig) -> None:
     run_ensemble(cfg, [str(cfg.round0)], out.name)
 
 
-def run_ensemble(cfg: DictConfig, runs: list[str], name: str) -> None:
+def run_ensemble(cfg: DictConfig, runs: list[str], name: str, labels: Path | None = None) -> None:
+    """`src.ensemble` of `runs` as `name`; with a round's pseudo-`labels` (and `priors_from_pseudo`), its site and
+    hour prior tables also count them."""
     from src.ensemble import run
 
+    extra = [f"ensemble.metadata_pseudo.path={labels}"] if labels is not None and cfg.priors_from_pseudo else []
     run(compose_stage("ensemble", [*_dirs(cfg, "ensemble"), f"ensembles_dir={cfg.ensembles_dir}", f"runs=[{','.join(runs)}]",
-                                   f"name={name}", *cfg.ensemble_overrides]))
+                                   f"name={name}", *extra, *cfg.ensemble_overrides]))
 
 
 def kept_runs(cfg: DictConfig) -> list[str]:
@@ -244,7 +247,7 @@ def selftrain(cfg: DictConfig) -> dict:
         exps, retrained = train_students(cfg, k, labels)
         rebuilt = rebuilt or relabelled or retrained or not _ensemble_yaml(cfg, f"{cfg.name}_r{k}").exists()
         if rebuilt:
-            run_ensemble(cfg, kept_runs(cfg) + exps, f"{cfg.name}_r{k}")
+            run_ensemble(cfg, kept_runs(cfg) + exps, f"{cfg.name}_r{k}", labels)
         rounds.append(round_record(cfg, k, time.time() - t0, labels))
         print_rounds(rounds)
     best, key = best_round(rounds, str(cfg.select), float(cfg.min_gain))

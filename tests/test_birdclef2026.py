@@ -125,6 +125,28 @@ def test_an_ensemble_fits_on_the_labelled_cv_and_its_kernel_matches(runs26, tmp_
                            "submission.csv")
 
 
+def test_the_site_and_hour_tables_also_count_the_pseudo_labels(runs26, tmp_path, capsys):
+    """`ensemble.metadata_pseudo.path` (as src.selftrain passes each round's labels): the unlabelled train
+    soundscapes' pseudo-labelled windows join the site and hour tables the prior step is fitted and chosen with."""
+    from src.pseudo import write_pseudo
+
+    root, overrides = runs26
+    index = load_soundscape_index(root / "cache").filter(~pl.col("labelled")).sort("filename", "window")
+    classes = json.loads((root / "cache" / "manifest.json").read_text())["classes"]
+    labels = tmp_path / "pseudo.parquet"
+    write_pseudo(labels, index.select("filename", "window", "start_s", "end_s"),
+                 np.full((index.height, len(classes)), 0.1, np.float32),
+                 {"classes": classes, "competition": "birdclef-2026", "teacher": "t", "round": 1, "pseudo_auc": None})
+    data = [o for o in overrides if o.startswith("data.")]
+    summary = ensemble.run(compose_named("ensemble", *data, f"runs_dir={root / 'runs'}",
+                                         f"ensembles_dir={tmp_path / 'ensembles'}", "runs=[lab_batch]", "name=pp",
+                                         "ensemble.fit.restarts=1", f"ensemble.metadata_pseudo.path={labels}"))
+    out = capsys.readouterr().out
+    files = index["filename"].n_unique()
+    assert f"site and hour priors also count {index.height} pseudo-labelled windows of {files} soundscape(s)" in out
+    assert "metadata_prior" in summary["labelled_steps_nested"]
+
+
 def _batch(n, value, c=3):
     return (torch.full((n, 10), float(value)), torch.full((n, c), value / 10), torch.ones(n, c), torch.ones(n))
 

@@ -11,9 +11,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from src import ensemble, kernel
-from src.ensemble import fit_class_weights, with_priors
+from src.data.pseudo_labels import PseudoLabelError
+from src.ensemble import fit_class_weights, metadata_pseudo_rows, with_priors
 from src.infer.blend import blend, widen_columns
 from src.infer.postprocess import metadata_prior, postprocess_rows
+from src.pseudo import write_pseudo
 from src.train import train
 from tests.pipeline import compose_named
 from tests.test_kernel import SLUG, assert_same_submission, copy_competition, run_script_alone
@@ -76,6 +78,42 @@ def test_a_class_the_prior_never_saw_keeps_its_ranking_at_a_new_site():
     out = postprocess_rows(new, probs, fitted)
     np.testing.assert_allclose(out[:, 1], probs[:, 1], atol=1e-6)
     assert (np.argsort(out[:, 0]) == np.argsort(probs[:, 0])).all()
+
+
+def test_pseudo_labelled_windows_count_in_the_site_and_hour_tables():
+    """A site only the pseudo-labelled soundscapes hold gets its own table; a pseudo-labelled window counts
+    `weight` of a labelled one (weight 0: as if absent)."""
+    spec = {"weight": 1.0, "power": 1.0, "alpha": 1.0, "hour_bin": 3, "pattern": PATTERN}
+    ids = [f"BC_S1_20250101_020000_{5 * (w + 1)}" for w in range(4)]
+    y = np.zeros((4, 2))
+    extra_ids = [f"BC_S3_20250101_140000_{5 * (w + 1)}" for w in range(4)]
+    extra_y = np.tile([0.0, 0.8], (4, 1))
+    plain = with_priors({"metadata_prior": spec}, ids, y)["metadata_prior"]
+    assert "S3" not in plain["site"]
+    for weight in (1.0, 0.25):
+        table = with_priors({"metadata_prior": spec}, ids, y, (extra_ids, extra_y, weight))["metadata_prior"]
+        base = 0.8 * 4 * weight / (4 + 4 * weight)
+        np.testing.assert_allclose(table["global"], [0.0, base], atol=1e-6)
+        np.testing.assert_allclose(table["site"]["S3"][1], (0.8 * 4 * weight + base) / (4 * weight + 1), atol=1e-6)
+        np.testing.assert_allclose(table["site"]["S1"][1], base / 5, atol=1e-6)  # alpha 1: 4 zeros + the base
+    absent = with_priors({"metadata_prior": spec}, ids, y, (extra_ids, extra_y, 0.0))["metadata_prior"]
+    assert absent["global"] == plain["global"] and absent["site"]["S1"] == plain["site"]["S1"]
+
+
+def test_metadata_pseudo_rows_read_the_pseudo_labels_and_leave_out_the_cv_soundscapes(tmp_path):
+    keys = pl.DataFrame({"filename": ["BC_S1_20250101_020000.ogg"] * 2 + ["BC_S2_20250101_140000.ogg"] * 2,
+                         "window": [0, 1, 0, 1], "start_s": [0.0, 5.0, 0.0, 5.0], "end_s": [5.0, 10.0, 5.0, 10.0]})
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]], np.float32)
+    path = tmp_path / "r1.parquet"
+    write_pseudo(path, keys, probs, {"classes": ["a", "b"], "competition": "birdclef-2026", "teacher": "t",
+                                     "round": 1, "pseudo_auc": None})
+    spec = OmegaConf.create({"path": str(path), "weight": 0.5})
+    ids, labels, weight = metadata_pseudo_rows(spec, ["a", "b"], "birdclef-2026", ["BC_S1_20250101_020000_5"])
+    assert ids == ["BC_S2_20250101_140000_5", "BC_S2_20250101_140000_10"] and weight == 0.5
+    np.testing.assert_allclose(labels, probs[2:], atol=1e-6)
+    assert metadata_pseudo_rows(OmegaConf.create({"path": None, "weight": 0.5}), ["a", "b"], "x", []) is None
+    with pytest.raises(PseudoLabelError, match="r1.parquet.*competition"):
+        metadata_pseudo_rows(spec, ["a", "b"], "birdclef-2025", [])
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,9 @@ def test_one_round_end_to_end(tiny_pipeline, tmp_path):
     assert meta["teacher"] == "tiny_r0" and meta["round"] == 0 and meta["transform"]["power"] == 2
     student = OmegaConf.load(tiny_pipeline.runs_dir / "tiny_r1_st" / "fold0" / "config.yaml")
     assert student.pseudo.path == str(labels) and student.pseudo.ratio == 0.5
+    # round 1's ensemble may fit its site and hour priors on the same labels (a no-op here: 2025 names)
+    assert OmegaConf.load(ens / "tiny_r1" / "ensemble.yaml").inference.metadata_pseudo.path == str(labels)
+    assert OmegaConf.load(ens / "tiny_r0" / "ensemble.yaml").inference.metadata_pseudo.path is None
     for r in summary["rounds"]:
         assert r["test_score"] is not None and 0 <= r["test_score"] <= 1
 
