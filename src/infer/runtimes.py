@@ -419,7 +419,6 @@ class TeacherModel:
         self._last = (seen, out)  # held: its id cannot be reused by another array while it is the key
         return out
 
-
     def _forward(self, run: Callable, parts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(embeddings, scores) of each part (at most `batch` windows, padded to `batch` for the network)."""
         out = []

@@ -115,9 +115,8 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
     audio = decoded(files, sample_rate, decode_ahead)
     for _, (path, y) in zip(progress(files) if progress else files, audio, strict=True):
         if isinstance(y, AudioError):
-            exc = y
-            problems.append(str(exc))
-            log.warning("%s: rows filled with the fallback", exc)
+            problems.append(str(y))
+            log.warning("%s: rows filled with the fallback", y)
             count = n_windows(int(fallback_duration_s * sample_rate), window)
             ids += row_ids(path.stem, count, window_s)
             parts.append([np.tile(fallback, (count, 1))])
@@ -172,9 +171,9 @@ def predict_model_groups(files: list[Path], audio_keys: list[tuple[int, float]],
     Models with the same `audio_keys` entry (sample_rate, window_s) form a group; `load_group(indices)`
     gives its predict, with those models' probabilities side by side: (B, samples) -> (B, sum of the models'
     `n_classes`: one count for all, or one per model, e.g. a specialist's fewer columns; `decode_ahead`: see
-    `predict_soundscapes`). Undecodable files get
-    NaN rows (the caller's fallback replaces them after blending). Every model must cut the same window length
-    (`check_windows`); each group's rows are aligned to the first group's row ids (`align_rows`). Returns
+    `predict_soundscapes`). Undecodable files get NaN rows (the caller's fallback replaces them after
+    blending). Every model must cut the same window length (`check_windows`); each group's rows are aligned to
+    the first group's row ids (`align_rows`). Returns
     (row_ids, each model's (rows, its classes) probabilities in model order, problems, each listed once)."""
     check_windows(audio_keys)
     counts = [n_classes] * len(audio_keys) if isinstance(n_classes, int) else list(n_classes)
