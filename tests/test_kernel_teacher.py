@@ -73,6 +73,19 @@ def test_teacher_kernel_offline_matches_the_ensemble(built_teacher, tiny_pipelin
     assert "tinyperch, tinyperch_probe: 2 model(s) in one pass" in proc.stderr
 
 
+def test_a_teacher_only_kernel_never_installs_the_cnn_runtime(built_teacher, tiny_pipeline, tmp_path):
+    """With teacher members only, the CNN runtime is never asked for: here it is one this machine cannot run
+    (openvino, no wheel, no fallback), and the kernel still runs both teacher members in one pass."""
+    root, _ = built_teacher
+    config = json.loads((root / "dataset" / "ensemble.json").read_text())
+    only = copy_kernel(root, tmp_path / "only", runtime="openvino", fallback_runtime=None, wheels={},
+                       members=[m for m in config["members"] if m["run"] in TEACHER_RUNS])
+    proc = run_script_alone(only, copy_competition(tiny_pipeline, tmp_path / "comp"), tmp_path)
+    assert "tinyperch, tinyperch_probe: 2 model(s) in one pass" in proc.stderr
+    assert "2 of 2 member(s) blended" in proc.stderr
+    validate_file(tmp_path / "working" / "submission.csv", tmp_path / "comp" / "sample_submission.csv")
+
+
 # --- a broken teacher model file (issue 22, item 1) -----------------------------------------------------------
 
 TEACHER_FILE = "teachers/tinyperch/perch_tiny.onnx"

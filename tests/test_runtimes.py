@@ -124,6 +124,32 @@ def test_the_kernel_installs_only_the_wheels_of_its_python(tmp_path, monkeypatch
     assert seen == [wheels[here]]
 
 
+def test_a_teacher_runtime_installs_only_its_wheel_for_this_python(tmp_path, monkeypatch):
+    """The dataset ships the teacher runtime for each Kaggle Python beside the CNN runtime: a teacher that loads
+    first (a teacher-only kernel) installs its package's wheel for this interpreter only (pip refuses a call with a
+    wheel of another Python); a module with no such wheel falls through to the next TFLite runtime."""
+    from src.infer.runtimes import ensure_teacher_module, module_wheels
+
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    other = "cp39" if here != "cp39" else "cp38"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    names = [f"ai_edge_litert-2.3.0-{t}-{t}-manylinux_2_27_x86_64.whl" for t in (here, other)] + \
+        [f"onnxruntime-1.31.1-{here}-{here}-manylinux_2_28_x86_64.whl"]
+    for n in names:
+        (wheels / n).write_bytes(b"stand-in")
+    assert module_wheels(wheels, "ai_edge_litert.interpreter") == [names[0]]
+    assert module_wheels(wheels, "onnxruntime") == [names[2]]
+    pure = make_wheel(wheels, "birdclef_probe_teacher", "0.1", "ANSWER = 3\n")
+    assert module_wheels(wheels, "birdclef_probe_teacher") == [pure.name]
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "birdclef_probe_teacher", raising=False)
+    monkeypatch.setattr("src.infer.runtimes._site_target", lambda: tmp_path / "site")
+    assert ensure_teacher_module("birdclef_probe_teacher", wheels)  # the stand-in wheels are never touched
+    assert sys.modules.pop("birdclef_probe_teacher").ANSWER == 3
+    assert not ensure_teacher_module("birdclef_probe_absent", wheels)
+
+
 def test_ensure_module_installs_only_the_named_wheels(tmp_path, monkeypatch):
     name = "birdclef_probe_named"
     wheels = tmp_path / "wheels"

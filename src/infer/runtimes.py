@@ -263,8 +263,16 @@ def _site_target() -> Path:
     return Path(tempfile.gettempdir()) / "birdclef-site-packages"  # outside /kaggle/working (the kernel's output)
 
 
+def module_wheels(wheels_dir: str | Path, module: str) -> list[str]:
+    """The wheels of `module`'s package in `wheels_dir` that this interpreter can install: the dataset ships one
+    per Kaggle Python (cp311, cp312), and pip refuses the whole call if one of them does not fit."""
+    tags = (f"-cp{sys.version_info.major}{sys.version_info.minor}-", "-py3-", "-py2.py3-")
+    package = module.split(".")[0]
+    return sorted(w.name for w in Path(wheels_dir).glob(f"{package}-*.whl") if any(t in w.name for t in tags))
+
+
 def ensure_teacher_module(module: str, wheels_dir: str | Path | None) -> bool:
-    """True if `module` imports, installing the shipped wheels (the kernel's weights dataset) if needed."""
+    """True if `module` imports, installing its shipped wheel (the kernel's weights dataset) if needed."""
     try:
         importlib.import_module(module)
         return True
@@ -272,7 +280,7 @@ def ensure_teacher_module(module: str, wheels_dir: str | Path | None) -> bool:
         if not wheels_dir:
             return False
     try:
-        ensure_module(module, wheels_dir, _site_target())
+        ensure_module(module, wheels_dir, _site_target(), module_wheels(wheels_dir, module))
         return True
     except (ImportError, OSError, subprocess.CalledProcessError) as err:
         log.warning("%s does not install from %s (%s)", module, wheels_dir, err)
