@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 
@@ -93,7 +93,8 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
     `predict_fn` maps a (B, samples) float32 batch to (B, n_classes) probabilities; each window is
     predicted once per test-time shift and the shifts are averaged. A file that cannot be decoded
     gets `fallback` rows (default 0) for `fallback_duration_s` of audio and a logged problem: its
-    rows are still written. `decode_ahead` files are decoded in advance on a thread (`decoded`).
+    rows are still written. `decode_ahead` files are decoded in advance on a thread (`decoded`), and a
+    batch is predicted on a thread while the next one is cut (one batch in flight).
     Returns (row_ids, probs (rows, n_classes), problems).
     """
     window = round(window_s * sample_rate)
@@ -104,32 +105,43 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
     parts: list[list[np.ndarray | None]] = []  # per file: one prediction per shift (or the fallback)
     pending: list[tuple[int, int, np.ndarray]] = []  # (file, shift, windows) waiting for a full batch
 
-    def flush() -> None:
-        probs = np.asarray(predict_fn(np.concatenate([w for _, _, w in pending])), np.float32)
-        pos = 0
-        for f, k, w in pending:
-            parts[f][k] = probs[pos:pos + len(w)]
-            pos += len(w)
+    inflight: list[tuple[Future, list[tuple[int, int, np.ndarray]]]] = []  # the batch being predicted
+
+    def collect() -> None:
+        for future, items in inflight:
+            probs, pos = np.asarray(future.result(), np.float32), 0
+            for f, k, w in items:
+                parts[f][k] = probs[pos:pos + len(w)]
+                pos += len(w)
+        inflight.clear()
+
+    def flush(runner: ThreadPoolExecutor) -> None:
+        batch = np.concatenate([w for _, _, w in pending])
+        collect()  # the previous batch first: one in flight
+        inflight.append((runner.submit(predict_fn, batch), list(pending)))
         pending.clear()
 
     audio = decoded(files, sample_rate, decode_ahead)
-    for _, (path, y) in zip(progress(files) if progress else files, audio, strict=True):
-        if isinstance(y, AudioError):
-            problems.append(str(y))
-            log.warning("%s: rows filled with the fallback", y)
-            count = n_windows(int(fallback_duration_s * sample_rate), window)
+    with ThreadPoolExecutor(1, thread_name_prefix="predict") as runner:
+        for _, (path, y) in zip(progress(files) if progress else files, audio, strict=True):
+            if isinstance(y, AudioError):
+                problems.append(str(y))
+                log.warning("%s: rows filled with the fallback", y)
+                count = n_windows(int(fallback_duration_s * sample_rate), window)
+                ids += row_ids(path.stem, count, window_s)
+                parts.append([np.tile(fallback, (count, 1))])
+                continue
+            count = n_windows(len(y), window)
             ids += row_ids(path.stem, count, window_s)
-            parts.append([np.tile(fallback, (count, 1))])
-            continue
-        count = n_windows(len(y), window)
-        ids += row_ids(path.stem, count, window_s)
-        parts.append([None] * len(shifts_s))
-        for k, shift_s in enumerate(shifts_s):
-            pending.append((len(parts) - 1, k, cut_windows(y, window, context, round(shift_s * sample_rate), count)))
-        if sum(len(w) for _, _, w in pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
+            parts.append([None] * len(shifts_s))
+            for k, shift_s in enumerate(shifts_s):
+                pending.append((len(parts) - 1, k, cut_windows(y, window, context, round(shift_s * sample_rate),
+                                                               count)))
+            if sum(len(w) for _, _, w in pending) >= batch_size:
+                flush(runner)
+        if pending:
+            flush(runner)
+        collect()
     out = [np.mean(np.stack(p), axis=0) for p in parts]
     return ids, (np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)), problems
 
