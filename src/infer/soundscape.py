@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -83,6 +84,53 @@ def decoded(files: list[Path], sample_rate: int, ahead: int = 0) -> Iterator[tup
             yield path, future.result()
 
 
+class Batches:
+    """Windows of several files batched into `predict_fn` calls of at least `batch_size` windows; each call runs
+    on a thread while the caller cuts the next batch (one call in flight). `parts[file][shift]` gets its
+    windows' probabilities. A context manager: leaving it predicts what is left and waits for it."""
+
+    def __init__(self, predict_fn: Callable[[np.ndarray], np.ndarray], batch_size: int,
+                 parts: list[list[np.ndarray | None]]):
+        self.predict_fn, self.batch_size, self.parts = predict_fn, batch_size, parts
+        self.pending: list[tuple[int, int, np.ndarray]] = []  # (file, shift, windows) waiting for a full batch
+        self.inflight: tuple[Future, list[tuple[int, int, np.ndarray]]] | None = None
+        self.runner = ThreadPoolExecutor(1, thread_name_prefix="predict")
+
+    def add(self, file: int, windows: list[np.ndarray]) -> None:
+        """A file's windows, one array per test-time shift; a batch is sent once it holds `batch_size`."""
+        self.pending += [(file, k, w) for k, w in enumerate(windows)]
+        if sum(len(w) for _, _, w in self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        batch = np.concatenate([w for _, _, w in self.pending])
+        self.collect()
+        self.inflight = (self.runner.submit(self.predict_fn, batch), self.pending)
+        self.pending = []
+
+    def collect(self) -> None:
+        if self.inflight is None:
+            return
+        future, items = self.inflight
+        self.inflight = None
+        probs, pos = np.asarray(future.result(), np.float32), 0
+        for f, k, w in items:
+            self.parts[f][k] = probs[pos:pos + len(w)]
+            pos += len(w)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        try:
+            if kind is None:
+                if self.pending:
+                    self.flush()
+                self.collect()
+        finally:
+            self.runner.shutdown()
+
+
 def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np.ndarray], n_classes: int,
                         sample_rate: int, window_s: float, context_s: float = 0.0, shifts_s: tuple[float, ...] = (0.0,),
                         batch_size: int = 64, fallback: np.ndarray | None = None, fallback_duration_s: float = 60.0,
@@ -103,26 +151,8 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
     ids: list[str] = []
     problems: list[str] = []
     parts: list[list[np.ndarray | None]] = []  # per file: one prediction per shift (or the fallback)
-    pending: list[tuple[int, int, np.ndarray]] = []  # (file, shift, windows) waiting for a full batch
-
-    inflight: list[tuple[Future, list[tuple[int, int, np.ndarray]]]] = []  # the batch being predicted
-
-    def collect() -> None:
-        for future, items in inflight:
-            probs, pos = np.asarray(future.result(), np.float32), 0
-            for f, k, w in items:
-                parts[f][k] = probs[pos:pos + len(w)]
-                pos += len(w)
-        inflight.clear()
-
-    def flush(runner: ThreadPoolExecutor) -> None:
-        batch = np.concatenate([w for _, _, w in pending])
-        collect()  # the previous batch first: one in flight
-        inflight.append((runner.submit(predict_fn, batch), list(pending)))
-        pending.clear()
-
     audio = decoded(files, sample_rate, decode_ahead)
-    with ThreadPoolExecutor(1, thread_name_prefix="predict") as runner:
+    with Batches(predict_fn, batch_size, parts) as batches:
         for _, (path, y) in zip(progress(files) if progress else files, audio, strict=True):
             if isinstance(y, AudioError):
                 problems.append(str(y))
@@ -134,14 +164,8 @@ def predict_soundscapes(files: list[Path], predict_fn: Callable[[np.ndarray], np
             count = n_windows(len(y), window)
             ids += row_ids(path.stem, count, window_s)
             parts.append([None] * len(shifts_s))
-            for k, shift_s in enumerate(shifts_s):
-                pending.append((len(parts) - 1, k, cut_windows(y, window, context, round(shift_s * sample_rate),
-                                                               count)))
-            if sum(len(w) for _, _, w in pending) >= batch_size:
-                flush(runner)
-        if pending:
-            flush(runner)
-        collect()
+            batches.add(len(parts) - 1, [cut_windows(y, window, context, round(shift * sample_rate), count)
+                                         for shift in shifts_s])
     out = [np.mean(np.stack(p), axis=0) for p in parts]
     return ids, (np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)), problems
 
