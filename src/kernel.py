@@ -207,7 +207,8 @@ def export_members(ens: dict, dataset: Path, runtimes: list[str], cfg: DictConfi
         waves = check_waves(fold_dir, int(cfg.check_windows))
         if is_teacher_dir(fold_dir):  # runs its teacher model whatever the runtime (src.infer.runtimes.load_teacher_run)
             teacher_diff = export_teacher_fold(fold_dir, out, dataset / "teachers", waves, float(cfg.tol),
-                                               cfg.get("teacher_batch_size"), cfg.get("teacher_workers"))
+                                               cfg.get("teacher_batch_size"), cfg.get("teacher_workers"),
+                                               bool(cfg.get("teacher_embedding_output")))
             fold_diffs = {r: teacher_diff for r in runtimes}
         else:
             fold_diffs = export_fold(fold_dir, out, runtimes, waves, float(cfg.tol), int(cfg.export_max_batch))

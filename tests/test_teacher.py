@@ -118,6 +118,23 @@ def test_birdnet_workers_give_the_same_outputs():
         np.testing.assert_allclose(b, a, atol=1e-6)
 
 
+@needs_birdnet
+def test_birdnet_with_its_embedding_as_an_output_scores_the_same(tmp_path):
+    """The kernel's copy of BirdNET has the embedding as a second output (read without keeping every tensor,
+    `kernel.teacher_embedding_output`): the same embeddings and scores as the original read before its output."""
+    from src.models.export import tflite_embedding_output
+
+    spec = {"name": "birdnet", "sample_rate": 48000, "window_s": 3.0, "offsets_s": [0.0, 1.0, 2.0],
+            "outputs": {"scores": 0, "embedding": "before_scores"}, "activation": "sigmoid", "batch_size": 1}
+    copy = tmp_path / "birdnet_embedding_output.tflite"
+    tflite_embedding_output(birdnet_files()[0], copy)
+    waves = np.stack([tone(5.0, 3000.0, sr=48000, seed=s) for s in range(2)])
+    original = TeacherModel(spec, birdnet_files()[0], threads=1)(waves)
+    rewritten = TeacherModel(spec | {"outputs": {"scores": 0, "embedding": 1}}, copy, threads=1)(waves)
+    for a, b in zip(original, rewritten, strict=True):
+        np.testing.assert_array_equal(b, a)
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("missing.onnx", None, "teacher model not found"),
     ("model.pt", b"x", "unknown teacher model kind"),

@@ -287,10 +287,11 @@ def ensure_teacher_module(module: str, wheels_dir: str | Path | None) -> bool:
         return False
 
 
-def tflite_interpreter(path: Path, threads: int, wheels_dir: str | Path | None = None):
+def tflite_interpreter(path: Path, threads: int, wheels_dir: str | Path | None = None, preserve: bool = True):
     """A TFLite interpreter from the first runtime there is (ai-edge-litert, installed from `wheels_dir` if
-    need be; tflite-runtime; TensorFlow's tf.lite, in Kaggle's image), keeping every tensor so that the
-    embedding before the output layer can be read."""
+    need be; tflite-runtime; TensorFlow's tf.lite, in Kaggle's image); with `preserve`, keeping every tensor so
+    that the embedding before the output layer can be read (~7% slower: the kernel's copy of BirdNET has the
+    embedding as an output instead, `src.models.export.tflite_embedding_output`)."""
     names = [n for i, n in enumerate(TFLITE_MODULES) if ensure_teacher_module(n, wheels_dir if i == 0 else None)]
     if not names:
         raise ImportError(f"no TFLite runtime for {path}: pip install ai-edge-litert (or tflite-runtime, or tensorflow)")
@@ -299,7 +300,7 @@ def tflite_interpreter(path: Path, threads: int, wheels_dir: str | Path | None =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging": it is how embeddings are read
         try:
-            return cls(model_path=str(path), num_threads=threads or None, experimental_preserve_all_tensors=True)
+            return cls(model_path=str(path), num_threads=threads or None, experimental_preserve_all_tensors=preserve)
         except (ValueError, RuntimeError) as err:
             raise TeacherError(f"{path}: not a readable TFLite model ({err}): the file is truncated or of "
                                "another kind; download it again") from err
@@ -337,11 +338,11 @@ class TeacherModel:
         self._last: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _tflite(self, threads: int):
-        interp = tflite_interpreter(self.path, threads, self.wheels_dir)
+        emb = self.spec["outputs"]["embedding"]
+        interp = tflite_interpreter(self.path, threads, self.wheels_dir, preserve=emb == "before_scores")
         inp = interp.get_input_details()[0]["index"]
         outputs = {d["name"]: d["index"] for d in interp.get_output_details()}
         scores = self._output_index(outputs, self.spec["outputs"]["scores"])
-        emb = self.spec["outputs"]["embedding"]
         emb_index = scores - 1 if emb == "before_scores" else self._output_index(outputs, emb)
         interp.resize_tensor_input(inp, [self.batch, self.window])
         interp.allocate_tensors()
