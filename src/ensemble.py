@@ -221,10 +221,10 @@ def post_candidates(search: DictConfig, step: str, pattern: str | None = None) -
     return [{"smoothing": k, "file_prior": p, "metadata_prior": m} for k in smoothing for p in priors for m in meta]
 
 
-Extra = tuple[list[str], np.ndarray, float]  # pseudo-labelled rows for the prior tables: (row ids, labels, weight)
+PseudoRows = tuple[list[str], np.ndarray, float]  # pseudo-labelled rows for the prior tables: (ids, labels, weight)
 
 
-def with_priors(candidate: dict, ids: list[str], y: np.ndarray, extra: Extra | None = None) -> dict:
+def with_priors(candidate: dict, ids: list[str], y: np.ndarray, extra: PseudoRows | None = None) -> dict:
     """A candidate whose metadata prior (settings: weight, power, alpha, hour_bin, pattern) gets its tables from
     these rows' truth, plus the `extra` pseudo-labelled rows (`metadata_pseudo_rows`) counted at their weight:
     the global class prior, and per site and per hour bin the rows' mean labels smoothed towards it
@@ -250,7 +250,7 @@ def with_priors(candidate: dict, ids: list[str], y: np.ndarray, extra: Extra | N
 
 
 def metadata_pseudo_rows(spec: DictConfig | None, classes: list[str], competition: str,
-                         held: list[str]) -> Extra | None:
+                         held: list[str]) -> PseudoRows | None:
     """(row ids, soft labels, weight) of `ensemble.metadata_pseudo.path` (a `src.pseudo` parquet: the unlabelled
     train soundscapes) for the site and hour tables, or None when it is off. Windows of a soundscape among the
     CV rows' (`held`) are left out: the CV scores those files and must not see their teacher's labels."""
@@ -268,7 +268,7 @@ def metadata_pseudo_rows(spec: DictConfig | None, classes: list[str], competitio
 
 
 def choose_post(preds: list[np.ndarray], y: np.ndarray, ids: list[str], weights: np.ndarray, method: str,
-                power: float, candidates: list[dict], metric: str, extra: Extra | None = None) -> tuple[dict, float]:
+                power: float, candidates: list[dict], metric: str, extra: PseudoRows | None = None) -> tuple[dict, float]:
     """The candidate post-processing that scores best on these rows (its priors fitted on them and `extra`), and
     its score."""
     blended = blend(preds, weights, method, power)
@@ -280,7 +280,7 @@ def choose_post(preds: list[np.ndarray], y: np.ndarray, ids: list[str], weights:
 
 def nested_pipeline(preds: list[np.ndarray], y: np.ndarray, ids: list[str], groups: np.ndarray, method: str,
                     power: float, restarts: int, candidates: list[dict], metric: str,
-                    strength: float | None = None, extra: Extra | None = None) -> float:
+                    strength: float | None = None, extra: PseudoRows | None = None) -> float:
     """Score of blend weights (per class with a `strength`, `fit_class_weights`) + post-processing chosen on the
     other groups, for each held-out group (whole soundscapes): the choice never scores what fitted it."""
     ids_arr = np.asarray(ids)

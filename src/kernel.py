@@ -236,8 +236,7 @@ def build(cfg: DictConfig) -> Path:
     dataset, kernel = staging / "dataset", staging / "kernel"
     runtimes = list(dict.fromkeys(r for r in (cfg.runtime, cfg.fallback_runtime) if r))
     diffs = export_members(ens, dataset, runtimes, cfg)
-    inference = dict(ens["inference"])
-    inference["threads"], inference["decode_ahead"] = int(cfg.threads), int(cfg.decode_ahead)
+    inference = kernel_inference(ens, cfg)
     config = {k: ens[k] for k in ("name", "blend", "power", "members", "classes", "fallback")}
     config["class_weights"] = ens.get("class_weights")  # per member and class, when the ensemble fitted them
     teacher_files = sorted(p.name for p in (dataset / "teachers").rglob("*") if p.is_file())
@@ -272,6 +271,12 @@ def build(cfg: DictConfig) -> Path:
     return root
 
 
+def kernel_inference(ens: dict, cfg: DictConfig) -> dict:
+    """The ensemble's inference settings with the kernel's own (threads, decode_ahead): ensemble.json's, and
+    what `plan` times."""
+    return dict(ens["inference"]) | {"threads": int(cfg.threads), "decode_ahead": int(cfg.decode_ahead)}
+
+
 def _budget(cfg: DictConfig) -> tuple[float, float]:
     """(budget minutes, margin fraction) for build and plan: the overrides, else Kaggle's limit and default_margin."""
     budget = float(cfg.budget_min if cfg.budget_min is not None else cfg.kaggle_limit_min)
@@ -284,8 +289,7 @@ def plan(cfg: DictConfig) -> list[dict]:
     """Export the ensemble's models (to a temporary folder), time each member as the kernel runs it, print the
     projected Kaggle table; returns its rows."""
     ens = load_ensemble(cfg)
-    config = {k: ens[k] for k in ("members", "classes")}
-    config["inference"] = dict(ens["inference"]) | {"decode_ahead": int(cfg.decode_ahead)}  # as `build` writes it
+    config = {k: ens[k] for k in ("members", "classes")} | {"inference": kernel_inference(ens, cfg)}
     with tempfile.TemporaryDirectory(prefix="kernel_plan_") as tmp:
         export_members(ens, Path(tmp), [plan_runtime(cfg)], cfg)
         rows = measure_members(config, Path(tmp), cfg)
